@@ -1,0 +1,483 @@
+//! The gRPC wire layer: `TokenService` handlers. Each trait method is a thin,
+//! instrumented wrapper over an `inner_*` function that authenticates the
+//! caller, parses the request into domain types and calls the use-case.
+//! Spans (DEBUG level, so they cost nothing at the default INFO) record ids
+//! and accounts, never token material.
+
+mod convert;
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::{Span, instrument};
+
+use self::convert::{
+    event_to_pb, opt_principal, opt_timestamp, opt_token_id, reason_to_pb, to_timestamp, token_id,
+    token_to_pb,
+};
+use crate::{
+    domain::{Caller, TokenState, TokenValue, fields, fields::TokenName, page},
+    error::{Error, Result},
+    manage::{
+        self, EventsInput, IssueInput, RevokeTarget, SearchInput, TextQuery, TokenManager,
+        UpdateInput,
+    },
+    pb::{self, token_service_server::TokenService},
+};
+
+pub use crate::pb::token_service_server::TokenServiceServer;
+
+/// The `tokens.v1.TokenService` implementation.
+#[derive(Clone)]
+pub struct TokenApi {
+    manager: Arc<TokenManager>,
+}
+
+impl TokenApi {
+    pub fn new(manager: Arc<TokenManager>) -> Self {
+        Self { manager }
+    }
+
+    async fn caller(&self, metadata: &MetadataMap) -> Result<Caller> {
+        static AUTHORIZATION: std::sync::LazyLock<tonic::metadata::AsciiMetadataKey> =
+            std::sync::LazyLock::new(|| {
+                tonic::metadata::AsciiMetadataKey::from_static("authorization")
+            });
+        let credential = metadata
+            .get(&*AUTHORIZATION)
+            .map(|v| v.to_str().ok().and_then(bearer).ok_or(()));
+        let credential = match credential {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(())) => {
+                return Err(Error::Unauthenticated(
+                    "the authorization metadata must be `Bearer <token>`".into(),
+                ));
+            }
+        };
+        let caller = self.manager.authenticate(credential).await?;
+        let span = Span::current();
+        span.record("caller", tracing::field::display(caller.token_id));
+        span.record("account", caller.account_id.as_str());
+        Ok(caller)
+    }
+}
+
+fn bearer(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+fn record_token(id: impl std::fmt::Display) {
+    Span::current().record("token_id", tracing::field::display(id));
+}
+
+fn optional<T>(
+    s: &str,
+    parse: impl FnOnce(&str) -> Result<T, fields::FieldViolation>,
+) -> Result<Option<T>> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(parse(s)?))
+    }
+}
+
+impl TokenApi {
+    async fn inner_issue(&self, req: Request<pb::IssueRequest>) -> Result<pb::IssueResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let now = manage::now();
+        let input = IssueInput {
+            account_id: opt_principal("account_id", &r.account_id)?,
+            owner_id: opt_principal("owner_id", &r.owner_id)?,
+            name: TokenName::parse("name", &r.name)?,
+            description: fields::description("description", &r.description)?,
+            modules: fields::modules("modules", &r.modules)?,
+            api_version: fields::api_version("api_version", &r.api_version)?,
+            metadata: fields::metadata("metadata", &r.metadata)?,
+            expires_at: opt_timestamp("expires_at", r.expires_at.as_ref())?
+                .map(|t| fields::future_expiry("expires_at", t, now))
+                .transpose()?,
+        };
+        let issued = self.manager.issue(&caller, input).await?;
+        record_token(issued.token.id);
+        Ok(pb::IssueResponse {
+            token: Some(token_to_pb(&issued.token, now)),
+            secret: issued.value.expose(),
+        })
+    }
+
+    async fn inner_validate(
+        &self,
+        req: Request<pb::ValidateRequest>,
+    ) -> Result<pb::ValidateResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let required: Vec<String> = r
+            .required_modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| fields::module(&format!("required_modules[{i}]"), m))
+            .collect::<Result<_, _>>()?;
+        let value = TokenValue::parse(&r.token);
+        if let Ok(v) = &value {
+            record_token(v.id());
+        }
+        let verdict = self.manager.validate(&caller, value, &required).await?;
+        let mut resp = pb::ValidateResponse {
+            valid: verdict.is_valid(),
+            reason: reason_to_pb(verdict.reason) as i32,
+            ..Default::default()
+        };
+        if let Some(entry) = verdict.entry {
+            let s = &entry.snapshot;
+            resp.token_id = s.id.to_string();
+            resp.account_id = s.account_id().to_owned();
+            resp.owner_id = s.owner_id().to_owned();
+            resp.modules = s.modules().map(str::to_owned).collect();
+            resp.api_version = s.api_version().to_owned();
+            resp.metadata = s
+                .metadata()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            resp.expires_at = s.expires_at.map(to_timestamp);
+        }
+        Ok(resp)
+    }
+
+    async fn inner_get(&self, req: Request<pb::GetRequest>) -> Result<pb::GetResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let id = token_id("id", &req.get_ref().id)?;
+        record_token(id);
+        let token = self.manager.get(&caller, id).await?;
+        Ok(pb::GetResponse {
+            token: Some(token_to_pb(&token, manage::now())),
+        })
+    }
+
+    async fn inner_update(&self, req: Request<pb::UpdateRequest>) -> Result<pb::UpdateResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let id = token_id("id", &r.id)?;
+        record_token(id);
+        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() {
+            return Err(Error::invalid(
+                "update_mask",
+                "must name at least one of: name, description, modules, api_version, metadata, expires_at",
+            ));
+        }
+        let now = manage::now();
+        let mut input = UpdateInput::default();
+        for (i, path) in paths.iter().enumerate() {
+            match path.as_str() {
+                "name" => input.name = Some(TokenName::parse("name", &r.name)?),
+                "description" => {
+                    input.description = Some(fields::description("description", &r.description)?)
+                }
+                "modules" => input.modules = Some(fields::modules("modules", &r.modules)?),
+                "api_version" => {
+                    input.api_version = Some(fields::api_version("api_version", &r.api_version)?)
+                }
+                "metadata" => input.metadata = Some(fields::metadata("metadata", &r.metadata)?),
+                "expires_at" => {
+                    let at = opt_timestamp("expires_at", r.expires_at.as_ref())?;
+                    input.expires_at = Some(
+                        at.map(|t| fields::future_expiry("expires_at", t, now))
+                            .transpose()?,
+                    );
+                }
+                other => {
+                    return Err(Error::invalid(
+                        format!("update_mask.paths[{i}]"),
+                        format!("{other:?} is not an updatable field"),
+                    ));
+                }
+            }
+        }
+        let token = self.manager.update(&caller, id, input).await?;
+        Ok(pb::UpdateResponse {
+            token: Some(token_to_pb(&token, now)),
+        })
+    }
+
+    async fn inner_set_state(
+        &self,
+        req: Request<pb::SetStateRequest>,
+    ) -> Result<pb::SetStateResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let id = token_id("id", &r.id)?;
+        record_token(id);
+        let state = match convert::state("state", r.state)? {
+            s @ (TokenState::Active | TokenState::Disabled) => s,
+            TokenState::Revoked => {
+                return Err(Error::invalid(
+                    "state",
+                    "must be STATE_ACTIVE or STATE_DISABLED; use Revoke to revoke",
+                ));
+            }
+        };
+        let reason = fields::reason("reason", &r.reason)?;
+        let token = self.manager.set_state(&caller, id, state, reason).await?;
+        Ok(pb::SetStateResponse {
+            token: Some(token_to_pb(&token, manage::now())),
+        })
+    }
+
+    async fn inner_revoke(&self, req: Request<pb::RevokeRequest>) -> Result<pb::RevokeResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let reason = fields::reason("reason", &r.reason)?;
+        let target = match r.target {
+            None => return Err(Error::invalid("target", "one of id or token is required")),
+            Some(pb::revoke_request::Target::Id(id)) => RevokeTarget::Id(token_id("id", &id)?),
+            Some(pb::revoke_request::Target::Token(value)) => RevokeTarget::Value(
+                TokenValue::parse(&value)
+                    .map_err(|e| Error::invalid("token", format!("is not a token value: {e}")))?,
+            ),
+        };
+        if let RevokeTarget::Id(id) = &target {
+            record_token(id);
+        }
+        let token = self.manager.revoke(&caller, target, reason).await?;
+        record_token(token.id);
+        Ok(pb::RevokeResponse {
+            token: Some(token_to_pb(&token, manage::now())),
+        })
+    }
+
+    async fn inner_rotate(&self, req: Request<pb::RotateRequest>) -> Result<pb::RotateResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let id = token_id("id", &r.id)?;
+        record_token(id);
+        let grace = convert::duration("grace_period", r.grace_period.as_ref())?;
+        let issued = self.manager.rotate(&caller, id, grace).await?;
+        Ok(pb::RotateResponse {
+            token: Some(token_to_pb(&issued.token, manage::now())),
+            secret: issued.value.expose(),
+        })
+    }
+
+    async fn inner_duplicate(
+        &self,
+        req: Request<pb::DuplicateRequest>,
+    ) -> Result<pb::DuplicateResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let id = token_id("id", &r.id)?;
+        let name = optional(&r.name, |n| TokenName::parse("name", n))?;
+        let issued = self.manager.duplicate(&caller, id, name).await?;
+        record_token(issued.token.id);
+        Ok(pb::DuplicateResponse {
+            token: Some(token_to_pb(&issued.token, manage::now())),
+            secret: issued.value.expose(),
+        })
+    }
+
+    async fn inner_search(&self, req: Request<pb::SearchRequest>) -> Result<pb::SearchResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        if r.query.len() > crate::domain::token_value::MAX_TOKEN_BYTES {
+            return Err(Error::invalid("query", "must be at most 512 bytes"));
+        }
+        let query = optional(&r.query, |q| {
+            Ok(match TokenValue::parse(q) {
+                Ok(value) => TextQuery::Value(value),
+                Err(_) => TextQuery::Name(q.to_owned()),
+            })
+        })?;
+        let input = SearchInput {
+            account_id: opt_principal("account_id", &r.account_id)?,
+            query,
+            states: r
+                .states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| convert::state(&format!("states[{i}]"), *s))
+                .collect::<Result<_, _>>()?,
+            include_revoked: r.include_revoked,
+            owner_id: opt_principal("owner_id", &r.owner_id)?,
+            created_by: opt_principal("created_by", &r.created_by)?,
+            module: optional(&r.module, |m| fields::module("module", m))?,
+            created_after: opt_timestamp("created_after", r.created_after.as_ref())?,
+            created_before: opt_timestamp("created_before", r.created_before.as_ref())?,
+            last_used_before: opt_timestamp("last_used_before", r.last_used_before.as_ref())?,
+            last_used_after: opt_timestamp("last_used_after", r.last_used_after.as_ref())?,
+            page_size: page::page_size("page_size", r.page_size)?,
+            page_token: (!r.page_token.is_empty()).then_some(r.page_token),
+        };
+        let (tokens, next) = self.manager.search(&caller, input).await?;
+        let now = manage::now();
+        Ok(pb::SearchResponse {
+            tokens: tokens.iter().map(|t| token_to_pb(t, now)).collect(),
+            next_page_token: next.unwrap_or_default(),
+        })
+    }
+
+    async fn inner_list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<pb::ListEventsResponse> {
+        let caller = self.caller(req.metadata()).await?;
+        let r = req.into_inner();
+        let input = EventsInput {
+            token_id: opt_token_id("token_id", &r.token_id)?,
+            account_id: opt_principal("account_id", &r.account_id)?,
+            page_size: page::page_size("page_size", r.page_size)?,
+            page_token: (!r.page_token.is_empty()).then_some(r.page_token),
+        };
+        let (events, next) = self.manager.list_events(&caller, input).await?;
+        Ok(pb::ListEventsResponse {
+            events: events.iter().map(event_to_pb).collect(),
+            next_page_token: next.unwrap_or_default(),
+        })
+    }
+}
+
+fn reply<T>(result: Result<T>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenApi {
+    #[instrument(
+        level = "debug",
+        name = "Issue",
+        skip_all,
+        fields(caller, account, token_id)
+    )]
+    async fn issue(
+        &self,
+        request: Request<pb::IssueRequest>,
+    ) -> Result<Response<pb::IssueResponse>, Status> {
+        reply(self.inner_issue(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "Validate",
+        skip_all,
+        fields(caller, account, token_id)
+    )]
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        reply(self.inner_validate(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "Get",
+        skip_all,
+        fields(caller, account, token_id)
+    )]
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        reply(self.inner_get(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "Update",
+        skip_all,
+        fields(caller, account, token_id)
+    )]
+    async fn update(
+        &self,
+        request: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        reply(self.inner_update(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "SetState",
+        skip_all,
+        fields(caller, account, token_id)
+    )]
+    async fn set_state(
+        &self,
+        request: Request<pb::SetStateRequest>,
+    ) -> Result<Response<pb::SetStateResponse>, Status> {
+        reply(self.inner_set_state(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "Revoke",
+        skip_all,
+        fields(caller, account, token_id)
+    )]
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        reply(self.inner_revoke(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "Rotate",
+        skip_all,
+        fields(caller, account, token_id)
+    )]
+    async fn rotate(
+        &self,
+        request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, Status> {
+        reply(self.inner_rotate(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "Duplicate",
+        skip_all,
+        fields(caller, account, token_id)
+    )]
+    async fn duplicate(
+        &self,
+        request: Request<pb::DuplicateRequest>,
+    ) -> Result<Response<pb::DuplicateResponse>, Status> {
+        reply(self.inner_duplicate(request).await)
+    }
+
+    #[instrument(level = "debug", name = "Search", skip_all, fields(caller, account))]
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        reply(self.inner_search(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "ListEvents",
+        skip_all,
+        fields(caller, account)
+    )]
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        reply(self.inner_list_events(request).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_scheme() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+}

@@ -1,0 +1,281 @@
+//! Configuration, layered: built-in defaults < `TOKEND_*` environment < flags.
+//! clap does the layering, so `--help` documents every setting with its
+//! environment variable and default.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    manage::Policy,
+    store::StoreConfig,
+    validation::{cache::CacheConfig, coherence::CoherenceConfig, hasher::HasherConfig},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "tokend", version, about = "API-token service over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default). Applies migrations first.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Apply migrations and print one new `tokens:platform` token on stdout,
+    /// so a new operator can start.
+    Bootstrap {
+        /// Account the operator token belongs to.
+        #[arg(long)]
+        account: String,
+        /// Owner (operator) id of the token.
+        #[arg(long)]
+        owner: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(
+        long,
+        env = "TOKEND_LISTEN",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    pub listen: SocketAddr,
+    /// Database URL: a SQLite file (created if missing) or postgres://...
+    #[arg(
+        long,
+        env = "TOKEND_DATABASE_URL",
+        default_value = "sqlite://tokend.db?mode=rwc",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Maximum database connections in the pool.
+    #[arg(
+        long,
+        env = "TOKEND_DB_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub db_max_connections: u32,
+    /// Upper bound for each store call; past it the call fails with UNAVAILABLE.
+    #[arg(long, env = "TOKEND_STORE_TIMEOUT", default_value = "5s", value_parser = duration, global = true)]
+    pub store_timeout: Duration,
+    /// Prefix of issued token values: 1..=16 lowercase letters or digits.
+    #[arg(long, env = "TOKEND_TOKEN_PREFIX", default_value = "tk", global = true)]
+    pub token_prefix: String,
+    /// argon2id memory cost in KiB.
+    #[arg(
+        long,
+        env = "TOKEND_ARGON2_MEMORY_KIB",
+        default_value_t = 19456,
+        global = true
+    )]
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations.
+    #[arg(
+        long,
+        env = "TOKEND_ARGON2_ITERATIONS",
+        default_value_t = 2,
+        global = true
+    )]
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    #[arg(
+        long,
+        env = "TOKEND_ARGON2_PARALLELISM",
+        default_value_t = 1,
+        global = true
+    )]
+    pub argon2_parallelism: u32,
+    /// argon2 worker threads (default: number of cores).
+    #[arg(long, env = "TOKEND_HASH_WORKERS", default_value_t = default_workers(), global = true)]
+    pub hash_workers: usize,
+    /// argon2 jobs that may queue before callers get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TOKEND_HASH_QUEUE", default_value_t = 64, global = true)]
+    pub hash_queue: usize,
+    /// Live (non-revoked) tokens one owner may hold.
+    #[arg(
+        long,
+        env = "TOKEND_MAX_TOKENS_PER_OWNER",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_tokens_per_owner: u32,
+    /// Longest grace period Rotate accepts for the old value.
+    #[arg(long, env = "TOKEND_MAX_ROTATE_GRACE", default_value = "7d", value_parser = duration, global = true)]
+    pub max_rotate_grace: Duration,
+    /// Verified tokens kept in the Validate cache.
+    #[arg(
+        long,
+        env = "TOKEND_CACHE_CAPACITY",
+        default_value_t = 1_000_000,
+        global = true
+    )]
+    pub cache_capacity: usize,
+    /// Entries in each negative cache (failed values, unknown ids, failure windows).
+    #[arg(
+        long,
+        env = "TOKEND_NEGATIVE_CACHE_CAPACITY",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub negative_cache_capacity: usize,
+    /// How long a value that failed verification is answered from memory.
+    #[arg(long, env = "TOKEND_NEGATIVE_TTL", default_value = "30s", value_parser = duration, global = true)]
+    pub negative_ttl: Duration,
+    /// How long an id with no token is answered from memory.
+    #[arg(long, env = "TOKEND_UNKNOWN_TTL", default_value = "10s", value_parser = duration, global = true)]
+    pub unknown_ttl: Duration,
+    /// Window for counting failed verifications per token id.
+    #[arg(long, env = "TOKEND_FAILURE_WINDOW", default_value = "10s", value_parser = duration, global = true)]
+    pub failure_window: Duration,
+    /// Failed verifications per id and window before further ones are throttled.
+    #[arg(
+        long,
+        env = "TOKEND_FAILURES_PER_WINDOW",
+        default_value_t = 5,
+        global = true
+    )]
+    pub failures_per_window: u32,
+    /// How often last-used times are written to the store.
+    #[arg(long, env = "TOKEND_LAST_USED_FLUSH_INTERVAL", default_value = "1s", value_parser = duration, global = true)]
+    pub last_used_flush_interval: Duration,
+    /// PostgreSQL: how often each replica polls the change log (NOTIFY usually
+    /// arrives first; polling covers lost notifications).
+    #[arg(long, env = "TOKEND_CHANGE_POLL_INTERVAL", default_value = "500ms", value_parser = duration, global = true)]
+    pub change_poll_interval: Duration,
+    /// PostgreSQL: how long a skipped change-log sequence number is watched
+    /// for a late commit; also the longest log outage survived without
+    /// clearing the cache.
+    #[arg(long, env = "TOKEND_CHANGE_LOOKBACK", default_value = "30s", value_parser = duration, global = true)]
+    pub change_lookback: Duration,
+    /// PostgreSQL: how long change-log rows are kept.
+    #[arg(long, env = "TOKEND_CHANGE_RETENTION", default_value = "10m", value_parser = duration, global = true)]
+    pub change_retention: Duration,
+    /// Health turns NOT_SERVING once the store has been unreachable this long.
+    #[arg(long, env = "TOKEND_STORE_UNHEALTHY_AFTER", default_value = "3s", value_parser = duration, global = true)]
+    pub store_unhealthy_after: Duration,
+    /// On SIGTERM/SIGINT: time between reporting NOT_SERVING and closing the listener.
+    #[arg(long, env = "TOKEND_DRAIN_DELAY", default_value = "0s", value_parser = duration, global = true)]
+    pub drain_delay: Duration,
+    /// Log format.
+    #[arg(long, env = "TOKEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "TOKEND_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults declared above, as a library user would get them.
+        Cli::parse_from(["tokend"]).config
+    }
+}
+
+impl Config {
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            url: self.database_url.clone(),
+            max_connections: self.db_max_connections,
+            timeout: self.store_timeout,
+        }
+    }
+
+    pub fn hasher(&self) -> HasherConfig {
+        HasherConfig {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+            workers: self.hash_workers,
+            queue: self.hash_queue,
+        }
+    }
+
+    pub fn cache(&self) -> CacheConfig {
+        CacheConfig {
+            capacity: self.cache_capacity,
+            negative_capacity: self.negative_cache_capacity,
+            negative_ttl: self.negative_ttl,
+            unknown_ttl: self.unknown_ttl,
+            failure_window: self.failure_window,
+            failures_per_window: self.failures_per_window,
+        }
+    }
+
+    pub fn coherence(&self) -> CoherenceConfig {
+        CoherenceConfig {
+            poll_interval: self.change_poll_interval,
+            lookback: self.change_lookback,
+            retention: self.change_retention,
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy {
+            prefix: self.token_prefix.clone(),
+            per_owner_limit: self.max_tokens_per_owner,
+            max_rotate_grace: self.max_rotate_grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.argon2_memory_kib, 19456);
+        assert_eq!(c.max_tokens_per_owner, 100);
+        assert_eq!(c.max_rotate_grace, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.token_prefix, "tk");
+    }
+
+    #[test]
+    fn flags_override_and_parse_durations() {
+        let cli = Cli::parse_from([
+            "tokend",
+            "bootstrap",
+            "--account",
+            "a",
+            "--owner",
+            "o",
+            "--max-rotate-grace",
+            "1h",
+            "--listen",
+            "0.0.0.0:1",
+        ]);
+        assert!(matches!(cli.command, Some(Command::Bootstrap { .. })));
+        assert_eq!(cli.config.max_rotate_grace, Duration::from_secs(3600));
+        assert_eq!(cli.config.listen.port(), 1);
+    }
+}

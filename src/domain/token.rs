@@ -1,0 +1,173 @@
+//! The token record as the service sees it, and the audit events recorded with
+//! every change.
+
+use std::{collections::BTreeMap, fmt};
+
+use chrono::{DateTime, Utc};
+
+use super::{TokenId, TokenState};
+
+/// An argon2id PHC string. Its `Debug` is redacted: the hash must never reach a
+/// log line, an error or a response.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHash(String);
+
+impl SecretHash {
+    pub fn new(phc: String) -> Self {
+        Self(phc)
+    }
+
+    pub fn as_phc(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_phc(self) -> String {
+        self.0
+    }
+
+    /// A short fingerprint that tells two hashes apart without revealing either:
+    /// the validation cache uses it to know whether a remembered secret digest
+    /// still belongs to the token's current (or previous) secret.
+    pub fn tag(&self) -> u64 {
+        super::fingerprint64(self.0.as_bytes())
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretHash(<redacted>)")
+    }
+}
+
+/// The secret that was current before the last Rotate, valid until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub hash: SecretHash,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A token record. Never carries the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: TokenId,
+    pub account_id: String,
+    pub owner_id: String,
+    pub created_by: String,
+    pub updated_by: String,
+    pub name: String,
+    pub description: String,
+    pub modules: Vec<String>,
+    pub api_version: String,
+    pub metadata: BTreeMap<String, String>,
+    pub state: TokenState,
+    pub state_reason: String,
+    pub secret_hash: SecretHash,
+    pub previous_secret: Option<PreviousSecret>,
+    pub hint: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl Token {
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The previous secret, if its grace period is still running.
+    pub fn live_previous_secret(&self, now: DateTime<Utc>) -> Option<&PreviousSecret> {
+        self.previous_secret.as_ref().filter(|p| p.expires_at > now)
+    }
+}
+
+/// What an audit event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Issued,
+    Updated,
+    Disabled,
+    Enabled,
+    Revoked,
+    Rotated,
+    Duplicated,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        Self::Issued,
+        Self::Updated,
+        Self::Disabled,
+        Self::Enabled,
+        Self::Revoked,
+        Self::Rotated,
+        Self::Duplicated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Updated => "updated",
+            Self::Disabled => "disabled",
+            Self::Enabled => "enabled",
+            Self::Revoked => "revoked",
+            Self::Rotated => "rotated",
+            Self::Duplicated => "duplicated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Who made a change: the caller's credential token and its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub token_id: String,
+    pub owner_id: String,
+}
+
+/// An audit event to record in the same transaction as the change it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub actor: Actor,
+    pub detail: String,
+}
+
+/// A recorded audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: i64,
+    pub token_id: String,
+    pub account_id: String,
+    pub owner_id: String,
+    pub kind: EventKind,
+    pub actor: Actor,
+    pub at: DateTime<Utc>,
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+    }
+
+    #[test]
+    fn hash_debug_is_redacted_and_tags_differ() {
+        let a = SecretHash::new("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into());
+        let b = SecretHash::new("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$b3RoZXI".into());
+        assert!(!format!("{a:?}").contains("argon2"));
+        assert_ne!(a.tag(), b.tag());
+        assert_eq!(a.tag(), a.clone().tag());
+    }
+}

@@ -1,0 +1,277 @@
+//! The token value format: `<prefix>_<id>_<secret><checksum>`.
+//!
+//! - `prefix`: 1..=16 lowercase ASCII letters or digits (default `tk`), so secret
+//!   scanners can recognise our tokens.
+//! - `id`: 16 base62 characters from 95 random bits; the public identifier used to
+//!   find the record and shown in lists.
+//! - `secret`: 44 base62 characters from 256 bits of the OS CSPRNG.
+//! - `checksum`: CRC32 of everything before it, 6 base62 characters, so typos and
+//!   garbage are rejected without touching the store.
+
+use std::fmt;
+
+use rand::{TryRngCore, rngs::OsRng};
+
+/// Length of the public id part.
+pub const ID_LEN: usize = 16;
+/// Length of the secret part (two 128-bit halves, 22 base62 characters each).
+pub const SECRET_LEN: usize = 44;
+/// Length of the base62 CRC32 checksum.
+pub const CHECKSUM_LEN: usize = 6;
+/// Longest accepted token value; anything longer is refused before parsing.
+pub const MAX_TOKEN_BYTES: usize = 512;
+const MAX_PREFIX_LEN: usize = 16;
+/// The id carries 95 random bits: 62^16 > 2^95.
+const ID_BITS_MASK: u128 = (1u128 << 95) - 1;
+
+/// Why a presented value is not a token of ours. Deliberately coarse: callers
+/// only learn "malformed".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedToken {
+    #[error("token value is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    #[error("token value is not of the form <prefix>_<id>_<secret>")]
+    Shape,
+    #[error("token value checksum does not match")]
+    Checksum,
+}
+
+/// The public identifier of a token: 16 base62 ASCII bytes, stored inline so it
+/// is `Copy` and cheap as a cache key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId([u8; ID_LEN]);
+
+impl TokenId {
+    /// Parses an id as it appears in requests and in the store.
+    pub fn parse(s: &str) -> Option<Self> {
+        let bytes: [u8; ID_LEN] = s.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+            .then_some(Self(bytes))
+    }
+
+    fn generate() -> Result<Self, rand::rand_core::OsError> {
+        let mut buf = [0u8; 16];
+        OsRng.try_fill_bytes(&mut buf)?;
+        let n = u128::from_le_bytes(buf) & ID_BITS_MASK;
+        let text = pad_base62(n, ID_LEN);
+        let mut bytes = [b'0'; ID_LEN];
+        bytes.copy_from_slice(text.as_bytes());
+        Ok(Self(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever built from ASCII alphanumerics (see `parse` and `generate`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenId({})", self.as_str())
+    }
+}
+
+/// A full token value: public id plus secret. Its `Debug` never shows the secret
+/// and it has no `Display`, so it cannot end up in a log line by accident.
+/// One allocation (the value itself): Validate parses two per request.
+#[derive(Clone)]
+pub struct TokenValue {
+    raw: String,
+    id: TokenId,
+    prefix_len: usize,
+}
+
+impl TokenValue {
+    /// Parses a presented value, checking shape and checksum. No store access.
+    pub fn parse(value: &str) -> Result<Self, MalformedToken> {
+        if value.len() > MAX_TOKEN_BYTES {
+            return Err(MalformedToken::TooLong);
+        }
+        let mut parts = value.splitn(3, '_');
+        let (Some(prefix), Some(id), Some(rest)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(MalformedToken::Shape);
+        };
+        if !valid_prefix(prefix)
+            || rest.len() != SECRET_LEN + CHECKSUM_LEN
+            || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(MalformedToken::Shape);
+        }
+        let id = TokenId::parse(id).ok_or(MalformedToken::Shape)?;
+        let (signed, checksum) = value.split_at(value.len() - CHECKSUM_LEN);
+        if !constant_time_eq(checksum_of(signed).as_bytes(), checksum.as_bytes()) {
+            return Err(MalformedToken::Checksum);
+        }
+        Ok(Self {
+            raw: value.to_owned(),
+            id,
+            prefix_len: prefix.len(),
+        })
+    }
+
+    /// Generates a fresh token value with a new random id.
+    pub fn generate(prefix: &str) -> Result<Self, rand::rand_core::OsError> {
+        Self::generate_for(prefix, TokenId::generate()?)
+    }
+
+    /// Generates a new secret for an existing id (Rotate).
+    pub fn generate_for(prefix: &str, id: TokenId) -> Result<Self, rand::rand_core::OsError> {
+        let mut buf = [0u8; 32];
+        OsRng.try_fill_bytes(&mut buf)?;
+        let (a, b) = buf.split_at(16);
+        let mut raw = format!("{prefix}_{id}_");
+        for half in [a, b] {
+            let mut word = [0u8; 16];
+            word.copy_from_slice(half);
+            raw.push_str(&pad_base62(u128::from_le_bytes(word), SECRET_LEN / 2));
+        }
+        let checksum = checksum_of(&raw);
+        raw.push_str(&checksum);
+        Ok(Self {
+            raw,
+            id,
+            prefix_len: prefix.len(),
+        })
+    }
+
+    pub fn id(&self) -> TokenId {
+        self.id
+    }
+
+    /// The secret part, for hashing and verification only.
+    pub fn secret(&self) -> &str {
+        let start = self.prefix_len + 1 + ID_LEN + 1;
+        &self.raw[start..start + SECRET_LEN]
+    }
+
+    /// The full value. Named loudly: it is handed to the caller once, at Issue,
+    /// Rotate or Duplicate, and must go nowhere else.
+    pub fn expose(&self) -> String {
+        self.raw.clone()
+    }
+
+    /// The masked form shown in lists: prefix, id and the last 4 characters
+    /// (which belong to the checksum, not the secret).
+    pub fn hint(&self) -> String {
+        let prefix = &self.raw[..self.prefix_len];
+        let tail = &self.raw[self.raw.len() - 4..];
+        format!("{prefix}_{}_...{tail}", self.id)
+    }
+}
+
+impl fmt::Debug for TokenValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenValue")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `prefix` is an acceptable token prefix (also used to check config).
+pub fn valid_prefix(prefix: &str) -> bool {
+    (1..=MAX_PREFIX_LEN).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn checksum_of(signed: &str) -> String {
+    pad_base62(u128::from(crc32fast::hash(signed.as_bytes())), CHECKSUM_LEN)
+}
+
+fn pad_base62(n: u128, width: usize) -> String {
+    format!("{:0>width$}", base62::encode(n))
+}
+
+/// Constant-time equality for secret material.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn generated_values_round_trip_and_have_fixed_shape() {
+        let v = TokenValue::generate("tk").unwrap();
+        let s = v.expose();
+        assert_eq!(s.len(), 2 + 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN);
+        let parsed = TokenValue::parse(&s).unwrap();
+        assert_eq!(parsed.id(), v.id());
+        assert_eq!(parsed.secret(), v.secret());
+        assert_eq!(parsed.expose(), s);
+    }
+
+    #[test]
+    fn every_single_character_typo_is_rejected() {
+        let s = TokenValue::generate("tk").unwrap().expose();
+        let bytes = s.as_bytes();
+        for i in 0..bytes.len() {
+            let mut typo = bytes.to_vec();
+            typo[i] = if typo[i] == b'a' { b'b' } else { b'a' };
+            let typo = String::from_utf8(typo).unwrap();
+            if typo != s {
+                assert!(TokenValue::parse(&typo).is_err(), "typo at {i} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for bad in [
+            "",
+            "tk",
+            "tk__",
+            "tk_abc_def",
+            "TK_0123456789abcdef_x",
+            &"a".repeat(600),
+        ] {
+            assert!(TokenValue::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            TokenValue::parse(&"a".repeat(600)).unwrap_err(),
+            MalformedToken::TooLong
+        );
+    }
+
+    #[test]
+    fn debug_and_hint_never_show_the_secret() {
+        let v = TokenValue::generate("tk").unwrap();
+        assert!(!format!("{v:?}").contains(v.secret()));
+        assert!(!v.hint().contains(v.secret()));
+        assert!(v.hint().starts_with(&format!("tk_{}_", v.id())));
+    }
+
+    #[test]
+    fn ids_and_secrets_are_unique() {
+        let a = TokenValue::generate("tk").unwrap();
+        let b = TokenValue::generate("tk").unwrap();
+        assert_ne!(a.id(), b.id());
+        assert_ne!(a.secret(), b.secret());
+        let r = TokenValue::generate_for("tk", a.id()).unwrap();
+        assert_eq!(r.id(), a.id());
+        assert_ne!(r.secret(), a.secret());
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(valid_prefix("tk"));
+        assert!(valid_prefix("acme2"));
+        assert!(!valid_prefix(""));
+        assert!(!valid_prefix("Tk"));
+        assert!(!valid_prefix("t_k"));
+        assert!(!valid_prefix(&"a".repeat(17)));
+    }
+}

@@ -1,0 +1,23 @@
+//! tokend: an API-token service over gRPC.
+//!
+//! Layout, outermost first:
+//! - `main.rs` / `cli`: the `tokend` binary (serve, migrate, bootstrap) and its configuration.
+//! - `startup`: `Application::build` binds, wires and runs the server until shutdown.
+//! - `api/`: the gRPC wire layer (handlers only); `pb`: generated protobuf types.
+//! - `manage`: token-management use-cases (authorise, apply domain rules, commit, update the cache).
+//! - `validation/`: the Validate core: verified-token cache, argon2 pool, last-used batching.
+//! - `domain/`: token format, fields, state machine, privileges.
+//! - `store/`: sea-orm entities, migrations and queries.
+//! - `error`: the one error type and its mapping to gRPC status codes.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod manage;
+pub mod pb;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod validation;

@@ -1,0 +1,22 @@
+//! sea-orm entities: one file per table. Only the store module uses them; the
+//! rest of the service sees `domain` types.
+
+pub mod owner_quota;
+pub mod token;
+pub mod token_change;
+pub mod token_event;
+
+use std::fmt;
+
+use sea_orm::DeriveValueType;
+
+/// An argon2id PHC string as stored. A column newtype so that even the
+/// generated `Debug` of models and active models cannot print a hash.
+#[derive(Clone, PartialEq, Eq, DeriveValueType)]
+pub struct HashColumn(pub String);
+
+impl fmt::Debug for HashColumn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HashColumn(<redacted>)")
+    }
+}

@@ -1,0 +1,315 @@
+//! Token queries: lookups, the transactional write paths (each commits the
+//! change, its audit event and the owner's live-token count together) and Search.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+    sea_query::{CaseStatement, Expr, ExprTrait, Func, LikeExpr, OnConflict},
+};
+
+use super::{
+    Store,
+    convert::{token_from_model, token_to_active},
+    entities::{owner_quota, token, token_event},
+};
+use crate::{
+    domain::{NewEvent, Token, TokenId, TokenState, page::TokenCursor, privilege::Scope},
+    error::{Error, Result},
+};
+
+/// The outcome of a read-modify-write on one token, decided by domain rules
+/// inside the transaction.
+pub enum Change {
+    /// Nothing to write (an idempotent repeat); the current record is returned.
+    Unchanged(Token),
+    /// Write `token`, record `event`, and adjust the owner's live-token count.
+    Changed {
+        token: Token,
+        event: NewEvent,
+        live_delta: i64,
+    },
+}
+
+/// A Search, already authorised and validated.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    pub scope: Option<Scope>,
+    pub account_id: Option<String>,
+    pub name_contains: Option<String>,
+    pub id: Option<TokenId>,
+    pub states: Vec<TokenState>,
+    pub owner_id: Option<String>,
+    pub created_by: Option<String>,
+    pub module: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub last_used_before: Option<DateTime<Utc>>,
+    pub last_used_after: Option<DateTime<Utc>>,
+    pub after: Option<TokenCursor>,
+    pub limit: u64,
+}
+
+/// Escapes LIKE wildcards so user text matches literally (escape character `\`).
+fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn scope_condition(scope: &Scope) -> Condition {
+    match scope {
+        Scope::Everything => Condition::all(),
+        Scope::Account(a) => Condition::all().add(token::Column::AccountId.eq(a.as_str())),
+        Scope::Owner {
+            account_id,
+            owner_id,
+        } => Condition::all()
+            .add(token::Column::AccountId.eq(account_id.as_str()))
+            .add(token::Column::OwnerId.eq(owner_id.as_str())),
+    }
+}
+
+impl Store {
+    /// One token by id.
+    pub async fn find_token(&self, id: TokenId) -> Result<Option<Token>> {
+        self.bounded(async {
+            let model = token::Entity::find_by_id(id.to_string())
+                .one(&self.db)
+                .await?;
+            model.map(token_from_model).transpose()
+        })
+        .await
+    }
+
+    /// Inserts a new token with its audit event, enforcing the per-owner limit
+    /// on live tokens atomically.
+    pub async fn insert_token(
+        &self,
+        token: &Token,
+        event: &NewEvent,
+        per_owner_limit: u32,
+    ) -> Result<()> {
+        self.bounded(async {
+            let _serialised = self.write_guard().await;
+            let txn = self.db.begin().await?;
+            owner_quota::Entity::insert(owner_quota::ActiveModel {
+                account_id: Set(token.account_id.clone()),
+                owner_id: Set(token.owner_id.clone()),
+                live_tokens: Set(0),
+            })
+            .on_conflict(OnConflict::columns([owner_quota::Column::AccountId, owner_quota::Column::OwnerId]).do_nothing().to_owned())
+            .exec_without_returning(&txn)
+            .await?;
+            let reserved = owner_quota::Entity::update_many()
+                .col_expr(owner_quota::Column::LiveTokens, Expr::col(owner_quota::Column::LiveTokens).add(1))
+                .filter(owner_quota::Column::AccountId.eq(token.account_id.as_str()))
+                .filter(owner_quota::Column::OwnerId.eq(token.owner_id.as_str()))
+                .filter(owner_quota::Column::LiveTokens.lt(i64::from(per_owner_limit)))
+                .exec(&txn)
+                .await?;
+            if reserved.rows_affected == 0 {
+                return Err(Error::ResourceExhausted(format!(
+                    "owner {} already has the maximum of {per_owner_limit} live tokens; revoke one first",
+                    token.owner_id
+                )));
+            }
+            token::Entity::insert(token_to_active(token)?).exec_without_returning(&txn).await?;
+            insert_event(&txn, token, event).await?;
+            super::changes::record(&txn, &self.instance, token.id).await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Read-modify-write of one token: `decide` sees the locked current record
+    /// and applies the domain rules; its change commits with its audit event.
+    /// Returns `NotFound` when there is no such token.
+    pub async fn update_token<F>(&self, id: TokenId, decide: F) -> Result<(Token, bool)>
+    where
+        F: FnOnce(Token) -> Result<Change> + Send,
+    {
+        self.bounded(async {
+            let _serialised = self.write_guard().await;
+            let txn = self.db.begin().await?;
+            let mut select = token::Entity::find_by_id(id.to_string());
+            if self.backend() == DbBackend::Postgres {
+                select = select.lock_exclusive();
+            }
+            let current = select
+                .one(&txn)
+                .await?
+                .ok_or_else(|| Error::token_not_found(id))?;
+            match decide(token_from_model(current)?)? {
+                Change::Unchanged(token) => {
+                    txn.rollback().await?;
+                    Ok((token, false))
+                }
+                Change::Changed {
+                    token,
+                    event,
+                    live_delta,
+                } => {
+                    token::Entity::update(token_to_active(&token)?)
+                        .exec(&txn)
+                        .await?;
+                    if live_delta != 0 {
+                        owner_quota::Entity::update_many()
+                            .col_expr(
+                                owner_quota::Column::LiveTokens,
+                                Expr::col(owner_quota::Column::LiveTokens).add(live_delta),
+                            )
+                            .filter(owner_quota::Column::AccountId.eq(token.account_id.as_str()))
+                            .filter(owner_quota::Column::OwnerId.eq(token.owner_id.as_str()))
+                            .exec(&txn)
+                            .await?;
+                    }
+                    insert_event(&txn, &token, &event).await?;
+                    super::changes::record(&txn, &self.instance, token.id).await?;
+                    txn.commit().await?;
+                    Ok((token, true))
+                }
+            }
+        })
+        .await
+    }
+
+    /// One page of tokens, newest first (`limit` rows at most).
+    pub async fn search_tokens(&self, q: &SearchQuery) -> Result<Vec<Token>> {
+        use token::Column as C;
+        let mut cond = Condition::all();
+        if let Some(scope) = &q.scope {
+            cond = cond.add(scope_condition(scope));
+        }
+        if let Some(a) = &q.account_id {
+            cond = cond.add(C::AccountId.eq(a.as_str()));
+        }
+        if let Some(id) = q.id {
+            cond = cond.add(C::Id.eq(id.to_string()));
+        }
+        if let Some(text) = &q.name_contains {
+            let pattern = format!("%{}%", like_literal(&text.to_lowercase()));
+            cond = cond.add(
+                Expr::expr(Func::lower(Expr::col(C::Name)))
+                    .like(LikeExpr::new(pattern).escape('\\')),
+            );
+        }
+        if !q.states.is_empty() {
+            cond = cond.add(C::State.is_in(q.states.iter().map(|s| s.as_str())));
+        }
+        if let Some(o) = &q.owner_id {
+            cond = cond.add(C::OwnerId.eq(o.as_str()));
+        }
+        if let Some(c) = &q.created_by {
+            cond = cond.add(C::CreatedBy.eq(c.as_str()));
+        }
+        if let Some(m) = &q.module {
+            // Modules are a JSON array of names whose characters need no JSON escaping.
+            let pattern = format!("%\"{}\"%", like_literal(m));
+            cond = cond.add(Expr::col(C::Modules).like(LikeExpr::new(pattern).escape('\\')));
+        }
+        if let Some(t) = q.created_after {
+            cond = cond.add(C::CreatedAt.gte(t));
+        }
+        if let Some(t) = q.created_before {
+            cond = cond.add(C::CreatedAt.lt(t));
+        }
+        if let Some(t) = q.last_used_before {
+            // "Stale": not used since `t`, including never used.
+            cond = cond.add(
+                Condition::any()
+                    .add(C::LastUsedAt.is_null())
+                    .add(C::LastUsedAt.lt(t)),
+            );
+        }
+        if let Some(t) = q.last_used_after {
+            cond = cond.add(C::LastUsedAt.gte(t));
+        }
+        if let Some(after) = &q.after {
+            cond = cond.add(
+                Condition::any().add(C::CreatedAt.lt(after.created_at)).add(
+                    Condition::all()
+                        .add(C::CreatedAt.eq(after.created_at))
+                        .add(C::Id.lt(after.id.to_string())),
+                ),
+            );
+        }
+        self.bounded(async {
+            let models = token::Entity::find()
+                .filter(cond)
+                .order_by_desc(C::CreatedAt)
+                .order_by_desc(C::Id)
+                .limit(q.limit)
+                .all(&self.db)
+                .await?;
+            models.into_iter().map(token_from_model).collect()
+        })
+        .await
+    }
+
+    /// Writes a batch of last-used times in one statement; a time never moves
+    /// backwards (several replicas may flush the same token).
+    pub async fn record_last_used(&self, batch: &[(TokenId, DateTime<Utc>)]) -> Result<()> {
+        use token::Column as C;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut case = CaseStatement::new();
+        for (id, at) in batch {
+            let newer = Condition::any()
+                .add(C::LastUsedAt.is_null())
+                .add(C::LastUsedAt.lt(*at));
+            case = case.case(
+                Condition::all().add(C::Id.eq(id.to_string())).add(newer),
+                Expr::val(*at),
+            );
+        }
+        case = case.finally(Expr::col(C::LastUsedAt));
+        let ids: Vec<String> = batch.iter().map(|(id, _)| id.to_string()).collect();
+        self.bounded(async {
+            let _serialised = self.write_guard().await;
+            token::Entity::update_many()
+                .col_expr(C::LastUsedAt, case.into())
+                .filter(C::Id.is_in(ids))
+                .exec(&self.db)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+async fn insert_event(conn: &impl ConnectionTrait, token: &Token, event: &NewEvent) -> Result<()> {
+    token_event::Entity::insert(token_event::ActiveModel {
+        token_id: Set(token.id.to_string()),
+        account_id: Set(token.account_id.clone()),
+        owner_id: Set(token.owner_id.clone()),
+        kind: Set(event.kind.as_str().to_owned()),
+        actor_token_id: Set(event.actor.token_id.clone()),
+        actor_owner_id: Set(event.actor.owner_id.clone()),
+        at: Set(token.updated_at),
+        detail: Set(event.detail.clone()),
+        ..Default::default()
+    })
+    .exec_without_returning(conn)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_literal;
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(like_literal("50%_off\\"), "50\\%\\_off\\\\");
+        assert_eq!(like_literal("plain"), "plain");
+    }
+}

@@ -1,0 +1,570 @@
+//! The verified-token cache and its negative caches.
+//!
+//! A positive entry is keyed by token id and holds a snapshot of what Validate
+//! needs (state, account, owner, modules, version, metadata, expiry) plus keyed
+//! BLAKE3 digests of secrets that argon2 has already verified. The digest key is
+//! random per process, so the cache never holds anything that could be replayed
+//! elsewhere, and a hit costs one BLAKE3 of ~60 bytes and a constant-time compare.
+//!
+//! Entries carry a tag of the stored hash each digest belongs to; when a
+//! mutation refreshes the snapshot, digests whose hash is still current (or has
+//! become the rotate-grace "previous" one) are kept, the rest are dropped.
+//!
+//! Beside it: remembered failed values (short TTL), briefly-remembered unknown
+//! ids, and a per-id failure window that throttles argon2 work on a token id
+//! under a wrong-secret flood. All bounded.
+
+use std::{
+    collections::hash_map::RandomState,
+    hash::BuildHasher,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use quick_cache::sync::Cache;
+
+use crate::domain::{
+    Token, TokenId, TokenState, TokenValue, token::SecretHash, token_value::constant_time_eq,
+};
+
+/// Keyed digest of a presented token value: the first 128 bits of a keyed
+/// BLAKE3, a MAC under a per-process random key (forging one is a 2^-128 guess).
+pub type Digest = [u8; 16];
+
+const STRIPES: usize = 1024;
+
+/// Tuning of the cache; see `ValidationConfig` for defaults.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub capacity: usize,
+    pub negative_capacity: usize,
+    pub negative_ttl: Duration,
+    pub unknown_ttl: Duration,
+    pub failure_window: Duration,
+    pub failures_per_window: u32,
+}
+
+/// What Validate needs to judge a token. Up to a million of these live in
+/// memory, so the variable-length fields share one allocation: a byte buffer of
+/// length-prefixed segments `account, owner, api_version, modules.., (key,
+/// value)..` read through accessors.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub id: TokenId,
+    pub state: TokenState,
+    pub expires_at: Option<DateTime<Utc>>,
+    modules: u8,
+    packed: Box<[u8]>,
+}
+
+/// Writes one length-prefixed segment. Every field is bounded far below
+/// `u16::MAX` bytes by the domain rules; longer input is cut rather than panic.
+fn put(buf: &mut Vec<u8>, s: &str) {
+    let len = s.len().min(usize::from(u16::MAX));
+    buf.extend_from_slice(&(len as u16).to_le_bytes());
+    buf.extend_from_slice(&s.as_bytes()[..len]);
+}
+
+impl Snapshot {
+    pub fn of(token: &Token) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        put(&mut buf, &token.account_id);
+        put(&mut buf, &token.owner_id);
+        put(&mut buf, &token.api_version);
+        for m in &token.modules {
+            put(&mut buf, m);
+        }
+        for (k, v) in &token.metadata {
+            put(&mut buf, k);
+            put(&mut buf, v);
+        }
+        Self {
+            id: token.id,
+            state: token.state,
+            expires_at: token.expires_at,
+            modules: u8::try_from(token.modules.len()).unwrap_or(u8::MAX),
+            packed: buf.into_boxed_slice(),
+        }
+    }
+
+    /// Byte ranges of the segments; cheap to skip through.
+    fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let mut at = 0usize;
+        std::iter::from_fn(move || {
+            let len = self.packed.get(at..at + 2)?;
+            let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+            let range = at + 2..at + 2 + len;
+            at = range.end;
+            (range.end <= self.packed.len()).then_some(range)
+        })
+    }
+
+    fn text(&self, range: std::ops::Range<usize>) -> &str {
+        // Whole `&str`s went in (the field limits keep every one far below
+        // u16::MAX bytes), so each segment is valid UTF-8.
+        std::str::from_utf8(&self.packed[range]).unwrap_or_default()
+    }
+
+    fn nth(&self, n: usize) -> &str {
+        self.ranges().nth(n).map_or("", |r| self.text(r))
+    }
+
+    pub fn account_id(&self) -> &str {
+        self.nth(0)
+    }
+
+    pub fn owner_id(&self) -> &str {
+        self.nth(1)
+    }
+
+    pub fn api_version(&self) -> &str {
+        self.nth(2)
+    }
+
+    pub fn modules(&self) -> impl Iterator<Item = &str> {
+        self.ranges()
+            .skip(3)
+            .take(usize::from(self.modules))
+            .map(|r| self.text(r))
+    }
+
+    pub fn metadata(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest = self.ranges().skip(3 + usize::from(self.modules));
+        std::iter::from_fn(move || Some((self.text(rest.next()?), self.text(rest.next()?))))
+    }
+
+    pub fn has_modules(&self, required: &[String]) -> bool {
+        required.iter().all(|r| self.modules().any(|m| m == r))
+    }
+}
+
+/// A secret slot: the tag of the stored hash, and the digest of the value that
+/// verified against it, once one has.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    tag: u64,
+    digest: Option<Digest>,
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub snapshot: Snapshot,
+    current: Slot,
+    /// Boxed: only tokens inside a rotate grace period have one.
+    previous: Option<Box<(Slot, DateTime<Utc>)>>,
+    /// Unix second of the last recorded use, so a hot token records its use at
+    /// most once a second.
+    last_recorded: AtomicI64,
+}
+
+/// Which stored secret a presented value matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    Current,
+    Previous,
+}
+
+impl Entry {
+    /// Builds an entry for `token`, keeping digests known for hashes that are
+    /// still in use, and adding `verified` for the slot it matched.
+    fn build(token: &Token, carried: &[Slot], verified: Option<(Matched, Digest)>) -> Self {
+        let find = |hash: &SecretHash| {
+            let tag = hash.tag();
+            let digest = carried.iter().find(|s| s.tag == tag).and_then(|s| s.digest);
+            Slot { tag, digest }
+        };
+        let mut current = find(&token.secret_hash);
+        let mut previous = token
+            .previous_secret
+            .as_ref()
+            .map(|p| Box::new((find(&p.hash), p.expires_at)));
+        match verified {
+            Some((Matched::Current, d)) => current.digest = Some(d),
+            Some((Matched::Previous, d)) => {
+                if let Some(prev) = previous.as_mut() {
+                    prev.0.digest = Some(d);
+                }
+            }
+            None => {}
+        }
+        Self {
+            snapshot: Snapshot::of(token),
+            current,
+            previous,
+            last_recorded: AtomicI64::new(0),
+        }
+    }
+
+    fn slots(&self) -> Vec<Slot> {
+        let mut v = vec![self.current];
+        v.extend(self.previous.as_ref().map(|p| p.0));
+        v
+    }
+
+    /// Constant-time check of a presented digest against the verified ones.
+    pub fn matches(&self, digest: &Digest, now: DateTime<Utc>) -> Option<Matched> {
+        if self
+            .current
+            .digest
+            .is_some_and(|d| constant_time_eq(&d, digest))
+        {
+            return Some(Matched::Current);
+        }
+        match self.previous.as_deref() {
+            Some((
+                Slot {
+                    digest: Some(d), ..
+                },
+                until,
+            )) if *until > now && constant_time_eq(d, digest) => Some(Matched::Previous),
+            _ => None,
+        }
+    }
+
+    /// Whether this use should be recorded (at most once per second per entry).
+    pub fn should_record_use(&self, now_secs: i64) -> bool {
+        self.last_recorded.swap(now_secs, Ordering::Relaxed) != now_secs
+    }
+}
+
+pub struct VerifiedCache {
+    key: [u8; 32],
+    entries: Cache<TokenId, Arc<Entry>>,
+    failed: Cache<Digest, Instant>,
+    unknown: Cache<TokenId, Instant>,
+    failures: Cache<TokenId, (Instant, u32)>,
+    /// Bumped by every invalidation of an id in the stripe, so a slow miss that
+    /// read the store before a mutation committed does not cache stale data.
+    generations: Box<[AtomicU64]>,
+    /// Singleflight: one verification per stripe of token ids at a time.
+    flights: Box<[tokio::sync::Mutex<()>]>,
+    config: CacheConfig,
+    /// Randomly keyed, so nobody can pick ids that pile onto one stripe.
+    stripes: RandomState,
+}
+
+impl VerifiedCache {
+    pub fn new(config: CacheConfig) -> Self {
+        let mut key = [0u8; 32];
+        // A fresh random key per process: digests are useless anywhere else.
+        rand::fill(&mut key);
+        Self {
+            key,
+            entries: Cache::new(config.capacity.max(16)),
+            failed: Cache::new(config.negative_capacity.max(16)),
+            unknown: Cache::new(config.negative_capacity.max(16)),
+            failures: Cache::new(config.negative_capacity.max(16)),
+            generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            flights: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            config,
+            stripes: RandomState::new(),
+        }
+    }
+
+    fn stripe(&self, id: &TokenId) -> usize {
+        (self.stripes.hash_one(id) as usize) % STRIPES
+    }
+
+    pub fn digest(&self, value: &TokenValue) -> Digest {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(value.id().as_str().as_bytes());
+        h.update(value.secret().as_bytes());
+        let mut d = [0u8; 16];
+        d.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        d
+    }
+
+    pub fn get(&self, id: &TokenId) -> Option<Arc<Entry>> {
+        self.entries.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn generation(&self, id: &TokenId) -> u64 {
+        self.generations[self.stripe(id)].load(Ordering::Acquire)
+    }
+
+    pub async fn flight(&self, id: &TokenId) -> tokio::sync::MutexGuard<'_, ()> {
+        self.flights[self.stripe(id)].lock().await
+    }
+
+    /// Caches the result of a successful verification, unless the token
+    /// changed since `generation` was read.
+    pub fn fill(
+        &self,
+        token: &Token,
+        matched: Matched,
+        digest: Digest,
+        generation: u64,
+    ) -> Arc<Entry> {
+        let carried = self.get(&token.id).map(|e| e.slots()).unwrap_or_default();
+        let entry = Arc::new(Entry::build(token, &carried, Some((matched, digest))));
+        if self.generation(&token.id) == generation {
+            self.entries.insert(token.id, Arc::clone(&entry));
+        }
+        entry
+    }
+
+    /// After a committed change on this process: replaces the snapshot (keeping
+    /// digests still valid), and records the digest of a freshly generated value.
+    pub fn apply(&self, token: &Token, fresh: Option<Digest>) {
+        let stripe = self.stripe(&token.id);
+        self.generations[stripe].fetch_add(1, Ordering::AcqRel);
+        self.unknown.remove(&token.id);
+        let existing = self.get(&token.id);
+        if existing.is_none() && fresh.is_none() {
+            return;
+        }
+        let carried = existing.map(|e| e.slots()).unwrap_or_default();
+        let entry = Entry::build(token, &carried, fresh.map(|d| (Matched::Current, d)));
+        self.entries.insert(token.id, Arc::new(entry));
+    }
+
+    /// Forgets a token (e.g. when another replica changed it).
+    pub fn invalidate(&self, id: &TokenId) {
+        self.generations[self.stripe(id)].fetch_add(1, Ordering::AcqRel);
+        self.entries.remove(id);
+        self.unknown.remove(id);
+    }
+
+    /// Forgets everything (e.g. after losing the change feed).
+    pub fn clear(&self) {
+        for g in self.generations.iter() {
+            g.fetch_add(1, Ordering::AcqRel);
+        }
+        self.entries.clear();
+        self.unknown.clear();
+    }
+
+    fn fresh(at: Option<Instant>, ttl: Duration) -> bool {
+        at.is_some_and(|t| t.elapsed() < ttl)
+    }
+
+    pub fn recently_failed(&self, digest: &Digest) -> bool {
+        Self::fresh(self.failed.get(digest), self.config.negative_ttl)
+    }
+
+    pub fn remember_failure(&self, id: TokenId, digest: Digest) {
+        self.failed.insert(digest, Instant::now());
+        let now = Instant::now();
+        let (start, count) = match self.failures.get(&id) {
+            Some((start, count)) if start.elapsed() < self.config.failure_window => {
+                (start, count + 1)
+            }
+            _ => (now, 1),
+        };
+        self.failures.insert(id, (start, count));
+    }
+
+    /// Whether argon2 work on this id is throttled after repeated failures.
+    pub fn throttled(&self, id: &TokenId) -> bool {
+        matches!(self.failures.get(id), Some((start, count)) if start.elapsed() < self.config.failure_window && count >= self.config.failures_per_window)
+    }
+
+    pub fn recently_unknown(&self, id: &TokenId) -> bool {
+        Self::fresh(self.unknown.get(id), self.config.unknown_ttl)
+    }
+
+    pub fn remember_unknown(&self, id: TokenId, generation: u64) {
+        if self.generation(&id) == generation {
+            self.unknown.insert(id, Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::token::PreviousSecret;
+
+    pub(crate) fn token(id: TokenId, hash: &str) -> Token {
+        let now = Utc::now();
+        Token {
+            id,
+            account_id: "acme".into(),
+            owner_id: "alice".into(),
+            created_by: "alice".into(),
+            updated_by: "alice".into(),
+            name: "n".into(),
+            description: String::new(),
+            modules: vec!["a:read".into()],
+            api_version: "v1".into(),
+            metadata: BTreeMap::new(),
+            state: TokenState::Active,
+            state_reason: String::new(),
+            secret_hash: SecretHash::new(hash.into()),
+            previous_secret: None,
+            hint: String::new(),
+            created_at: now,
+            updated_at: now,
+            last_used_at: None,
+            expires_at: None,
+            disabled_at: None,
+            revoked_at: None,
+        }
+    }
+
+    fn config() -> CacheConfig {
+        CacheConfig {
+            capacity: 1000,
+            negative_capacity: 1000,
+            negative_ttl: Duration::from_secs(30),
+            unknown_ttl: Duration::from_secs(10),
+            failure_window: Duration::from_secs(10),
+            failures_per_window: 3,
+        }
+    }
+
+    #[test]
+    fn snapshot_packs_and_unpacks_every_field() {
+        let v = TokenValue::generate("tk").unwrap();
+        let mut t = token(v.id(), "h");
+        t.modules = vec!["a:read".into(), "b/*".into()];
+        t.metadata = BTreeMap::from([
+            ("team".into(), "payments é".into()),
+            ("env".into(), String::new()),
+        ]);
+        let s = Snapshot::of(&t);
+        assert_eq!(s.account_id(), "acme");
+        assert_eq!(s.owner_id(), "alice");
+        assert_eq!(s.api_version(), "v1");
+        assert_eq!(s.modules().collect::<Vec<_>>(), vec!["a:read", "b/*"]);
+        assert_eq!(
+            s.metadata().collect::<Vec<_>>(),
+            vec![("env", ""), ("team", "payments é")]
+        );
+        assert!(s.has_modules(&["b/*".into()]));
+        assert!(!s.has_modules(&["c".into()]));
+        t.modules.clear();
+        t.metadata.clear();
+        let empty = Snapshot::of(&t);
+        assert_eq!(empty.modules().count(), 0);
+        assert_eq!(empty.metadata().count(), 0);
+    }
+
+    #[test]
+    fn hit_requires_the_verified_digest() {
+        let cache = VerifiedCache::new(config());
+        let v = TokenValue::generate("tk").unwrap();
+        let other = TokenValue::generate_for("tk", v.id()).unwrap();
+        let t = token(v.id(), "h1");
+        let g = cache.generation(&v.id());
+        cache.fill(&t, Matched::Current, cache.digest(&v), g);
+        let e = cache.get(&v.id()).unwrap();
+        assert_eq!(
+            e.matches(&cache.digest(&v), Utc::now()),
+            Some(Matched::Current)
+        );
+        assert_eq!(e.matches(&cache.digest(&other), Utc::now()), None);
+    }
+
+    #[test]
+    fn a_mutation_between_read_and_fill_prevents_caching() {
+        let cache = VerifiedCache::new(config());
+        let v = TokenValue::generate("tk").unwrap();
+        let t = token(v.id(), "h1");
+        let g = cache.generation(&v.id());
+        cache.invalidate(&v.id());
+        cache.fill(&t, Matched::Current, cache.digest(&v), g);
+        assert!(cache.get(&v.id()).is_none());
+    }
+
+    #[test]
+    fn apply_keeps_digests_of_hashes_still_in_use() {
+        let cache = VerifiedCache::new(config());
+        let old = TokenValue::generate("tk").unwrap();
+        let new = TokenValue::generate_for("tk", old.id()).unwrap();
+        let mut t = token(old.id(), "h-old");
+        cache.apply(&t, Some(cache.digest(&old)));
+        // Disable: same hash, digest kept, state updated.
+        t.state = TokenState::Disabled;
+        cache.apply(&t, None);
+        let e = cache.get(&old.id()).unwrap();
+        assert_eq!(e.snapshot.state, TokenState::Disabled);
+        assert!(e.matches(&cache.digest(&old), Utc::now()).is_some());
+        // Rotate with grace: old hash becomes previous, its digest follows it.
+        t.state = TokenState::Active;
+        t.previous_secret = Some(PreviousSecret {
+            hash: t.secret_hash.clone(),
+            expires_at: Utc::now() + chrono::Duration::seconds(60),
+        });
+        t.secret_hash = SecretHash::new("h-new".into());
+        cache.apply(&t, Some(cache.digest(&new)));
+        let e = cache.get(&old.id()).unwrap();
+        assert_eq!(
+            e.matches(&cache.digest(&new), Utc::now()),
+            Some(Matched::Current)
+        );
+        assert_eq!(
+            e.matches(&cache.digest(&old), Utc::now()),
+            Some(Matched::Previous)
+        );
+        assert_eq!(
+            e.matches(
+                &cache.digest(&old),
+                Utc::now() + chrono::Duration::seconds(61)
+            ),
+            None
+        );
+        // Rotate without grace: the old digest is gone.
+        t.previous_secret = None;
+        cache.apply(&t, None);
+        assert_eq!(
+            cache
+                .get(&old.id())
+                .unwrap()
+                .matches(&cache.digest(&old), Utc::now()),
+            None
+        );
+    }
+
+    #[test]
+    fn failures_throttle_after_the_window_limit() {
+        let cache = VerifiedCache::new(config());
+        let v = TokenValue::generate("tk").unwrap();
+        for _ in 0..2 {
+            cache.remember_failure(v.id(), [0; 16]);
+        }
+        assert!(!cache.throttled(&v.id()));
+        cache.remember_failure(v.id(), [1; 16]);
+        assert!(cache.throttled(&v.id()));
+        assert!(cache.recently_failed(&[1; 16]));
+        assert!(!cache.recently_failed(&[2; 16]));
+    }
+
+    #[test]
+    fn unknown_ids_are_forgotten_when_the_token_appears() {
+        let cache = VerifiedCache::new(config());
+        let v = TokenValue::generate("tk").unwrap();
+        cache.remember_unknown(v.id(), cache.generation(&v.id()));
+        assert!(cache.recently_unknown(&v.id()));
+        cache.apply(&token(v.id(), "h"), Some(cache.digest(&v)));
+        assert!(!cache.recently_unknown(&v.id()));
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let cache = VerifiedCache::new(CacheConfig {
+            capacity: 100,
+            ..config()
+        });
+        for _ in 0..1000 {
+            let v = TokenValue::generate("tk").unwrap();
+            cache.apply(&token(v.id(), "h"), Some(cache.digest(&v)));
+        }
+        assert!(cache.len() <= 110, "cache grew to {}", cache.len());
+    }
+}

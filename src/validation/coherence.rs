@@ -1,0 +1,212 @@
+//! Cross-replica cache coherence (PostgreSQL). Another replica's commit must
+//! reach this replica's Validate cache within a second:
+//!
+//! - push: a dedicated LISTEN connection receives each change's NOTIFY
+//!   (sent on commit) and refreshes that token at once;
+//! - pull: NOTIFY is not durable, so the change log is also polled every
+//!   `poll_interval` (and right after the listener reconnects): rows after the
+//!   highest sequence seen, plus the sequence numbers skipped so far, because a
+//!   transaction that took its number earlier may commit later (skipped numbers
+//!   are forgotten after `lookback`: by then they were rolled back);
+//! - if polling has been failing for longer than the lookback window, the log
+//!   can no longer prove nothing was missed, so the cache is cleared before it
+//!   is trusted again.
+//!
+//! A refresh re-reads the token and replaces the snapshot, keeping verified
+//! digests whose hash is unchanged (so a disable costs no argon2 anywhere);
+//! tokens this replica has not cached are only marked changed. A replica also
+//! refreshes on its own changes: one cheap read, and it heals the case where
+//! its own write timed out but committed later. Each change is applied once,
+//! by whichever of NOTIFY and the poll brings it first.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sea_orm::DbBackend;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Validator;
+use crate::{domain::TokenId, store::Store};
+
+/// Change rows read per poll; a full batch is followed by another at once.
+const BATCH: u64 = 10_000;
+/// Skipped sequence numbers remembered at most.
+const MAX_GAPS: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct CoherenceConfig {
+    pub poll_interval: Duration,
+    pub lookback: Duration,
+    pub retention: Duration,
+}
+
+/// Runs until `shutdown`; a no-op on SQLite (one replica only).
+pub async fn run(
+    store: Arc<Store>,
+    validator: Arc<Validator>,
+    config: CoherenceConfig,
+    shutdown: CancellationToken,
+) {
+    if store.backend() != DbBackend::Postgres {
+        return;
+    }
+    let kick = Arc::new(Notify::new());
+    let seen = Arc::new(Seen::default());
+    let listener = tokio::spawn(listen(
+        Arc::clone(&store),
+        Arc::clone(&validator),
+        Arc::clone(&kick),
+        Arc::clone(&seen),
+        shutdown.clone(),
+    ));
+    poll(store, validator, config, kick, seen, shutdown).await;
+    let _ = listener.await;
+}
+
+/// Sequence numbers already applied, by whichever path (NOTIFY or poll) got
+/// there first, so each change is refreshed once: a second, redundant refresh
+/// could fail during an outage and evict an entry that is already right.
+#[derive(Default)]
+struct Seen(parking_lot::Mutex<HashMap<i64, Instant>>);
+
+impl Seen {
+    /// True the first time `seq` is offered.
+    fn first(&self, seq: i64) -> bool {
+        self.0.lock().insert(seq, Instant::now()).is_none()
+    }
+
+    fn forget_older_than(&self, age: Duration) {
+        self.0.lock().retain(|_, at| at.elapsed() < age);
+    }
+}
+
+async fn listen(
+    store: Arc<Store>,
+    validator: Arc<Validator>,
+    kick: Arc<Notify>,
+    seen: Arc<Seen>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = store.listen() => match r {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change listener cannot connect; retrying");
+                    tokio::select! { () = shutdown.cancelled() => return, () = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(100);
+        // Anything committed while we were not listening is in the log.
+        kick.notify_one();
+        tracing::debug!("change listener connected");
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = listener.try_recv() => match r {
+                    Ok(Some(n)) => {
+                        if let Some((seq, id)) = n.payload().split_once(':')
+                            && let (Ok(seq), Some(id)) = (seq.parse::<i64>(), TokenId::parse(id))
+                            && seen.first(seq)
+                        {
+                            validator.refresh(id).await;
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("change listener lost its connection; catching up from the log");
+                        kick.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change listener failed; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn poll(
+    store: Arc<Store>,
+    validator: Arc<Validator>,
+    config: CoherenceConfig,
+    kick: Arc<Notify>,
+    seen: Arc<Seen>,
+    shutdown: CancellationToken,
+) {
+    // Start from the log's current end: the cache is empty at start-up, so the
+    // past needs no replay.
+    let mut high = loop {
+        match store.last_change_seq().await {
+            Ok(seq) => break seq,
+            Err(e) => tracing::warn!(error = %e, "cannot read the change log yet"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(config.poll_interval) => {}
+        }
+    };
+    // Sequence numbers skipped so far: a transaction still in flight may
+    // commit them later (or they were rolled back; they expire after `lookback`).
+    let mut gaps: BTreeMap<i64, Instant> = BTreeMap::new();
+    let mut last_ok = Instant::now();
+    let mut last_prune = Instant::now();
+    loop {
+        let wanted: Vec<i64> = gaps.keys().copied().collect();
+        let mut more = false;
+        match store.changes_since(high, &wanted, BATCH).await {
+            Ok(rows) => {
+                if last_ok.elapsed() > config.lookback {
+                    tracing::warn!(gap = ?last_ok.elapsed(), "change log unreadable for longer than the lookback window; clearing the Validate cache");
+                    validator.cache().clear();
+                }
+                last_ok = Instant::now();
+                more = rows.len() as u64 == BATCH;
+                for row in rows {
+                    if row.seq > high {
+                        let room = MAX_GAPS.saturating_sub(gaps.len());
+                        for skipped in ((high + 1)..row.seq).take(room) {
+                            gaps.insert(skipped, Instant::now());
+                        }
+                        high = row.seq;
+                    } else if gaps.remove(&row.seq).is_none() {
+                        continue;
+                    }
+                    if seen.first(row.seq)
+                        && let Some(id) = TokenId::parse(&row.token_id)
+                    {
+                        validator.refresh(id).await;
+                    }
+                }
+                gaps.retain(|_, at| at.elapsed() < config.lookback);
+                seen.forget_older_than(config.lookback * 2);
+            }
+            Err(e) => tracing::warn!(error = %e, "change log poll failed"),
+        }
+        if last_prune.elapsed() > Duration::from_secs(60) {
+            last_prune = Instant::now();
+            match store.prune_changes(config.retention).await {
+                Ok(n) if n > 0 => tracing::debug!(rows = n, "pruned change log"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "change log prune failed"),
+            }
+        }
+        if more {
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(config.poll_interval) => {}
+            () = kick.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The Validate core. Validate runs on every request of every backend service,
+//! so a cache hit must cost about as little as a no-op RPC:
+//!
+//! - hit: one keyed BLAKE3 digest, a constant-time compare, and the state,
+//!   expiry and module checks on an in-memory snapshot: no store access, no argon2;
+//! - miss: one store lookup and one argon2 verification per token id at a time
+//!   (singleflight), on the bounded argon2 pool;
+//! - floods: failed values and unknown ids are remembered briefly, and repeated
+//!   failures on one id throttle further argon2 work on it;
+//! - last use: recorded in memory and flushed in batches (`usage`).
+//!
+//! The caller-credential check of every RPC goes through the same path.
+
+pub mod cache;
+pub mod coherence;
+pub mod hasher;
+pub mod usage;
+
+use std::{fmt, sync::Arc};
+
+use chrono::{DateTime, SubsecRound, Utc};
+
+use self::{
+    cache::{Entry, Matched, VerifiedCache},
+    hasher::Hasher,
+    usage::UsageRecorder,
+};
+use crate::{
+    domain::{Token, TokenState, TokenValue},
+    error::{Error, Result},
+    store::Store,
+};
+
+/// Why a token is (not) valid. Mirrors the wire `Reason` enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Valid,
+    Malformed,
+    Unknown,
+    Disabled,
+    Revoked,
+    Expired,
+    MissingModules,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Valid => "valid",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+            Self::Disabled => "disabled",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::MissingModules => "missing modules",
+        })
+    }
+}
+
+/// A verdict, with the token's snapshot when its secret verified.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub reason: Reason,
+    pub entry: Option<Arc<Entry>>,
+}
+
+impl Verdict {
+    pub fn rejected(reason: Reason) -> Self {
+        Self {
+            reason,
+            entry: None,
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.reason == Reason::Valid
+    }
+}
+
+fn judge(entry: &Entry, required_modules: &[String], now: DateTime<Utc>) -> Reason {
+    let s = &entry.snapshot;
+    match s.state {
+        TokenState::Revoked => Reason::Revoked,
+        TokenState::Disabled => Reason::Disabled,
+        TokenState::Active if s.expires_at.is_some_and(|t| t <= now) => Reason::Expired,
+        TokenState::Active if !s.has_modules(required_modules) => Reason::MissingModules,
+        TokenState::Active => Reason::Valid,
+    }
+}
+
+pub struct Validator {
+    store: Arc<Store>,
+    hasher: Arc<Hasher>,
+    cache: VerifiedCache,
+    usage: Arc<UsageRecorder>,
+}
+
+impl Validator {
+    pub fn new(
+        store: Arc<Store>,
+        hasher: Arc<Hasher>,
+        cache: VerifiedCache,
+        usage: Arc<UsageRecorder>,
+    ) -> Self {
+        Self {
+            store,
+            hasher,
+            cache,
+            usage,
+        }
+    }
+
+    pub fn cache(&self) -> &VerifiedCache {
+        &self.cache
+    }
+
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// Judges a parsed token value, as a use of the token: a valid verdict
+    /// updates its last-used time. `account` limits which account's tokens
+    /// this caller may see (others look unknown).
+    pub async fn validate(
+        &self,
+        value: &TokenValue,
+        required_modules: &[String],
+        account: Option<&str>,
+    ) -> Result<Verdict> {
+        let now = Utc::now().trunc_subsecs(6);
+        let Some(entry) = self.verified(value, now).await? else {
+            return Ok(Verdict::rejected(Reason::Unknown));
+        };
+        if account.is_some_and(|a| entry.snapshot.account_id() != a) {
+            return Ok(Verdict::rejected(Reason::Unknown));
+        }
+        let reason = judge(&entry, required_modules, now);
+        if reason == Reason::Valid && entry.should_record_use(now.timestamp()) {
+            self.usage.record(value.id(), now);
+        }
+        Ok(Verdict {
+            reason,
+            entry: Some(entry),
+        })
+    }
+
+    /// Proof of possession without a use: the token's entry if `value`'s secret
+    /// verifies (current, or previous within its grace), whatever its state.
+    /// Searching for or revoking a leaked value must not make it look used.
+    pub async fn possessed(&self, value: &TokenValue) -> Result<Option<Arc<Entry>>> {
+        self.verified(value, Utc::now().trunc_subsecs(6)).await
+    }
+
+    /// The cached entry whose verified digest matches `value`, verifying on a miss.
+    async fn verified(&self, value: &TokenValue, now: DateTime<Utc>) -> Result<Option<Arc<Entry>>> {
+        let digest = self.cache.digest(value);
+        if let Some(entry) = self.hit(value, &digest, now) {
+            return Ok(Some(entry));
+        }
+        // Floods of known-bad values end here, without touching the slow path.
+        if self.cache.recently_failed(&digest) || self.cache.recently_unknown(&value.id()) {
+            return Ok(None);
+        }
+        // Boxed: the miss path's state (store read, argon2) is large, and the
+        // hit path should not carry and move it on every call.
+        Box::pin(self.miss(value, digest, now)).await
+    }
+
+    fn hit(
+        &self,
+        value: &TokenValue,
+        digest: &cache::Digest,
+        now: DateTime<Utc>,
+    ) -> Option<Arc<Entry>> {
+        let entry = self.cache.get(&value.id())?;
+        entry.matches(digest, now).map(|_| entry)
+    }
+
+    /// The slow path: at most one per token id at a time.
+    async fn miss(
+        &self,
+        value: &TokenValue,
+        digest: cache::Digest,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<Entry>>> {
+        let id = value.id();
+        let _flight = self.cache.flight(&id).await;
+        // Whoever held the flight before us may have settled this value already.
+        if let Some(entry) = self.hit(value, &digest, now) {
+            return Ok(Some(entry));
+        }
+        if self.cache.recently_failed(&digest) || self.cache.recently_unknown(&id) {
+            return Ok(None);
+        }
+        if self.cache.throttled(&id) {
+            return Err(Error::ResourceExhausted(
+                "too many failed verifications for this token id; retry later".into(),
+            ));
+        }
+        let generation = self.cache.generation(&id);
+        let Some(token) = self.store.find_token(id).await? else {
+            self.cache.remember_unknown(id, generation);
+            return Ok(None);
+        };
+        let matched = if self
+            .hasher
+            .verify(value.secret(), &token.secret_hash)
+            .await?
+        {
+            Some(Matched::Current)
+        } else {
+            match token.live_previous_secret(now) {
+                Some(previous) if self.hasher.verify(value.secret(), &previous.hash).await? => {
+                    Some(Matched::Previous)
+                }
+                _ => None,
+            }
+        };
+        match matched {
+            Some(m) => Ok(Some(self.cache.fill(&token, m, digest, generation))),
+            None => {
+                self.cache.remember_failure(id, digest);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Token `id` changed (the change log says so, whichever replica made the
+    /// change): re-read it if cached here, keeping verified digests whose hash
+    /// is unchanged; else just mark it changed so no in-flight miss caches
+    /// stale data. A failed read evicts the entry.
+    pub async fn refresh(&self, id: crate::domain::TokenId) {
+        if self.cache.get(&id).is_none() {
+            self.cache.invalidate(&id);
+            return;
+        }
+        match self.store.find_token(id).await {
+            Ok(Some(token)) => self.cache.apply(&token, None),
+            Ok(None) => self.cache.invalidate(&id),
+            Err(e) => {
+                tracing::warn!(error = %e, token_id = %id, "refresh failed; evicting");
+                self.cache.invalidate(&id);
+            }
+        }
+    }
+
+    /// Called by every mutation right after its commit, on the same code path:
+    /// once the RPC returns, no Validate on this process can see the old state.
+    /// `fresh` is a newly generated value (Issue, Rotate, Duplicate), whose
+    /// digest is cached so its first Validate is already a hit.
+    pub fn apply(&self, token: &Token, fresh: Option<&TokenValue>) {
+        self.cache.apply(token, fresh.map(|v| self.cache.digest(v)));
+    }
+}

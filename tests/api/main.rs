@@ -1,0 +1,17 @@
+//! Black-box integration tests: one binary, the real server on a random port,
+//! driven through the generated tonic client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod bad_input;
+mod cache;
+mod lifecycle;
+mod limits;
+mod logs;
+mod postgres;
+mod privileges;
+mod reasons;
+mod search;
+mod smoke;

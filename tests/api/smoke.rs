@@ -1,0 +1,77 @@
+//! The end-to-end happy path an operator walks through first.
+
+use tokend::pb;
+
+use crate::helpers::{authed, spawn_app};
+
+#[tokio::test]
+async fn issue_validate_disable_search_revoke() {
+    let app = spawn_app().await;
+    let mut client = app.client().await;
+    let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
+
+    let issued = app
+        .issue_as(
+            &app.platform,
+            pb::IssueRequest {
+                owner_id: "alice".into(),
+                name: "ci deploy".into(),
+                modules: vec!["billing:read".into()],
+                ..Default::default()
+            },
+        )
+        .await;
+    let token = issued.token.unwrap();
+    assert_eq!(token.account_id, "acme");
+    assert_eq!(token.created_by, "ops");
+
+    let v = app
+        .validate_with(&validator, &issued.secret, &["billing:read"])
+        .await;
+    assert!(v.valid);
+    assert_eq!(v.reason(), pb::Reason::Valid);
+    assert_eq!(v.token_id, token.id);
+
+    client
+        .set_state(authed(
+            &app.platform,
+            pb::SetStateRequest {
+                id: token.id.clone(),
+                state: pb::State::Disabled as i32,
+                reason: "audit".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let v = app.validate_with(&validator, &issued.secret, &[]).await;
+    assert!(!v.valid);
+    assert_eq!(v.reason(), pb::Reason::Disabled);
+
+    let found = client
+        .search(authed(
+            &app.platform,
+            pb::SearchRequest {
+                query: "deploy".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.tokens.len(), 1);
+    assert_eq!(found.tokens[0].state(), pb::State::Disabled);
+
+    client
+        .revoke(authed(
+            &app.platform,
+            pb::RevokeRequest {
+                target: Some(pb::revoke_request::Target::Id(token.id.clone())),
+                reason: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let v = app.validate_with(&validator, &issued.secret, &[]).await;
+    assert_eq!(v.reason(), pb::Reason::Revoked);
+    app.stop().await;
+}
