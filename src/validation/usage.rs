@@ -90,7 +90,9 @@ pub async fn run_flusher(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    // The first flush is one interval after start, not at once: an immediate
+    // tick would race the first Validates and write a lone row early.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
