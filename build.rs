@@ -1,6 +1,11 @@
 //! Compiles `proto/` into Rust with tonic-prost-build, using the protoc binary
 //! vendored by `protoc-bin-vendored` (no system protoc needed), and writes the
 //! file descriptor set that the server hands to gRPC reflection.
+//!
+//! Two passes: the messages and the client, then the server alone (into
+//! `$OUT_DIR/server`), whose Validate reply is the hand-written
+//! `api::wire::ValidateReply` (the same wire message, encoded straight from the
+//! validation cache) while every other type comes from the first pass.
 
 use std::{env, error::Error, path::PathBuf};
 
@@ -10,7 +15,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let well_known = protoc_bin_vendored::include_path()?;
 
+    let protos = [PathBuf::from("proto/tokens/v1/token_service.proto")];
+    let includes = [PathBuf::from("proto"), well_known.clone()];
     tonic_prost_build::configure()
+        .build_server(false)
         .file_descriptor_set_path(out_dir.join("tokens_v1_descriptor.bin"))
         // Messages that carry token values or secrets get a hand-written,
         // redacting `Debug` (src/pb.rs) so no `{:?}` can ever print a secret.
@@ -23,11 +31,21 @@ fn main() -> Result<(), Box<dyn Error>> {
             "tokens.v1.RevokeRequest.target",
             "tokens.v1.SearchRequest",
         ])
-        .compile_with_config(
-            config,
-            &[PathBuf::from("proto/tokens/v1/token_service.proto")],
-            &[PathBuf::from("proto"), well_known],
-        )?;
+        .compile_with_config(config, &protos, &includes)?;
+
+    let server_dir = out_dir.join("server");
+    std::fs::create_dir_all(&server_dir)?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&server_dir)
+        .extern_path(".tokens.v1", "crate::pb")
+        .extern_path(
+            ".tokens.v1.ValidateResponse",
+            "crate::api::wire::ValidateReply",
+        )
+        .compile_with_config(config, &protos, &includes)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -11,6 +11,13 @@ use std::fmt;
 
 tonic::include_proto!("tokens.v1");
 
+/// The server side of `TokenService`, generated in a second pass of build.rs
+/// so that Validate can reply with `api::wire::ValidateReply`.
+mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/tokens.v1.rs"));
+}
+pub use server::token_service_server;
+
 /// Descriptor set of `proto/`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tokens_v1_descriptor");
 

@@ -5,6 +5,7 @@
 //! and accounts, never token material.
 
 mod convert;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -12,9 +13,9 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::{Span, instrument};
 
 use self::convert::{
-    event_to_pb, opt_principal, opt_timestamp, opt_token_id, reason_to_pb, to_timestamp, token_id,
-    token_to_pb,
+    event_to_pb, opt_principal, opt_timestamp, opt_token_id, reason_to_pb, token_id, token_to_pb,
 };
+use self::wire::ValidateReply;
 use crate::{
     domain::{Caller, TokenState, TokenValue, fields, fields::TokenName, page},
     error::{Error, Result},
@@ -108,42 +109,29 @@ impl TokenApi {
         })
     }
 
-    async fn inner_validate(
-        &self,
-        req: Request<pb::ValidateRequest>,
-    ) -> Result<pb::ValidateResponse> {
+    async fn inner_validate(&self, req: Request<pb::ValidateRequest>) -> Result<ValidateReply> {
         let caller = self.caller(req.metadata()).await?;
         let r = req.into_inner();
         let required: Vec<String> = r
             .required_modules
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, m)| fields::module(&format!("required_modules[{i}]"), m))
+            .map(|(i, m)| match fields::module("required_modules", &m) {
+                Ok(_) => Ok(m),
+                // Named with its index only when it is wrong: no format! per call.
+                Err(_) => fields::module(&format!("required_modules[{i}]"), &m),
+            })
             .collect::<Result<_, _>>()?;
         let value = TokenValue::parse(&r.token);
         if let Ok(v) = &value {
             record_token(v.id());
         }
         let verdict = self.manager.validate(&caller, value, &required).await?;
-        let mut resp = pb::ValidateResponse {
-            valid: verdict.is_valid(),
-            reason: reason_to_pb(verdict.reason) as i32,
-            ..Default::default()
-        };
-        if let Some(entry) = verdict.entry {
-            let s = &entry.snapshot;
-            resp.token_id = s.id.to_string();
-            resp.account_id = s.account_id().to_owned();
-            resp.owner_id = s.owner_id().to_owned();
-            resp.modules = s.modules().map(str::to_owned).collect();
-            resp.api_version = s.api_version().to_owned();
-            resp.metadata = s
-                .metadata()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
-            resp.expires_at = s.expires_at.map(to_timestamp);
-        }
-        Ok(resp)
+        Ok(ValidateReply::new(
+            verdict.is_valid(),
+            reason_to_pb(verdict.reason),
+            verdict.entry,
+        ))
     }
 
     async fn inner_get(&self, req: Request<pb::GetRequest>) -> Result<pb::GetResponse> {
@@ -365,7 +353,7 @@ impl TokenService for TokenApi {
     async fn validate(
         &self,
         request: Request<pb::ValidateRequest>,
-    ) -> Result<Response<pb::ValidateResponse>, Status> {
+    ) -> Result<Response<ValidateReply>, Status> {
         reply(self.inner_validate(request).await)
     }
 

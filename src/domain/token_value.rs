@@ -45,10 +45,7 @@ impl TokenId {
     /// Parses an id as it appears in requests and in the store.
     pub fn parse(s: &str) -> Option<Self> {
         let bytes: [u8; ID_LEN] = s.as_bytes().try_into().ok()?;
-        bytes
-            .iter()
-            .all(u8::is_ascii_alphanumeric)
-            .then_some(Self(bytes))
+        all_alphanumeric(&bytes).then_some(Self(bytes))
     }
 
     fn generate() -> Result<Self, rand::rand_core::OsError> {
@@ -95,26 +92,33 @@ impl TokenValue {
         if value.len() > MAX_TOKEN_BYTES {
             return Err(MalformedToken::TooLong);
         }
-        let mut parts = value.splitn(3, '_');
-        let (Some(prefix), Some(id), Some(rest)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(MalformedToken::Shape);
-        };
-        if !valid_prefix(prefix)
-            || rest.len() != SECRET_LEN + CHECKSUM_LEN
-            || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+        // Fixed layout after the prefix: `_`, the id, `_`, secret and checksum.
+        // Checked byte by byte at known offsets: this runs twice per Validate.
+        let bytes = value.as_bytes();
+        let prefix_len = bytes
+            .iter()
+            .take(MAX_PREFIX_LEN + 1)
+            .position(|&b| b == b'_')
+            .ok_or(MalformedToken::Shape)?;
+        let id_start = prefix_len + 1;
+        let rest_start = id_start + ID_LEN + 1;
+        if bytes.len() != rest_start + SECRET_LEN + CHECKSUM_LEN
+            || bytes[rest_start - 1] != b'_'
+            || !valid_prefix(&value[..prefix_len])
+            || !all_alphanumeric(&bytes[id_start..rest_start - 1])
+            || !all_alphanumeric(&bytes[rest_start..])
         {
             return Err(MalformedToken::Shape);
         }
-        let id = TokenId::parse(id).ok_or(MalformedToken::Shape)?;
+        let id = TokenId::parse(&value[id_start..rest_start - 1]).ok_or(MalformedToken::Shape)?;
         let (signed, checksum) = value.split_at(value.len() - CHECKSUM_LEN);
-        if !constant_time_eq(checksum_of(signed).as_bytes(), checksum.as_bytes()) {
+        if !checksum_matches(signed, checksum) {
             return Err(MalformedToken::Checksum);
         }
         Ok(Self {
             raw: value.to_owned(),
             id,
-            prefix_len: prefix.len(),
+            prefix_len,
         })
     }
 
@@ -145,6 +149,13 @@ impl TokenValue {
 
     pub fn id(&self) -> TokenId {
         self.id
+    }
+
+    /// The id, `_` and the secret: one contiguous slice for the keyed digest
+    /// of the validation cache. For digests only, like `secret`.
+    pub fn id_and_secret(&self) -> &[u8] {
+        let start = self.prefix_len + 1;
+        &self.raw.as_bytes()[start..start + ID_LEN + 1 + SECRET_LEN]
     }
 
     /// The secret part, for hashing and verification only.
@@ -188,6 +199,29 @@ fn checksum_of(signed: &str) -> String {
     pad_base62(u128::from(crc32fast::hash(signed.as_bytes())), CHECKSUM_LEN)
 }
 
+/// Whether every byte is an ASCII letter or digit. Branch-free, so it
+/// vectorises: Validate checks ~70 bytes twice per request.
+fn all_alphanumeric(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |bad, &b| {
+        let digit = b.wrapping_sub(b'0') < 10;
+        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+        bad | u8::from(!(digit | letter))
+    }) == 0
+}
+
+/// Compares numbers rather than text, so the check on every Validate allocates
+/// nothing. Equivalent to comparing with `checksum_of`: the checksum is exactly
+/// `CHECKSUM_LEN` base62 digits (checked by the caller), zero-padded, and a
+/// CRC32 fits in far fewer, so text and number correspond one to one.
+fn checksum_matches(signed: &str, checksum: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let expected = u64::from(crc32fast::hash(signed.as_bytes()));
+    base62::decode(checksum)
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .is_some_and(|presented| bool::from(presented.ct_eq(&expected)))
+}
+
 fn pad_base62(n: u128, width: usize) -> String {
     format!("{:0>width$}", base62::encode(n))
 }
@@ -212,6 +246,30 @@ mod tests {
         assert_eq!(parsed.id(), v.id());
         assert_eq!(parsed.secret(), v.secret());
         assert_eq!(parsed.expose(), s);
+    }
+
+    #[test]
+    fn the_branch_free_check_agrees_with_std_on_every_byte() {
+        for b in 0..=u8::MAX {
+            assert_eq!(all_alphanumeric(&[b]), b.is_ascii_alphanumeric(), "{b}");
+            assert_eq!(all_alphanumeric(&[b'a', b, b'Z']), b.is_ascii_alphanumeric());
+        }
+        assert!(all_alphanumeric(b""));
+    }
+
+    #[test]
+    fn the_numeric_checksum_check_agrees_with_the_text_form() {
+        for _ in 0..1000 {
+            let signed = TokenValue::generate("tk").unwrap().expose();
+            let signed = &signed[..signed.len() - CHECKSUM_LEN];
+            let good = checksum_of(signed);
+            assert_eq!(good.len(), CHECKSUM_LEN);
+            assert!(checksum_matches(signed, &good));
+            let n = base62::decode(&good).unwrap();
+            let off_by_one = pad_base62(n + 1, CHECKSUM_LEN);
+            assert!(!checksum_matches(signed, &off_by_one));
+        }
+        assert!(!checksum_matches("tk_x", "zzzzzz"));
     }
 
     #[test]
@@ -244,6 +302,29 @@ mod tests {
             TokenValue::parse(&"a".repeat(600)).unwrap_err(),
             MalformedToken::TooLong
         );
+    }
+
+    #[test]
+    fn separators_only_where_the_layout_puts_them() {
+        for prefix in ["t", "tk", &"p".repeat(MAX_PREFIX_LEN)] {
+            let s = TokenValue::generate(prefix).unwrap().expose();
+            assert_eq!(TokenValue::parse(&s).unwrap().expose(), s);
+            for i in 0..s.len() {
+                let mut moved = s.clone().into_bytes();
+                if moved[i] == b'_' {
+                    moved[i] = b'a';
+                } else {
+                    moved[i] = b'_';
+                }
+                let moved = String::from_utf8(moved).unwrap();
+                assert!(TokenValue::parse(&moved).is_err(), "{prefix}: _ at {i}");
+            }
+            // One character more or less anywhere changes the layout.
+            assert!(TokenValue::parse(&format!("{s}a")).is_err());
+            assert!(TokenValue::parse(&s[1..]).is_err());
+        }
+        let long = format!("{}_x", "p".repeat(MAX_PREFIX_LEN + 1));
+        assert!(TokenValue::parse(&long).is_err());
     }
 
     #[test]

@@ -49,92 +49,146 @@ pub struct CacheConfig {
 }
 
 /// What Validate needs to judge a token. Up to a million of these live in
-/// memory, so the variable-length fields share one allocation: a byte buffer of
-/// length-prefixed segments `account, owner, api_version, modules.., (key,
-/// value)..` read through accessors.
+/// memory, so the variable-length fields share one allocation, and that
+/// allocation is laid out as the protobuf encoding of the verified-token fields
+/// of `tokens.v1.ValidateResponse` (3-9: token_id, account_id, owner_id,
+/// modules, api_version, metadata, expires_at). A cache hit's response is
+/// then `valid` and `reason` followed by a copy of these bytes, with no
+/// per-request strings, map or encoder work (see `api::wire`). The accessors
+/// read the same bytes back.
 #[derive(Debug)]
 pub struct Snapshot {
     pub id: TokenId,
     pub state: TokenState,
     pub expires_at: Option<DateTime<Utc>>,
-    modules: u8,
-    packed: Box<[u8]>,
+    wire: Box<[u8]>,
 }
 
-/// Writes one length-prefixed segment. Every field is bounded far below
-/// `u16::MAX` bytes by the domain rules; longer input is cut rather than panic.
-fn put(buf: &mut Vec<u8>, s: &str) {
-    let len = s.len().min(usize::from(u16::MAX));
-    buf.extend_from_slice(&(len as u16).to_le_bytes());
-    buf.extend_from_slice(&s.as_bytes()[..len]);
+/// Field numbers in `tokens.v1.ValidateResponse` (proto/tokens/v1/token_service.proto).
+mod field {
+    pub const TOKEN_ID: u32 = 3;
+    pub const ACCOUNT_ID: u32 = 4;
+    pub const OWNER_ID: u32 = 5;
+    pub const MODULES: u32 = 6;
+    pub const API_VERSION: u32 = 7;
+    pub const METADATA: u32 = 8;
+    pub const EXPIRES_AT: u32 = 9;
+    /// Inside a map entry.
+    pub const KEY: u32 = 1;
+    pub const VALUE: u32 = 2;
+}
+
+/// Appends a length-delimited field (a string or an embedded message).
+fn put(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.extend_from_slice(bytes);
+}
+
+/// The length-delimited fields of an encoded message, in order. Anything else
+/// ends the walk: only `Snapshot::of` writes these buffers.
+fn fields(mut rest: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (tag, wire_type) = decode_key(&mut rest).ok()?;
+        if wire_type != WireType::LengthDelimited {
+            return None;
+        }
+        let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+        let (value, after) = rest.split_at_checked(len)?;
+        rest = after;
+        Some((tag, value))
+    })
+}
+
+/// Whole `&str`s went in, so every string field is valid UTF-8.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
 }
 
 impl Snapshot {
     pub fn of(token: &Token) -> Self {
-        let mut buf = Vec::with_capacity(64);
-        put(&mut buf, &token.account_id);
-        put(&mut buf, &token.owner_id);
-        put(&mut buf, &token.api_version);
+        let mut buf = Vec::with_capacity(128);
+        put(&mut buf, field::TOKEN_ID, token.id.as_str().as_bytes());
+        put(&mut buf, field::ACCOUNT_ID, token.account_id.as_bytes());
+        put(&mut buf, field::OWNER_ID, token.owner_id.as_bytes());
         for m in &token.modules {
-            put(&mut buf, m);
+            put(&mut buf, field::MODULES, m.as_bytes());
         }
+        if !token.api_version.is_empty() {
+            put(&mut buf, field::API_VERSION, token.api_version.as_bytes());
+        }
+        let mut entry = Vec::new();
         for (k, v) in &token.metadata {
-            put(&mut buf, k);
-            put(&mut buf, v);
+            entry.clear();
+            put(&mut entry, field::KEY, k.as_bytes());
+            put(&mut entry, field::VALUE, v.as_bytes());
+            put(&mut buf, field::METADATA, &entry);
+        }
+        if let Some(t) = token.expires_at {
+            let ts = prost_types::Timestamp {
+                seconds: t.timestamp(),
+                nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+            };
+            put(
+                &mut buf,
+                field::EXPIRES_AT,
+                &prost::Message::encode_to_vec(&ts),
+            );
         }
         Self {
             id: token.id,
             state: token.state,
             expires_at: token.expires_at,
-            modules: u8::try_from(token.modules.len()).unwrap_or(u8::MAX),
-            packed: buf.into_boxed_slice(),
+            wire: buf.into_boxed_slice(),
         }
     }
 
-    /// Byte ranges of the segments; cheap to skip through.
-    fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-        let mut at = 0usize;
-        std::iter::from_fn(move || {
-            let len = self.packed.get(at..at + 2)?;
-            let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
-            let range = at + 2..at + 2 + len;
-            at = range.end;
-            (range.end <= self.packed.len()).then_some(range)
-        })
+    /// The protobuf encoding of `ValidateResponse` fields 3-9 for this token.
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
     }
 
-    fn text(&self, range: std::ops::Range<usize>) -> &str {
-        // Whole `&str`s went in (the field limits keep every one far below
-        // u16::MAX bytes), so each segment is valid UTF-8.
-        std::str::from_utf8(&self.packed[range]).unwrap_or_default()
+    fn all(&self, tag: u32) -> impl Iterator<Item = &[u8]> {
+        fields(&self.wire).filter_map(move |(t, v)| (t == tag).then_some(v))
     }
 
-    fn nth(&self, n: usize) -> &str {
-        self.ranges().nth(n).map_or("", |r| self.text(r))
+    fn one(&self, tag: u32) -> &str {
+        self.all(tag).next().map_or("", text)
     }
 
     pub fn account_id(&self) -> &str {
-        self.nth(0)
+        self.one(field::ACCOUNT_ID)
     }
 
     pub fn owner_id(&self) -> &str {
-        self.nth(1)
+        self.one(field::OWNER_ID)
     }
 
     pub fn api_version(&self) -> &str {
-        self.nth(2)
+        self.one(field::API_VERSION)
     }
 
     pub fn modules(&self) -> impl Iterator<Item = &str> {
-        self.ranges()
-            .skip(3)
-            .take(usize::from(self.modules))
-            .map(|r| self.text(r))
+        self.all(field::MODULES).map(text)
     }
 
     pub fn metadata(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut rest = self.ranges().skip(3 + usize::from(self.modules));
-        std::iter::from_fn(move || Some((self.text(rest.next()?), self.text(rest.next()?))))
+        self.all(field::METADATA).map(|entry| {
+            let (mut key, mut value) = ("", "");
+            for (tag, v) in fields(entry) {
+                match tag {
+                    field::KEY => key = text(v),
+                    field::VALUE => value = text(v),
+                    _ => {}
+                }
+            }
+            (key, value)
+        })
     }
 
     pub fn has_modules(&self, required: &[String]) -> bool {
@@ -270,11 +324,10 @@ impl VerifiedCache {
     }
 
     pub fn digest(&self, value: &TokenValue) -> Digest {
-        let mut h = blake3::Hasher::new_keyed(&self.key);
-        h.update(value.id().as_str().as_bytes());
-        h.update(value.secret().as_bytes());
+        // One shot over one contiguous slice (under 64 bytes: one compression).
+        let full = blake3::keyed_hash(&self.key, value.id_and_secret());
         let mut d = [0u8; 16];
-        d.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        d.copy_from_slice(&full.as_bytes()[..16]);
         d
     }
 
@@ -383,7 +436,7 @@ impl VerifiedCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use std::collections::BTreeMap;
 
