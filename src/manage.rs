@@ -11,7 +11,7 @@ use crate::{
         Caller, EventKind, NewEvent, Token, TokenId, TokenState, TokenValue,
         fields::TokenName,
         page::{self, EventCursor, TokenCursor},
-        privilege::{GrantError, Privilege, Privileges},
+        privilege::{GrantError, Privilege},
         state::Transition,
         token::{Actor, Event, PreviousSecret},
         token_value::MalformedToken,
@@ -101,7 +101,7 @@ pub struct EventsInput {
 fn actor(caller: &Caller) -> Actor {
     Actor {
         token_id: caller.token_id.to_string(),
-        owner_id: caller.owner_id.clone(),
+        owner_id: caller.owner_id().to_owned(),
     }
 }
 
@@ -152,13 +152,8 @@ impl TokenManager {
         let verdict = self.validator.validate(&value, &[], None).await?;
         match (verdict.reason, verdict.entry) {
             (Reason::Valid, Some(entry)) => {
-                let s = &entry.snapshot;
-                Ok(Caller {
-                    token_id: s.id,
-                    account_id: s.account_id().to_owned(),
-                    owner_id: s.owner_id().to_owned(),
-                    privileges: Privileges::from_modules(s.modules()),
-                })
+                let (id, privileges) = (entry.snapshot.id, entry.snapshot.privileges);
+                Ok(Caller::new(id, privileges, entry))
             }
             (reason, _) => Err(Error::Unauthenticated(format!(
                 "the credential was rejected: {reason}"
@@ -194,8 +189,10 @@ impl TokenManager {
     pub async fn issue(&self, caller: &Caller, input: IssueInput) -> Result<Issued> {
         let account_id = input
             .account_id
-            .unwrap_or_else(|| caller.account_id.clone());
-        let owner_id = input.owner_id.unwrap_or_else(|| caller.owner_id.clone());
+            .unwrap_or_else(|| caller.account_id().to_owned());
+        let owner_id = input
+            .owner_id
+            .unwrap_or_else(|| caller.owner_id().to_owned());
         if let Err(denied) = caller.may_manage(&account_id, &owner_id) {
             return Err(match denied {
                 crate::domain::privilege::Denied::NotFound => Error::PermissionDenied(
@@ -218,7 +215,7 @@ impl TokenManager {
         };
         self.create(
             template,
-            caller.owner_id.clone(),
+            caller.owner_id().to_owned(),
             NewEvent {
                 kind: EventKind::Issued,
                 actor: actor(caller),
@@ -576,7 +573,7 @@ impl TokenManager {
             actor: actor(caller),
             detail: format!("duplicate of {id}"),
         };
-        self.create(template, caller.owner_id.clone(), event, now)
+        self.create(template, caller.owner_id().to_owned(), event, now)
             .await
     }
 

@@ -59,7 +59,7 @@ impl TokenApi {
         let caller = self.manager.authenticate(credential).await?;
         let span = Span::current();
         span.record("caller", tracing::field::display(caller.token_id));
-        span.record("account", caller.account_id.as_str());
+        span.record("account", caller.account_id());
         Ok(caller)
     }
 }

@@ -15,7 +15,7 @@ pub mod token;
 pub mod token_value;
 
 pub use fields::FieldViolation;
-pub use privilege::{Caller, Privilege};
+pub use privilege::{Caller, Principal, Privilege, Privileges};
 pub use state::TokenState;
 pub use token::{EventKind, NewEvent, Token};
 pub use token_value::{TokenId, TokenValue};

@@ -12,6 +12,8 @@
 //! `platform` implies `admin`, which implies `self` (and validation within the
 //! account). A caller may only grant `tokens:*` modules it holds itself.
 
+use std::{fmt, sync::Arc};
+
 use super::{FieldViolation, TokenId};
 
 /// Prefix reserved for tokend's own privilege modules.
@@ -96,15 +98,49 @@ pub enum Scope {
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Caller {
     pub token_id: TokenId,
-    pub account_id: String,
-    pub owner_id: String,
     pub privileges: Privileges,
+    principal: Arc<dyn Principal>,
+}
+
+/// Where an authenticated caller's account and owner ids live. The validation
+/// cache's entry implements it, so authenticating a request (which every RPC
+/// does) copies no strings.
+pub trait Principal: Send + Sync {
+    fn account_id(&self) -> &str;
+    fn owner_id(&self) -> &str;
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller")
+            .field("token_id", &self.token_id)
+            .field("account_id", &self.account_id())
+            .field("owner_id", &self.owner_id())
+            .field("privileges", &self.privileges)
+            .finish()
+    }
 }
 
 impl Caller {
+    pub fn new(token_id: TokenId, privileges: Privileges, principal: Arc<dyn Principal>) -> Self {
+        Self {
+            token_id,
+            privileges,
+            principal,
+        }
+    }
+
+    pub fn account_id(&self) -> &str {
+        self.principal.account_id()
+    }
+
+    pub fn owner_id(&self) -> &str {
+        self.principal.owner_id()
+    }
+
     /// May this caller manage (get, update, disable, revoke, rotate, duplicate)
     /// a token of this account and owner?
     pub fn may_manage(&self, account_id: &str, owner_id: &str) -> Result<(), Denied> {
@@ -112,10 +148,11 @@ impl Caller {
         if p.has(Privilege::Platform) {
             return Ok(());
         }
-        if account_id != self.account_id {
+        if account_id != self.account_id() {
             return Err(Denied::NotFound);
         }
-        if p.has(Privilege::Admin) || (p.has(Privilege::SelfService) && owner_id == self.owner_id) {
+        if p.has(Privilege::Admin) || (p.has(Privilege::SelfService) && owner_id == self.owner_id())
+        {
             return Ok(());
         }
         if p.has(Privilege::SelfService) {
@@ -132,11 +169,11 @@ impl Caller {
         if p.has(Privilege::Platform) {
             Ok(Scope::Everything)
         } else if p.has(Privilege::Admin) {
-            Ok(Scope::Account(self.account_id.clone()))
+            Ok(Scope::Account(self.account_id().to_owned()))
         } else if p.has(Privilege::SelfService) {
             Ok(Scope::Owner {
-                account_id: self.account_id.clone(),
-                owner_id: self.owner_id.clone(),
+                account_id: self.account_id().to_owned(),
+                owner_id: self.owner_id().to_owned(),
             })
         } else {
             Err(Denied::Permission(
@@ -152,7 +189,7 @@ impl Caller {
         if p.has(Privilege::Validate) {
             Some(None)
         } else if p.has(Privilege::Admin) {
-            Some(Some(&self.account_id))
+            Some(Some(self.account_id()))
         } else {
             None
         }
@@ -197,13 +234,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn caller(modules: &[&str]) -> Caller {
-        Caller {
-            token_id: TokenId::parse("0123456789abcdef").unwrap(),
-            account_id: "acme".into(),
-            owner_id: "alice".into(),
-            privileges: Privileges::from_modules(modules.iter().copied()),
+    struct Ids;
+
+    impl Principal for Ids {
+        fn account_id(&self) -> &str {
+            "acme"
         }
+        fn owner_id(&self) -> &str {
+            "alice"
+        }
+    }
+
+    fn caller(modules: &[&str]) -> Caller {
+        Caller::new(
+            TokenId::parse("0123456789abcdef").unwrap(),
+            Privileges::from_modules(modules.iter().copied()),
+            Arc::new(Ids),
+        )
     }
 
     #[test]

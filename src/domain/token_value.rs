@@ -252,7 +252,10 @@ mod tests {
     fn the_branch_free_check_agrees_with_std_on_every_byte() {
         for b in 0..=u8::MAX {
             assert_eq!(all_alphanumeric(&[b]), b.is_ascii_alphanumeric(), "{b}");
-            assert_eq!(all_alphanumeric(&[b'a', b, b'Z']), b.is_ascii_alphanumeric());
+            assert_eq!(
+                all_alphanumeric(&[b'a', b, b'Z']),
+                b.is_ascii_alphanumeric()
+            );
         }
         assert!(all_alphanumeric(b""));
     }

@@ -28,7 +28,8 @@ use chrono::{DateTime, Utc};
 use quick_cache::sync::Cache;
 
 use crate::domain::{
-    Token, TokenId, TokenState, TokenValue, token::SecretHash, token_value::constant_time_eq,
+    Principal, Privileges, Token, TokenId, TokenState, TokenValue, token::SecretHash,
+    token_value::constant_time_eq,
 };
 
 /// Keyed digest of a presented token value: the first 128 bits of a keyed
@@ -61,6 +62,9 @@ pub struct Snapshot {
     pub id: TokenId,
     pub state: TokenState,
     pub expires_at: Option<DateTime<Utc>>,
+    /// What the token may do as a caller of this service, read once here
+    /// rather than from its modules on every RPC it authenticates.
+    pub privileges: Privileges,
     wire: Box<[u8]>,
 }
 
@@ -144,6 +148,7 @@ impl Snapshot {
             id: token.id,
             state: token.state,
             expires_at: token.expires_at,
+            privileges: Privileges::from_modules(token.modules.iter().map(String::as_str)),
             wire: buf.into_boxed_slice(),
         }
     }
@@ -193,6 +198,17 @@ impl Snapshot {
 
     pub fn has_modules(&self, required: &[String]) -> bool {
         required.iter().all(|r| self.modules().any(|m| m == r))
+    }
+}
+
+/// An authenticated caller's ids are read from its cache entry.
+impl Principal for Entry {
+    fn account_id(&self) -> &str {
+        self.snapshot.account_id()
+    }
+
+    fn owner_id(&self) -> &str {
+        self.snapshot.owner_id()
     }
 }
 
