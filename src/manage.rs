@@ -257,7 +257,7 @@ impl TokenManager {
         now: DateTime<Utc>,
     ) -> Result<Issued> {
         let value = TokenValue::generate(&self.policy.prefix)
-            .map_err(|e| Error::Internal(format!("OS random source failed: {e}")))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let secret_hash = self.validator.hasher().hash(value.secret()).await?;
         let token = Token {
             id: value.id(),
@@ -500,7 +500,7 @@ impl TokenManager {
             .ensure_mutable("rotated")
             .map_err(revoked_is_final)?;
         let value = TokenValue::generate_for(&self.policy.prefix, id)
-            .map_err(|e| Error::Internal(format!("OS random source failed: {e}")))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let new_hash = self.validator.hasher().hash(value.secret()).await?;
         let actor = actor(caller);
         let hint = value.hint();

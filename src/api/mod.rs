@@ -116,11 +116,13 @@ impl TokenApi {
             .required_modules
             .into_iter()
             .enumerate()
-            .map(|(i, m)| match fields::module("required_modules", &m) {
-                Ok(_) => Ok(m),
-                // Named with its index only when it is wrong: no format! per call.
-                Err(_) => fields::module(&format!("required_modules[{i}]"), &m),
-            })
+            .map(
+                |(i, m)| match fields::check_module("required_modules", &m) {
+                    Ok(()) => Ok(m),
+                    // Named with its index only when it is wrong: no format! per call.
+                    Err(_) => fields::module(&format!("required_modules[{i}]"), &m),
+                },
+            )
             .collect::<Result<_, _>>()?;
         let value = TokenValue::parse(&r.token);
         if let Ok(v) = &value {

@@ -408,7 +408,9 @@ fn disturbed_pair(
     dir: &Path,
 ) -> (Outcome, Vec<Outcome>) {
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let undisturbed_first = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0;
+    let undisturbed_first = CALLS
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(2);
     let alone = || combine(&h2load(server.port, caller, valid, seconds, dir), dir, 0);
     if undisturbed_first {
         let u = alone();
@@ -559,7 +561,7 @@ async fn run(quick: bool) {
     for round in 1..=ROUNDS {
         // Alternate which goes first, so a drift in the machine's speed (it is
         // a shared VM) does not always favour the same side.
-        let first_health = round % 2 == 1;
+        let first_health = !round.is_multiple_of(2);
         let run =
             |loads: &[Load]| combine(&h2load(server.port, &caller, loads, seconds, dir), dir, 0);
         let (h, v) = if first_health {

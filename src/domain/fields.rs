@@ -117,6 +117,12 @@ fn module_char(c: char) -> bool {
 
 /// One module name: 1..=64 characters of `[A-Za-z0-9._:/*-]`.
 pub fn module(field: &str, s: &str) -> Parsed<String> {
+    check_module(field, s)?;
+    Ok(s.to_owned())
+}
+
+/// `module` without the copy, for Validate's required modules.
+pub fn check_module(field: &str, s: &str) -> Result<(), FieldViolation> {
     if s.is_empty() {
         return Err(FieldViolation::new(field, "must not be empty"));
     }
@@ -132,7 +138,7 @@ pub fn module(field: &str, s: &str) -> Parsed<String> {
             "may contain only letters, digits and . _ : / * -",
         ));
     }
-    Ok(s.to_owned())
+    Ok(())
 }
 
 /// The modules a token may access: at most 64, duplicates dropped, order kept.

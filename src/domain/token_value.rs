@@ -78,10 +78,11 @@ impl fmt::Debug for TokenId {
 
 /// A full token value: public id plus secret. Its `Debug` never shows the secret
 /// and it has no `Display`, so it cannot end up in a log line by accident.
-/// One allocation (the value itself): Validate parses two per request.
+/// Stored inline (a value is at most `MAX_VALUE_LEN` bytes): Validate parses
+/// two per request, and neither allocates.
 #[derive(Clone)]
 pub struct TokenValue {
-    raw: String,
+    raw: Inline,
     id: TokenId,
     prefix_len: usize,
 }
@@ -116,19 +117,22 @@ impl TokenValue {
             return Err(MalformedToken::Checksum);
         }
         Ok(Self {
-            raw: value.to_owned(),
+            raw: Inline::new(value).ok_or(MalformedToken::Shape)?,
             id,
             prefix_len,
         })
     }
 
     /// Generates a fresh token value with a new random id.
-    pub fn generate(prefix: &str) -> Result<Self, rand::rand_core::OsError> {
+    pub fn generate(prefix: &str) -> Result<Self, GenerateError> {
         Self::generate_for(prefix, TokenId::generate()?)
     }
 
     /// Generates a new secret for an existing id (Rotate).
-    pub fn generate_for(prefix: &str, id: TokenId) -> Result<Self, rand::rand_core::OsError> {
+    pub fn generate_for(prefix: &str, id: TokenId) -> Result<Self, GenerateError> {
+        if !valid_prefix(prefix) {
+            return Err(GenerateError::Prefix);
+        }
         let mut buf = [0u8; 32];
         OsRng.try_fill_bytes(&mut buf)?;
         let (a, b) = buf.split_at(16);
@@ -141,7 +145,7 @@ impl TokenValue {
         let checksum = checksum_of(&raw);
         raw.push_str(&checksum);
         Ok(Self {
-            raw,
+            raw: Inline::new(&raw).ok_or(GenerateError::Prefix)?,
             id,
             prefix_len: prefix.len(),
         })
@@ -155,26 +159,27 @@ impl TokenValue {
     /// of the validation cache. For digests only, like `secret`.
     pub fn id_and_secret(&self) -> &[u8] {
         let start = self.prefix_len + 1;
-        &self.raw.as_bytes()[start..start + ID_LEN + 1 + SECRET_LEN]
+        &self.raw.as_str().as_bytes()[start..start + ID_LEN + 1 + SECRET_LEN]
     }
 
     /// The secret part, for hashing and verification only.
     pub fn secret(&self) -> &str {
         let start = self.prefix_len + 1 + ID_LEN + 1;
-        &self.raw[start..start + SECRET_LEN]
+        &self.raw.as_str()[start..start + SECRET_LEN]
     }
 
     /// The full value. Named loudly: it is handed to the caller once, at Issue,
     /// Rotate or Duplicate, and must go nowhere else.
     pub fn expose(&self) -> String {
-        self.raw.clone()
+        self.raw.as_str().to_owned()
     }
 
     /// The masked form shown in lists: prefix, id and the last 4 characters
     /// (which belong to the checksum, not the secret).
     pub fn hint(&self) -> String {
-        let prefix = &self.raw[..self.prefix_len];
-        let tail = &self.raw[self.raw.len() - 4..];
+        let raw = self.raw.as_str();
+        let prefix = &raw[..self.prefix_len];
+        let tail = &raw[raw.len() - 4..];
         format!("{prefix}_{}_...{tail}", self.id)
     }
 }
@@ -184,6 +189,51 @@ impl fmt::Debug for TokenValue {
         f.debug_struct("TokenValue")
             .field("id", &self.id)
             .finish_non_exhaustive()
+    }
+}
+
+/// Why a new value could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("OS random source failed: {0}")]
+    Random(#[from] rand::rand_core::OsError),
+    /// Start-up refuses such a prefix; this guards the invariant anyway.
+    #[error("the configured token prefix is not valid")]
+    Prefix,
+}
+
+/// The longest well-formed value: the longest prefix and the fixed-size rest.
+const MAX_VALUE_LEN: usize = MAX_PREFIX_LEN + 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
+
+/// An ASCII string of at most `MAX_VALUE_LEN` bytes, kept in place.
+#[derive(Clone, Copy)]
+struct Inline {
+    len: u8,
+    bytes: [u8; MAX_VALUE_LEN],
+}
+
+impl Inline {
+    fn new(s: &str) -> Option<Self> {
+        let mut bytes = [0u8; MAX_VALUE_LEN];
+        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        Some(Self {
+            len: u8::try_from(s.len()).ok()?,
+            bytes,
+        })
+    }
+
+    fn as_str(&self) -> &str {
+        // Built only from whole `&str`s (see `new`).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl Default for Inline {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; MAX_VALUE_LEN],
+        }
     }
 }
 
@@ -305,6 +355,16 @@ mod tests {
             TokenValue::parse(&"a".repeat(600)).unwrap_err(),
             MalformedToken::TooLong
         );
+    }
+
+    #[test]
+    fn an_invalid_prefix_makes_no_value() {
+        for bad in ["", "TK", &"p".repeat(MAX_PREFIX_LEN + 1)] {
+            assert!(matches!(
+                TokenValue::generate(bad),
+                Err(GenerateError::Prefix)
+            ));
+        }
     }
 
     #[test]

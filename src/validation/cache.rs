@@ -297,7 +297,11 @@ impl Entry {
 
     /// Whether this use should be recorded (at most once per second per entry).
     pub fn should_record_use(&self, now_secs: i64) -> bool {
-        self.last_recorded.swap(now_secs, Ordering::Relaxed) != now_secs
+        // Read first: a hot entry (a service's own caller credential) is hit
+        // from every core, and an unconditional swap would make each hit write
+        // to a cache line that all cores share.
+        self.last_recorded.load(Ordering::Relaxed) != now_secs
+            && self.last_recorded.swap(now_secs, Ordering::Relaxed) != now_secs
     }
 }
 
