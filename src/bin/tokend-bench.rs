@@ -300,7 +300,7 @@ fn h2load(port: u16, caller: &str, loads: &[Load], seconds: u32, dir: &Path) -> 
             "-D",
             &seconds.to_string(),
             "--warm-up-time",
-            "2",
+            &WARM_UP_SECONDS.to_string(),
         ])
         .args([
             "-H",
@@ -393,8 +393,13 @@ fn combine(outcomes: &[Outcome], dir: &Path, first: usize) -> Outcome {
 }
 
 /// Rounds of the Validate vs Health comparison, and of each flood measurement.
-const ROUNDS: usize = 5;
-const FLOOD_ROUNDS: usize = 3;
+/// Many short rounds whose two halves run back to back: this machine is a
+/// shared VM whose speed drifts by 10-20% over tens of seconds, and adjacent
+/// short runs see the same speed, so their ratio is steady where a single
+/// long run each is not.
+const ROUNDS: usize = 10;
+const FLOOD_ROUNDS: usize = 5;
+const WARM_UP_SECONDS: u32 = 1;
 
 /// One undisturbed run of `valid` and one of `disturbed` (whose first
 /// `LOAD_PROCESSES` outcomes are the same valid load), back to back, in an
@@ -452,13 +457,12 @@ fn validate_body(token: &str) -> Vec<u8> {
 }
 
 async fn run(quick: bool) {
-    let seconds = if quick { 3 } else { 10 };
+    let seconds = if quick { 2 } else { 4 };
     let dir_buf = std::env::temp_dir().join(format!("tokend-bench-{}", std::process::id()));
     fs::create_dir_all(&dir_buf).expect("temp dir");
     let dir = dir_buf.as_path();
     println!(
-        "tokend-bench: {} s per measurement (+2 s warm-up), {LOAD_PROCESSES} h2load processes x 1 connection x {STREAMS} streams",
-        seconds
+        "tokend-bench: {seconds} s per measurement (+{WARM_UP_SECONDS} s warm-up), {LOAD_PROCESSES} h2load processes x 1 connection x {STREAMS} streams"
     );
     println!(
         "machine: {} cores",

@@ -159,7 +159,7 @@ impl TokenValue {
     /// of the validation cache. For digests only, like `secret`.
     pub fn id_and_secret(&self) -> &[u8] {
         let start = self.prefix_len + 1;
-        &self.raw.as_str().as_bytes()[start..start + ID_LEN + 1 + SECRET_LEN]
+        &self.raw.as_bytes()[start..start + ID_LEN + 1 + SECRET_LEN]
     }
 
     /// The secret part, for hashing and verification only.
@@ -220,6 +220,10 @@ impl Inline {
             len: u8::try_from(s.len()).ok()?,
             bytes,
         })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 
     fn as_str(&self) -> &str {
