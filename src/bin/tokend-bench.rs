@@ -282,12 +282,21 @@ struct Outcome {
 
 /// Runs the given loads concurrently, one h2load process each (1 connection,
 /// `streams` concurrent streams), and returns one outcome per load.
-fn h2load(port: u16, caller: &str, loads: &[Load], seconds: u32, dir: &Path) -> Vec<Outcome> {
+/// `tag` names the per-request log files, so runs that alternate do not read
+/// each other's latencies.
+fn h2load(
+    port: u16,
+    caller: &str,
+    loads: &[Load],
+    seconds: u32,
+    dir: &Path,
+    tag: &str,
+) -> Vec<Outcome> {
     let mut children = Vec::new();
     for (i, load) in loads.iter().enumerate() {
         let body = dir.join(format!("body-{i}.bin"));
         fs::write(&body, &load.body).expect("write body");
-        let log = dir.join(format!("h2load-{i}.tsv"));
+        let log = dir.join(format!("h2load-{tag}-{i}.tsv"));
         let _ = fs::remove_file(&log);
         let mut cmd = Command::new("h2load");
         cmd.args([
@@ -361,11 +370,11 @@ fn parse_h2load(text: &str) -> Outcome {
 
 /// Sums the throughput of the processes `first..` and takes p50/p99 over all
 /// their requests (from h2load's per-request logs).
-fn combine(outcomes: &[Outcome], dir: &Path, first: usize) -> Outcome {
+fn combine(outcomes: &[Outcome], dir: &Path, tag: &str, first: usize) -> Outcome {
     let mut latencies = Vec::new();
     for i in first..first + outcomes.len() {
         latencies.extend(
-            fs::read_to_string(dir.join(format!("h2load-{i}.tsv")))
+            fs::read_to_string(dir.join(format!("h2load-{tag}-{i}.tsv")))
                 .unwrap_or_default()
                 .lines()
                 .filter_map(|l| {
@@ -416,12 +425,22 @@ fn disturbed_pair(
     let undisturbed_first = CALLS
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         .is_multiple_of(2);
-    let alone = || combine(&h2load(server.port, caller, valid, seconds, dir), dir, 0);
+    let alone = || {
+        combine(
+            &h2load(server.port, caller, valid, seconds, dir, "alone"),
+            dir,
+            "alone",
+            0,
+        )
+    };
     if undisturbed_first {
         let u = alone();
-        (u, h2load(server.port, caller, disturbed, seconds, dir))
+        (
+            u,
+            h2load(server.port, caller, disturbed, seconds, dir, "disturbed"),
+        )
     } else {
-        let d = h2load(server.port, caller, disturbed, seconds, dir);
+        let d = h2load(server.port, caller, disturbed, seconds, dir, "disturbed");
         (alone(), d)
     }
 }
@@ -566,8 +585,14 @@ async fn run(quick: bool) {
         // Alternate which goes first, so a drift in the machine's speed (it is
         // a shared VM) does not always favour the same side.
         let first_health = !round.is_multiple_of(2);
-        let run =
-            |loads: &[Load]| combine(&h2load(server.port, &caller, loads, seconds, dir), dir, 0);
+        let run = |loads: &[Load]| {
+            combine(
+                &h2load(server.port, &caller, loads, seconds, dir, "main"),
+                dir,
+                "main",
+                0,
+            )
+        };
         let (h, v) = if first_health {
             let h = run(&health_loads);
             (h, run(&validate_loads))
@@ -607,8 +632,8 @@ async fn run(quick: bool) {
     for round in 1..=FLOOD_ROUNDS {
         let (undisturbed, out) =
             disturbed_pair(&server, &caller, &validate_loads, &loads, seconds, dir);
-        let valid = combine(&out[..LOAD_PROCESSES], dir, 0);
-        let flood = combine(&out[LOAD_PROCESSES..], dir, LOAD_PROCESSES);
+        let valid = combine(&out[..LOAD_PROCESSES], dir, "disturbed", 0);
+        let flood = combine(&out[LOAD_PROCESSES..], dir, "disturbed", LOAD_PROCESSES);
         show(
             &format!("round {round}: valid tokens, undisturbed"),
             &undisturbed,
@@ -644,7 +669,7 @@ async fn run(quick: bool) {
     for round in 1..=FLOOD_ROUNDS {
         let (undisturbed, out) =
             disturbed_pair(&server, &caller, &validate_loads, &loads, seconds, dir);
-        let valid = combine(&out[..LOAD_PROCESSES], dir, 0);
+        let valid = combine(&out[..LOAD_PROCESSES], dir, "disturbed", 0);
         show(
             &format!("round {round}: valid tokens, undisturbed"),
             &undisturbed,
@@ -657,7 +682,7 @@ async fn run(quick: bool) {
             let at = LOAD_PROCESSES + i;
             show(
                 &format!("round {round}: {label} flood"),
-                &combine(&out[at..=at], dir, at),
+                &combine(&out[at..=at], dir, "disturbed", at),
             );
         }
         println!(
