@@ -22,7 +22,7 @@ const VALID: u32 = 1;
 const REASON: u32 = 2;
 
 /// A Validate reply: the verdict, plus the token's fields when its secret verified.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ValidateReply {
     /// `valid` and `reason`; also the token's fields once decoded or materialised.
     head: pb::ValidateResponse,
@@ -57,6 +57,13 @@ impl ValidateReply {
                 tracing::error!(error = %e, "cached ValidateResponse fields did not decode");
             }
         }
+    }
+}
+
+/// As the message it encodes: the cache entry itself is not shown.
+impl std::fmt::Debug for ValidateReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_message().fmt(f)
     }
 }
 
