@@ -406,6 +406,7 @@ fn combine(outcomes: &[Outcome], dir: &Path, tag: &str, first: usize) -> Outcome
 /// shared VM whose speed drifts by 10-20% over tens of seconds, and adjacent
 /// short runs see the same speed, so their ratio is steady where a single
 /// long run each is not.
+/// (`--quick`: 4 and 2, for a smoke run; its figures are not the ones to quote.)
 const ROUNDS: usize = 10;
 const FLOOD_ROUNDS: usize = 5;
 const WARM_UP_SECONDS: u32 = 1;
@@ -477,6 +478,11 @@ fn validate_body(token: &str) -> Vec<u8> {
 
 async fn run(quick: bool) {
     let seconds = if quick { 2 } else { 4 };
+    let (rounds, flood_rounds) = if quick {
+        (4, 2)
+    } else {
+        (ROUNDS, FLOOD_ROUNDS)
+    };
     let dir_buf = std::env::temp_dir().join(format!("tokend-bench-{}", std::process::id()));
     fs::create_dir_all(&dir_buf).expect("temp dir");
     let dir = dir_buf.as_path();
@@ -578,10 +584,10 @@ async fn run(quick: bool) {
     let health_loads = vec![health; LOAD_PROCESSES];
 
     println!(
-        "\n== Validate (cache hit) vs Health/Check, same server, same h2load settings, {ROUNDS} interleaved rounds"
+        "\n== Validate (cache hit) vs Health/Check, same server, same h2load settings, {rounds} interleaved rounds"
     );
     let mut ratios = Vec::new();
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds {
         // Alternate which goes first, so a drift in the machine's speed (it is
         // a shared VM) does not always favour the same side.
         let first_health = !round.is_multiple_of(2);
@@ -629,7 +635,7 @@ async fn run(quick: bool) {
     let mut loads = validate_loads.clone();
     loads.extend(floods.iter().cloned());
     let mut flood_ratios = Vec::new();
-    for round in 1..=FLOOD_ROUNDS {
+    for round in 1..=flood_rounds {
         let (undisturbed, out) =
             disturbed_pair(&server, &caller, &validate_loads, &loads, seconds, dir);
         let valid = combine(&out[..LOAD_PROCESSES], dir, "disturbed", 0);
@@ -666,7 +672,7 @@ async fn run(quick: bool) {
         });
     }
     let mut mix_ratios = Vec::new();
-    for round in 1..=FLOOD_ROUNDS {
+    for round in 1..=flood_rounds {
         let (undisturbed, out) =
             disturbed_pair(&server, &caller, &validate_loads, &loads, seconds, dir);
         let valid = combine(&out[..LOAD_PROCESSES], dir, "disturbed", 0);
