@@ -280,12 +280,6 @@ fn pad_base62(n: u128, width: usize) -> String {
     format!("{:0>width$}", base62::encode(n))
 }
 
-/// Constant-time equality for secret material.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
