@@ -129,18 +129,14 @@ mod tests {
     use super::*;
     use crate::{
         domain::TokenValue,
-        validation::cache::{CacheConfig, VerifiedCache, tests::token},
+        validation::cache::{
+            VerifiedCache,
+            tests::{config, token},
+        },
     };
 
     fn entry_for(t: &crate::domain::Token) -> Arc<Entry> {
-        let cache = VerifiedCache::new(CacheConfig {
-            capacity: 16,
-            negative_capacity: 16,
-            negative_ttl: std::time::Duration::from_secs(1),
-            unknown_ttl: std::time::Duration::from_secs(1),
-            failure_window: std::time::Duration::from_secs(1),
-            failures_per_window: 1,
-        });
+        let cache = VerifiedCache::new(config());
         cache.apply(t, Some([7; 16]));
         cache.get(&t.id).unwrap()
     }

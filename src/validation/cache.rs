@@ -511,7 +511,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn config() -> CacheConfig {
+    pub(crate) fn config() -> CacheConfig {
         CacheConfig {
             capacity: 1000,
             negative_capacity: 1000,
