@@ -3,9 +3,10 @@
 //! file descriptor set that the server hands to gRPC reflection.
 //!
 //! Two passes: the messages and the client, then the server alone (into
-//! `$OUT_DIR/server`), whose Validate reply is the hand-written
-//! `api::wire::ValidateReply` (the same wire message, encoded straight from the
-//! validation cache) while every other type comes from the first pass.
+//! `$OUT_DIR/server`), whose Validate request and reply are the hand-written
+//! `api::wire::ValidateCall` and `ValidateReply` (the same wire messages, the
+//! token parsed in place and the reply encoded straight from the validation
+//! cache) while every other type comes from the first pass.
 
 use std::{env, error::Error, path::PathBuf};
 
@@ -41,6 +42,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(false)
         .out_dir(&server_dir)
         .extern_path(".tokens.v1", "crate::pb")
+        .extern_path(
+            ".tokens.v1.ValidateRequest",
+            "crate::api::wire::ValidateCall",
+        )
         .extern_path(
             ".tokens.v1.ValidateResponse",
             "crate::api::wire::ValidateReply",

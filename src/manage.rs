@@ -165,7 +165,7 @@ impl TokenManager {
     pub async fn validate(
         &self,
         caller: &Caller,
-        value: Result<TokenValue, MalformedToken>,
+        value: Result<&TokenValue, MalformedToken>,
         required_modules: &[String],
     ) -> Result<Verdict> {
         let Some(account) = caller.validation_scope() else {
@@ -176,7 +176,7 @@ impl TokenManager {
         match value {
             Ok(value) => {
                 self.validator
-                    .validate(&value, required_modules, account)
+                    .validate(value, required_modules, account)
                     .await
             }
             Err(MalformedToken::TooLong) => {

@@ -15,7 +15,7 @@ use tracing::{Span, instrument};
 use self::convert::{
     event_to_pb, opt_principal, opt_timestamp, opt_token_id, reason_to_pb, token_id, token_to_pb,
 };
-use self::wire::ValidateReply;
+use self::wire::{ValidateCall, ValidateReply};
 use crate::{
     domain::{Caller, TokenState, TokenValue, fields, fields::TokenName, page},
     error::{Error, Result},
@@ -119,26 +119,23 @@ impl TokenApi {
         })
     }
 
-    async fn inner_validate(&self, req: Request<pb::ValidateRequest>) -> Result<ValidateReply> {
+    async fn inner_validate(&self, req: Request<ValidateCall>) -> Result<ValidateReply> {
         let caller = self.caller(req.metadata()).await?;
-        let r = req.into_inner();
-        let required: Vec<String> = r
-            .required_modules
-            .into_iter()
-            .enumerate()
-            .map(
-                |(i, m)| match fields::check_module("required_modules", &m) {
-                    Ok(()) => Ok(m),
-                    // Named with its index only when it is wrong: no format! per call.
-                    Err(_) => fields::module(&format!("required_modules[{i}]"), &m),
-                },
-            )
-            .collect::<Result<_, _>>()?;
-        let value = TokenValue::parse(&r.token);
-        if let Ok(v) = &value {
+        let call = req.get_ref();
+        for (i, m) in call.required_modules().iter().enumerate() {
+            if fields::check_module("required_modules", m).is_err() {
+                // Named with its index only when it is wrong: no format! per call.
+                fields::check_module(&format!("required_modules[{i}]"), m)?;
+            }
+        }
+        let value = call.token();
+        if let Ok(v) = value {
             record_token(v.id());
         }
-        let verdict = self.manager.validate(&caller, value, &required).await?;
+        let verdict = self
+            .manager
+            .validate(&caller, value, call.required_modules())
+            .await?;
         Ok(ValidateReply::new(
             verdict.is_valid(),
             reason_to_pb(verdict.reason),
@@ -364,7 +361,7 @@ impl TokenService for TokenApi {
     )]
     async fn validate(
         &self,
-        request: Request<pb::ValidateRequest>,
+        request: Request<ValidateCall>,
     ) -> Result<Response<ValidateReply>, Status> {
         reply(self.inner_validate(request).await)
     }

@@ -1,12 +1,22 @@
-//! `tokens.v1.ValidateResponse` as the server sends it.
+//! Validate's request and reply as the server reads and writes them.
 //!
-//! Validate runs on every request of every backend service, and building the
-//! generated message for a hit (a dozen strings, a vector and a hash map, then
-//! encoding and dropping them) cost about as much as the cache lookup itself.
-//! The validation cache keeps each token's verified fields already in wire form
-//! (`Snapshot::wire`), so a verified reply is `valid` and `reason` followed by a
-//! copy of those bytes. build.rs points the generated server at this type; the
-//! generated client still decodes the same bytes into `pb::ValidateResponse`.
+//! Validate runs on every request of every backend service, so its messages
+//! skip the generated types' per-call work:
+//!
+//! - `ValidateCall` (`tokens.v1.ValidateRequest`) parses the token straight
+//!   out of the request bytes into an inline `TokenValue`: no `String` is
+//!   allocated, copied and freed for it.
+//! - `ValidateReply` (`tokens.v1.ValidateResponse`): building the generated
+//!   message for a hit (a dozen strings, a vector and a hash map, then encoding
+//!   and dropping them) cost about as much as the cache lookup itself. The
+//!   validation cache keeps each token's verified fields already in wire form
+//!   (`Snapshot::wire`), so a verified reply is `valid` and `reason` followed
+//!   by a copy of those bytes.
+//!
+//! Both are small, because tonic moves them several times per call.
+//! build.rs points the generated server at these types; the generated client
+//! still uses `pb::ValidateRequest` and `pb::ValidateResponse`, which encode
+//! the same bytes.
 
 use std::sync::Arc;
 
@@ -16,47 +26,177 @@ use prost::{
     encoding::{self, DecodeContext, WireType},
 };
 
-use crate::{pb, validation::cache::Entry};
+use crate::{
+    domain::{TokenValue, token_value::MalformedToken},
+    pb,
+    validation::cache::Entry,
+};
 
+/// Field numbers of `tokens.v1.ValidateRequest` and `ValidateResponse`.
+const TOKEN: u32 = 1;
+const REQUIRED_MODULES: u32 = 2;
 const VALID: u32 = 1;
 const REASON: u32 = 2;
+
+/// A Validate request: the token, already parsed, and the required modules.
+pub struct ValidateCall {
+    /// A well-formed value, or why not with the text as sent (kept so that
+    /// the message still encodes what it decoded; malformed input is rare).
+    token: Result<TokenValue, (MalformedToken, String)>,
+    required_modules: Vec<String>,
+}
+
+impl Default for ValidateCall {
+    /// An empty token, as in an empty message: malformed.
+    fn default() -> Self {
+        Self {
+            token: Err((MalformedToken::Shape, String::new())),
+            required_modules: Vec::new(),
+        }
+    }
+}
+
+impl ValidateCall {
+    pub fn new(token: &str, required_modules: Vec<String>) -> Self {
+        Self {
+            token: parse_token(token),
+            required_modules,
+        }
+    }
+
+    pub fn token(&self) -> Result<&TokenValue, MalformedToken> {
+        self.token.as_ref().map_err(|(why, _)| *why)
+    }
+
+    pub fn required_modules(&self) -> &[String] {
+        &self.required_modules
+    }
+}
+
+fn parse_token(text: &str) -> Result<TokenValue, (MalformedToken, String)> {
+    TokenValue::parse(text).map_err(|why| (why, text.to_owned()))
+}
+
+/// The token is never shown.
+impl std::fmt::Debug for ValidateCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidateCall")
+            .field("token", &"<redacted>")
+            .field("required_modules", &self.required_modules)
+            .finish()
+    }
+}
+
+impl Message for ValidateCall {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        let text = match &self.token {
+            Ok(value) => value.expose(),
+            Err((_, text)) => text.clone(),
+        };
+        if !text.is_empty() {
+            encoding::string::encode(TOKEN, &text, buf);
+        }
+        encoding::string::encode_repeated(REQUIRED_MODULES, &self.required_modules, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            TOKEN => {
+                // The request body is one contiguous buffer in practice: parse
+                // the value where it lies.
+                if wire_type == WireType::LengthDelimited
+                    && let Some((text, used)) = contiguous_str(buf.chunk())
+                {
+                    self.token = parse_token(text);
+                    buf.advance(used);
+                    return Ok(());
+                }
+                // Anything else gets prost's own checks and errors.
+                let mut text = String::new();
+                encoding::string::merge(wire_type, &mut text, buf, ctx)?;
+                self.token = parse_token(&text);
+                Ok(())
+            }
+            REQUIRED_MODULES => {
+                encoding::string::merge_repeated(wire_type, &mut self.required_modules, buf, ctx)
+            }
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        let len = match &self.token {
+            Ok(value) => value.text_len(),
+            Err((_, text)) => text.len(),
+        };
+        let token = if len == 0 {
+            0
+        } else {
+            encoding::key_len(TOKEN) + encoding::encoded_len_varint(len as u64) + len
+        };
+        token + encoding::string::encoded_len_repeated(REQUIRED_MODULES, &self.required_modules)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// A length-delimited UTF-8 string at the start of `chunk`, if it lies wholly
+/// within it, and the number of bytes it takes with its length prefix.
+fn contiguous_str(chunk: &[u8]) -> Option<(&str, usize)> {
+    let mut rest = chunk;
+    let len = usize::try_from(encoding::decode_varint(&mut rest).ok()?).ok()?;
+    let header = chunk.len() - rest.len();
+    let text = std::str::from_utf8(rest.get(..len)?).ok()?;
+    Some((text, header + len))
+}
 
 /// A Validate reply: the verdict, plus the token's fields when its secret verified.
 #[derive(Clone, Default)]
 pub struct ValidateReply {
-    /// `valid` and `reason`; also the token's fields once decoded or materialised.
-    head: pb::ValidateResponse,
+    valid: bool,
+    reason: i32,
     /// The verified token's cache entry, whose wire bytes carry fields 3-9.
     verified: Option<Arc<Entry>>,
+    /// Set only when a reply is decoded (which the server never does): the
+    /// whole message, which then replaces the fields above.
+    decoded: Option<Box<pb::ValidateResponse>>,
 }
 
 impl ValidateReply {
     pub fn new(valid: bool, reason: pb::Reason, verified: Option<Arc<Entry>>) -> Self {
         Self {
-            head: pb::ValidateResponse {
-                valid,
-                reason: reason as i32,
-                ..Default::default()
-            },
+            valid,
+            reason: reason as i32,
             verified,
+            decoded: None,
         }
     }
 
     /// The generated message with the same content.
     pub fn to_message(&self) -> pb::ValidateResponse {
-        let mut copy = self.clone();
-        copy.materialise();
-        copy.head
-    }
-
-    /// Moves the entry's fields into `head`, e.g. before decoding more into it.
-    fn materialise(&mut self) {
-        if let Some(entry) = self.verified.take() {
+        if let Some(decoded) = &self.decoded {
+            return (**decoded).clone();
+        }
+        let mut message = pb::ValidateResponse {
+            valid: self.valid,
+            reason: self.reason,
+            ..Default::default()
+        };
+        if let Some(entry) = &self.verified {
             // Our own well-formed encoding of the same message: cannot fail.
-            if let Err(e) = self.head.merge(entry.snapshot.wire()) {
+            if let Err(e) = message.merge(entry.snapshot.wire()) {
                 tracing::error!(error = %e, "cached ValidateResponse fields did not decode");
             }
         }
+        message
     }
 }
 
@@ -69,18 +209,18 @@ impl std::fmt::Debug for ValidateReply {
 
 impl Message for ValidateReply {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        match &self.verified {
-            None => self.head.encode_raw(buf),
-            Some(entry) => {
-                // Field order and defaults as prost writes them: 1, 2, then 3-9.
-                if self.head.valid {
-                    encoding::bool::encode(VALID, &self.head.valid, buf);
-                }
-                if self.head.reason != 0 {
-                    encoding::int32::encode(REASON, &self.head.reason, buf);
-                }
-                buf.put_slice(entry.snapshot.wire());
-            }
+        if let Some(decoded) = &self.decoded {
+            return decoded.encode_raw(buf);
+        }
+        // Field order and defaults as prost writes them: 1, 2, then 3-9.
+        if self.valid {
+            encoding::bool::encode(VALID, &self.valid, buf);
+        }
+        if self.reason != 0 {
+            encoding::int32::encode(REASON, &self.reason, buf);
+        }
+        if let Some(entry) = &self.verified {
+            buf.put_slice(entry.snapshot.wire());
         }
     }
 
@@ -91,27 +231,36 @@ impl Message for ValidateReply {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        self.materialise();
-        self.head.merge_field(tag, wire_type, buf, ctx)
+        if self.decoded.is_none() {
+            self.decoded = Some(Box::new(self.to_message()));
+            self.verified = None;
+        }
+        match self.decoded.as_deref_mut() {
+            Some(message) => message.merge_field(tag, wire_type, buf, ctx),
+            None => Ok(()),
+        }
     }
 
     fn encoded_len(&self) -> usize {
-        match &self.verified {
-            None => self.head.encoded_len(),
-            Some(entry) => {
-                let valid = if self.head.valid {
-                    encoding::bool::encoded_len(VALID, &self.head.valid)
-                } else {
-                    0
-                };
-                let reason = if self.head.reason != 0 {
-                    encoding::int32::encoded_len(REASON, &self.head.reason)
-                } else {
-                    0
-                };
-                valid + reason + entry.snapshot.wire().len()
-            }
+        if let Some(decoded) = &self.decoded {
+            return decoded.encoded_len();
         }
+        let valid = if self.valid {
+            encoding::bool::encoded_len(VALID, &self.valid)
+        } else {
+            0
+        };
+        let reason = if self.reason != 0 {
+            encoding::int32::encoded_len(REASON, &self.reason)
+        } else {
+            0
+        };
+        valid
+            + reason
+            + self
+                .verified
+                .as_ref()
+                .map_or(0, |e| e.snapshot.wire().len())
     }
 
     fn clear(&mut self) {
@@ -197,6 +346,78 @@ mod tests {
         let reply = ValidateReply::new(true, pb::Reason::Valid, Some(entry_for(&t)));
         let decoded = pb::ValidateResponse::decode(reply.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, expected(&t, true, pb::Reason::Valid));
+    }
+
+    fn request(token: &str, modules: &[&str]) -> pb::ValidateRequest {
+        pb::ValidateRequest {
+            token: token.into(),
+            required_modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_call_decodes_what_the_generated_client_sends() {
+        let v = TokenValue::generate("tk").unwrap();
+        let sent = request(&v.expose(), &["billing:read", "reports"]);
+        let bytes = sent.encode_to_vec();
+        let call = ValidateCall::decode(bytes.as_slice()).unwrap();
+        assert_eq!(call.token().unwrap().id(), v.id());
+        assert_eq!(call.required_modules(), ["billing:read", "reports"]);
+        // And encodes the same bytes back.
+        assert_eq!(call.encoded_len(), bytes.len());
+        assert_eq!(call.encode_to_vec(), bytes);
+    }
+
+    #[test]
+    fn a_malformed_token_is_kept_as_sent() {
+        for text in ["", "not-a-token", "tk_short", "é"] {
+            let bytes = request(text, &[]).encode_to_vec();
+            let call = ValidateCall::decode(bytes.as_slice()).unwrap();
+            assert!(call.token().is_err(), "{text:?} parsed");
+            assert_eq!(call.encode_to_vec(), bytes);
+            assert_eq!(call.encoded_len(), bytes.len());
+        }
+        assert!(ValidateCall::default().token().is_err());
+    }
+
+    #[test]
+    fn a_token_that_is_not_utf8_is_a_decode_error() {
+        let bytes = [0x0a, 0x02, 0xff, 0xfe];
+        assert!(ValidateCall::decode(&bytes[..]).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_the_last_token_wins() {
+        let first = TokenValue::generate("tk").unwrap();
+        let last = TokenValue::generate("tk").unwrap();
+        let mut bytes = request(&first.expose(), &["a"]).encode_to_vec();
+        // Field 15, varint 300: a field from a newer client.
+        bytes.extend_from_slice(&[0x78, 0xac, 0x02]);
+        bytes.extend_from_slice(&request(&last.expose(), &["b"]).encode_to_vec());
+        let call = ValidateCall::decode(bytes.as_slice()).unwrap();
+        assert_eq!(call.token().unwrap().id(), last.id());
+        assert_eq!(call.required_modules(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_token_split_across_buffers_still_parses() {
+        let v = TokenValue::generate("tk").unwrap();
+        let bytes = request(&v.expose(), &["m"]).encode_to_vec();
+        for cut in 1..bytes.len() {
+            let (head, tail) = bytes.split_at(cut);
+            let call = ValidateCall::decode(head.chain(tail)).unwrap();
+            assert_eq!(call.token().unwrap().id(), v.id(), "cut at {cut}");
+            assert_eq!(call.required_modules(), ["m"]);
+        }
+    }
+
+    #[test]
+    fn a_call_never_shows_its_token() {
+        let v = TokenValue::generate("tk").unwrap();
+        let call = ValidateCall::new(&v.expose(), vec!["m".into()]);
+        let shown = format!("{call:?}");
+        assert!(!shown.contains(&v.expose()), "{shown}");
+        assert!(shown.contains("redacted"));
     }
 
     #[test]

@@ -168,6 +168,11 @@ impl TokenValue {
         &self.raw.as_str()[start..start + SECRET_LEN]
     }
 
+    /// The length of the full value in bytes (it is ASCII).
+    pub fn text_len(&self) -> usize {
+        usize::from(self.raw.len)
+    }
+
     /// The full value. Named loudly: it is handed to the caller once, at Issue,
     /// Rotate or Duplicate, and must go nowhere else.
     pub fn expose(&self) -> String {

@@ -24,9 +24,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, Utc};
 use quick_cache::sync::Cache;
 
+use super::clock::UnixMicros;
 use crate::domain::{
     Principal, Privileges, Token, TokenId, TokenState, TokenValue, token::SecretHash,
 };
@@ -60,7 +60,7 @@ pub struct CacheConfig {
 pub struct Snapshot {
     pub id: TokenId,
     pub state: TokenState,
-    pub expires_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<UnixMicros>,
     /// What the token may do as a caller of this service, read once here
     /// rather than from its modules on every RPC it authenticates.
     pub privileges: Privileges,
@@ -146,7 +146,7 @@ impl Snapshot {
         Self {
             id: token.id,
             state: token.state,
-            expires_at: token.expires_at,
+            expires_at: token.expires_at.map(UnixMicros::of),
             privileges: Privileges::from_modules(token.modules.iter().map(String::as_str)),
             wire: buf.into_boxed_slice(),
         }
@@ -246,7 +246,7 @@ pub struct Entry {
     pub snapshot: Snapshot,
     current: Slot,
     /// Boxed: only tokens inside a rotate grace period have one.
-    previous: Option<Box<(Slot, DateTime<Utc>)>>,
+    previous: Option<Box<(Slot, UnixMicros)>>,
     /// Unix second of the last recorded use, so a hot token records its use at
     /// most once a second.
     last_recorded: AtomicI64,
@@ -272,7 +272,7 @@ impl Entry {
         let mut previous = token
             .previous_secret
             .as_ref()
-            .map(|p| Box::new((find(&p.hash), p.expires_at)));
+            .map(|p| Box::new((find(&p.hash), UnixMicros::of(p.expires_at))));
         match verified {
             Some((Matched::Current, d)) => current.digest = Some(d),
             Some((Matched::Previous, d)) => {
@@ -297,7 +297,7 @@ impl Entry {
     }
 
     /// Constant-time check of a presented digest against the verified ones.
-    pub fn matches(&self, digest: &Digest, now: DateTime<Utc>) -> Option<Matched> {
+    pub fn matches(&self, digest: &Digest, now: UnixMicros) -> Option<Matched> {
         if self
             .current
             .digest
@@ -481,6 +481,8 @@ pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use std::collections::BTreeMap;
 
+    use chrono::Utc;
+
     use super::*;
     use crate::domain::token::PreviousSecret;
 
@@ -581,10 +583,10 @@ pub(crate) mod tests {
         cache.fill(&t, Matched::Current, cache.digest(&v), g);
         let e = cache.get(&v.id()).unwrap();
         assert_eq!(
-            e.matches(&cache.digest(&v), Utc::now()),
+            e.matches(&cache.digest(&v), UnixMicros::now()),
             Some(Matched::Current)
         );
-        assert_eq!(e.matches(&cache.digest(&other), Utc::now()), None);
+        assert_eq!(e.matches(&cache.digest(&other), UnixMicros::now()), None);
     }
 
     #[test]
@@ -610,7 +612,7 @@ pub(crate) mod tests {
         cache.apply(&t, None);
         let e = cache.get(&old.id()).unwrap();
         assert_eq!(e.snapshot.state, TokenState::Disabled);
-        assert!(e.matches(&cache.digest(&old), Utc::now()).is_some());
+        assert!(e.matches(&cache.digest(&old), UnixMicros::now()).is_some());
         // Rotate with grace: old hash becomes previous, its digest follows it.
         t.state = TokenState::Active;
         t.previous_secret = Some(PreviousSecret {
@@ -621,17 +623,17 @@ pub(crate) mod tests {
         cache.apply(&t, Some(cache.digest(&new)));
         let e = cache.get(&old.id()).unwrap();
         assert_eq!(
-            e.matches(&cache.digest(&new), Utc::now()),
+            e.matches(&cache.digest(&new), UnixMicros::now()),
             Some(Matched::Current)
         );
         assert_eq!(
-            e.matches(&cache.digest(&old), Utc::now()),
+            e.matches(&cache.digest(&old), UnixMicros::now()),
             Some(Matched::Previous)
         );
         assert_eq!(
             e.matches(
                 &cache.digest(&old),
-                Utc::now() + chrono::Duration::seconds(61)
+                UnixMicros::of(Utc::now() + chrono::Duration::seconds(61))
             ),
             None
         );
@@ -642,7 +644,7 @@ pub(crate) mod tests {
             cache
                 .get(&old.id())
                 .unwrap()
-                .matches(&cache.digest(&old), Utc::now()),
+                .matches(&cache.digest(&old), UnixMicros::now()),
             None
         );
     }

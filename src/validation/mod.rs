@@ -12,16 +12,16 @@
 //! The caller-credential check of every RPC goes through the same path.
 
 pub mod cache;
+pub mod clock;
 pub mod coherence;
 pub mod hasher;
 pub mod usage;
 
 use std::{fmt, sync::Arc};
 
-use chrono::{DateTime, SubsecRound, Utc};
-
 use self::{
     cache::{Entry, Matched, VerifiedCache},
+    clock::UnixMicros,
     hasher::Hasher,
     usage::UsageRecorder,
 };
@@ -77,7 +77,7 @@ impl Verdict {
     }
 }
 
-fn judge(entry: &Entry, required_modules: &[String], now: DateTime<Utc>) -> Reason {
+fn judge(entry: &Entry, required_modules: &[String], now: UnixMicros) -> Reason {
     let s = &entry.snapshot;
     match s.state {
         TokenState::Revoked => Reason::Revoked,
@@ -127,7 +127,7 @@ impl Validator {
         required_modules: &[String],
         account: Option<&str>,
     ) -> Result<Verdict> {
-        let now = Utc::now().trunc_subsecs(6);
+        let now = UnixMicros::now();
         let Some(entry) = self.verified(value, now).await? else {
             return Ok(Verdict::rejected(Reason::Unknown));
         };
@@ -135,8 +135,8 @@ impl Validator {
             return Ok(Verdict::rejected(Reason::Unknown));
         }
         let reason = judge(&entry, required_modules, now);
-        if reason == Reason::Valid && entry.should_record_use(now.timestamp()) {
-            self.usage.record(value.id(), now);
+        if reason == Reason::Valid && entry.should_record_use(now.secs()) {
+            self.usage.record(value.id(), now.to_datetime());
         }
         Ok(Verdict {
             reason,
@@ -148,11 +148,11 @@ impl Validator {
     /// verifies (current, or previous within its grace), whatever its state.
     /// Searching for or revoking a leaked value must not make it look used.
     pub async fn possessed(&self, value: &TokenValue) -> Result<Option<Arc<Entry>>> {
-        self.verified(value, Utc::now().trunc_subsecs(6)).await
+        self.verified(value, UnixMicros::now()).await
     }
 
     /// The cached entry whose verified digest matches `value`, verifying on a miss.
-    async fn verified(&self, value: &TokenValue, now: DateTime<Utc>) -> Result<Option<Arc<Entry>>> {
+    async fn verified(&self, value: &TokenValue, now: UnixMicros) -> Result<Option<Arc<Entry>>> {
         let digest = self.cache.digest(value);
         if let Some(entry) = self.hit(value, &digest, now) {
             return Ok(Some(entry));
@@ -170,7 +170,7 @@ impl Validator {
         &self,
         value: &TokenValue,
         digest: &cache::Digest,
-        now: DateTime<Utc>,
+        now: UnixMicros,
     ) -> Option<Arc<Entry>> {
         let entry = self.cache.get(&value.id())?;
         entry.matches(digest, now).map(|_| entry)
@@ -181,7 +181,7 @@ impl Validator {
         &self,
         value: &TokenValue,
         digest: cache::Digest,
-        now: DateTime<Utc>,
+        now: UnixMicros,
     ) -> Result<Option<Arc<Entry>>> {
         let id = value.id();
         let _flight = self.cache.flight(&id).await;
@@ -209,7 +209,7 @@ impl Validator {
         {
             Some(Matched::Current)
         } else {
-            match token.live_previous_secret(now) {
+            match token.live_previous_secret(now.to_datetime()) {
                 Some(previous) if self.hasher.verify(value.secret(), &previous.hash).await? => {
                     Some(Matched::Previous)
                 }
