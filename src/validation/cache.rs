@@ -195,8 +195,15 @@ impl Snapshot {
         })
     }
 
+    /// Runs on every Validate that names modules: compares bytes, and walks
+    /// only the module fields (they follow the ids, as `of` writes them).
     pub fn has_modules(&self, required: &[String]) -> bool {
-        required.iter().all(|r| self.modules().any(|m| m == r))
+        required.iter().all(|r| {
+            fields(&self.wire)
+                .skip_while(|(tag, _)| *tag < field::MODULES)
+                .take_while(|(tag, _)| *tag == field::MODULES)
+                .any(|(_, m)| m == r.as_bytes())
+        })
     }
 }
 
@@ -543,11 +550,19 @@ pub(crate) mod tests {
             vec![("env", ""), ("team", "payments é")]
         );
         assert!(s.has_modules(&["b/*".into()]));
+        assert!(s.has_modules(&["b/*".into(), "a:read".into()]));
+        assert!(s.has_modules(&[]));
         assert!(!s.has_modules(&["c".into()]));
+        assert!(!s.has_modules(&["a:read".into(), "c".into()]));
+        // Other fields' text is not a module.
+        for other in ["acme", "alice", "v1", v.id().as_str()] {
+            assert!(!s.has_modules(&[other.into()]), "{other}");
+        }
         t.modules.clear();
         t.metadata.clear();
         let empty = Snapshot::of(&t);
         assert_eq!(empty.modules().count(), 0);
+        assert!(!empty.has_modules(&["a:read".into()]));
         assert_eq!(empty.metadata().count(), 0);
     }
 
