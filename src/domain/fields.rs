@@ -132,7 +132,9 @@ pub fn check_module(field: &str, s: &str) -> Result<(), FieldViolation> {
             format!("must be at most {MAX_MODULE_CHARS} characters"),
         ));
     }
-    if !s.chars().all(module_char) {
+    // Bytes, not chars: the allowed set is ASCII, so any byte of a multi-byte
+    // character fails it too. Runs for each required module on every Validate.
+    if !s.bytes().all(|b| module_char(char::from(b))) {
         return Err(FieldViolation::new(
             field,
             "may contain only letters, digits and . _ : / * -",
@@ -272,6 +274,11 @@ mod tests {
         let err = modules("modules", &["ok".into(), String::new()]).unwrap_err();
         assert_eq!(err.field, "modules[1]");
         assert!(modules("modules", &["has space".into()]).is_err());
+        // Non-ASCII letters are not module characters, whichever byte is checked.
+        for bad in ["é", "aé", "ü:read", "模块", "a\u{0}b"] {
+            assert!(check_module("m", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_module("m", "Az09._:/*-").is_ok());
         assert!(modules("modules", &vec!["m".to_owned(); 65]).is_err());
     }
 

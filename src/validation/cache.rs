@@ -65,6 +65,9 @@ pub struct Snapshot {
     /// rather than from its modules on every RPC it authenticates.
     pub privileges: Privileges,
     wire: Box<[u8]>,
+    /// Where the module fields lie in `wire`, so the module check on every
+    /// Validate does not walk the fields before them.
+    modules: std::ops::Range<u32>,
 }
 
 /// Field numbers in `tokens.v1.ValidateResponse` (proto/tokens/v1/token_service.proto).
@@ -108,6 +111,12 @@ fn fields(mut rest: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
     })
 }
 
+/// A position in a snapshot's wire bytes. The module fields come right after
+/// three ids of bounded length, so they always start and end far below 4 GiB.
+fn offset(position: usize) -> u32 {
+    u32::try_from(position).unwrap_or(u32::MAX)
+}
+
 /// Whole `&str`s went in, so every string field is valid UTF-8.
 fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
@@ -119,9 +128,11 @@ impl Snapshot {
         put(&mut buf, field::TOKEN_ID, token.id.as_str().as_bytes());
         put(&mut buf, field::ACCOUNT_ID, token.account_id.as_bytes());
         put(&mut buf, field::OWNER_ID, token.owner_id.as_bytes());
+        let modules_start = buf.len();
         for m in &token.modules {
             put(&mut buf, field::MODULES, m.as_bytes());
         }
+        let modules = offset(modules_start)..offset(buf.len());
         if !token.api_version.is_empty() {
             put(&mut buf, field::API_VERSION, token.api_version.as_bytes());
         }
@@ -149,6 +160,7 @@ impl Snapshot {
             expires_at: token.expires_at.map(UnixMicros::of),
             privileges: Privileges::from_modules(token.modules.iter().map(String::as_str)),
             wire: buf.into_boxed_slice(),
+            modules,
         }
     }
 
@@ -178,7 +190,12 @@ impl Snapshot {
     }
 
     pub fn modules(&self) -> impl Iterator<Item = &str> {
-        self.all(field::MODULES).map(text)
+        self.module_fields().map(text)
+    }
+
+    fn module_fields(&self) -> impl Iterator<Item = &[u8]> {
+        let (start, end) = (self.modules.start as usize, self.modules.end as usize);
+        fields(self.wire.get(start..end).unwrap_or_default()).map(|(_, m)| m)
     }
 
     pub fn metadata(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -195,15 +212,12 @@ impl Snapshot {
         })
     }
 
-    /// Runs on every Validate that names modules: compares bytes, and walks
-    /// only the module fields (they follow the ids, as `of` writes them).
+    /// Runs on every Validate that names modules: walks only the module
+    /// fields and compares bytes.
     pub fn has_modules(&self, required: &[String]) -> bool {
-        required.iter().all(|r| {
-            fields(&self.wire)
-                .skip_while(|(tag, _)| *tag < field::MODULES)
-                .take_while(|(tag, _)| *tag == field::MODULES)
-                .any(|(_, m)| m == r.as_bytes())
-        })
+        required
+            .iter()
+            .all(|r| self.module_fields().any(|m| m == r.as_bytes()))
     }
 }
 
