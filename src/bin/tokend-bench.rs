@@ -7,7 +7,8 @@
 //! `nghttp2-client`), an independent HTTP/2 load generator: gRPC bodies are
 //! framed by hand and sent with `-d`. h2load sends one body per process, so
 //! each load process validates its own token while the 1,000 issued tokens all
-//! sit in the cache.
+//! sit in the cache. Last, it measures memory per cached token in a child
+//! process (`memory`, below), and summarises every figure against its target.
 //!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
@@ -754,6 +755,9 @@ async fn run(quick: bool) {
     );
     println!("server: {}", server.stop());
 
+    println!("\n== Memory: 1,000,000 cached tokens, in a fresh process");
+    let per_token = memory_in_child();
+
     println!("\n== Summary (median over interleaved rounds; every round is printed above)");
     let throughput: Vec<f64> = ratios.iter().map(|r| r.0).collect();
     let p99: Vec<f64> = ratios.iter().map(|r| r.1).collect();
@@ -769,6 +773,31 @@ async fn run(quick: bool) {
         &mix_ratios,
         "(no target)",
     );
+    println!(
+        "{:<56} {per_token:.0}  target <= 512",
+        "bytes per cached token (RSS growth / entries)"
+    );
     let _ = std::io::stdout().flush();
     let _ = fs::remove_dir_all(dir);
+}
+
+/// Runs `tokend-bench memory` as a child, so the RSS it measures holds nothing
+/// but the cache; echoes its report and returns the bytes per cached token.
+fn memory_in_child() -> f64 {
+    let out = Command::new(std::env::current_exe().expect("own path"))
+        .arg("memory")
+        .output()
+        .expect("run tokend-bench memory");
+    assert!(out.status.success(), "tokend-bench memory failed");
+    let report = String::from_utf8_lossy(&out.stdout);
+    print!("{report}");
+    report
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("memory: ")?
+                .strip_suffix(" bytes per cached token")?
+                .parse()
+                .ok()
+        })
+        .expect("bytes per cached token in the memory report")
 }
