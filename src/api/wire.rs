@@ -89,12 +89,11 @@ impl std::fmt::Debug for ValidateCall {
 
 impl Message for ValidateCall {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        let text = match &self.token {
-            Ok(value) => value.expose(),
-            Err((_, text)) => text.clone(),
-        };
-        if !text.is_empty() {
-            encoding::string::encode(TOKEN, &text, buf);
+        // proto3 leaves an empty string out; a well-formed value is never empty.
+        match &self.token {
+            Ok(value) => encoding::string::encode(TOKEN, &value.expose(), buf),
+            Err((_, text)) if !text.is_empty() => encoding::string::encode(TOKEN, text, buf),
+            Err(_) => {}
         }
         encoding::string::encode_repeated(REQUIRED_MODULES, &self.required_modules, buf);
     }
