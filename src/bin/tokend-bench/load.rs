@@ -1,0 +1,236 @@
+//! h2load, the independent HTTP/2 load generator: gRPC bodies framed by hand,
+//! per-request latency logs, and the interleaved-rounds helpers that make
+//! ratios steady on a VM whose speed drifts.
+
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use prost::Message;
+use tokend::pb;
+
+use crate::server::Server;
+
+/// A gRPC length-prefixed message, as h2load must send it.
+pub fn frame(message: &impl Message) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[derive(Clone)]
+pub struct Load {
+    pub path: &'static str,
+    pub body: Vec<u8>,
+    pub rps: Option<u32>,
+    pub streams: u32,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+/// Runs the given loads concurrently, one h2load process each (1 connection,
+/// `streams` concurrent streams), and returns one outcome per load.
+/// `tag` names the per-request log files, so runs that alternate do not read
+/// each other's latencies.
+pub fn h2load(
+    port: u16,
+    caller: &str,
+    loads: &[Load],
+    seconds: u32,
+    dir: &Path,
+    tag: &str,
+) -> Vec<Outcome> {
+    let mut children = Vec::new();
+    for (i, load) in loads.iter().enumerate() {
+        let body = dir.join(format!("body-{i}.bin"));
+        fs::write(&body, &load.body).expect("write body");
+        let log = dir.join(format!("h2load-{tag}-{i}.tsv"));
+        let _ = fs::remove_file(&log);
+        let mut cmd = Command::new("h2load");
+        cmd.args([
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "-m",
+            &load.streams.to_string(),
+            "-D",
+            &seconds.to_string(),
+            "--warm-up-time",
+            &WARM_UP_SECONDS.to_string(),
+        ])
+        .args([
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            &format!("authorization: Bearer {caller}"),
+        ])
+        .arg("-d")
+        .arg(&body)
+        .arg(format!("--log-file={}", log.display()))
+        .arg(format!("http://127.0.0.1:{port}{}", load.path))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if let Some(rps) = load.rps {
+            cmd.arg(format!("--rps={rps}"));
+        }
+        children.push(
+            cmd.spawn()
+                .expect("h2load (apt-get install nghttp2-client)"),
+        );
+    }
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("h2load");
+            parse_h2load(&String::from_utf8_lossy(&out.stdout))
+        })
+        .collect()
+}
+
+/// Throughput and counts from h2load's summary; latencies come from its log.
+pub fn parse_h2load(text: &str) -> Outcome {
+    let mut o = Outcome::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            o.rps = rest
+                .split(", ")
+                .nth(1)
+                .and_then(|s| s.trim_end_matches(" req/s").parse().ok())
+                .unwrap_or(0.0);
+        }
+        if let Some(rest) = line.strip_prefix("requests: ") {
+            let field = |name: &str| {
+                rest.split(", ")
+                    .find(|p| p.ends_with(name))
+                    .and_then(|p| p.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            o.done = field(" done");
+            o.failed = field(" failed") + field(" errored");
+        }
+    }
+    o
+}
+
+/// Sums the throughput of the processes `first..` and takes p50/p99 over all
+/// their requests (from h2load's per-request logs).
+pub fn combine(outcomes: &[Outcome], dir: &Path, tag: &str, first: usize) -> Outcome {
+    let mut latencies = Vec::new();
+    for i in first..first + outcomes.len() {
+        latencies.extend(
+            fs::read_to_string(dir.join(format!("h2load-{tag}-{i}.tsv")))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    l.split('\t')
+                        .nth(2)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                }),
+        );
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Outcome {
+        rps: outcomes.iter().map(|o| o.rps).sum(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        done: outcomes.iter().map(|o| o.done).sum(),
+        failed: outcomes.iter().map(|o| o.failed).sum(),
+    }
+}
+
+/// Rounds of the Validate vs Health comparison, and of each flood measurement.
+/// Many short rounds whose two halves run back to back: this machine is a
+/// shared VM whose speed drifts by 10-20% over tens of seconds, and adjacent
+/// short runs see the same speed, so their ratio is steady where a single
+/// long run each is not.
+/// (`--quick`: 4 and 2, for a smoke run; its figures are not the ones to quote.)
+pub const ROUNDS: usize = 10;
+pub const FLOOD_ROUNDS: usize = 5;
+pub const WARM_UP_SECONDS: u32 = 1;
+
+/// One undisturbed run of `valid` and one of `disturbed` (whose first
+/// `LOAD_PROCESSES` outcomes are the same valid load), back to back, in an
+/// order that alternates between calls.
+pub fn disturbed_pair(
+    server: &Server,
+    caller: &str,
+    valid: &[Load],
+    disturbed: &[Load],
+    seconds: u32,
+    dir: &Path,
+) -> (Outcome, Vec<Outcome>) {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let undisturbed_first = CALLS
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(2);
+    let alone = || {
+        combine(
+            &h2load(server.port, caller, valid, seconds, dir, "alone"),
+            dir,
+            "alone",
+            0,
+        )
+    };
+    if undisturbed_first {
+        let u = alone();
+        (
+            u,
+            h2load(server.port, caller, disturbed, seconds, dir, "disturbed"),
+        )
+    } else {
+        let d = h2load(server.port, caller, disturbed, seconds, dir, "disturbed");
+        (alone(), d)
+    }
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub fn summary_line(label: &str, values: &[f64], target: &str) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    println!(
+        "{label:<56} median {:.3}  (min {min:.3}, max {max:.3}, n={})  target {target}",
+        median(values),
+        values.len()
+    );
+}
+
+pub fn show(label: &str, o: &Outcome) {
+    println!(
+        "{label:<44} {:>10.0} req/s   p50 {:>7.3} ms   p99 {:>7.3} ms   ({} done, {} failed)",
+        o.rps, o.p50_ms, o.p99_ms, o.done, o.failed
+    );
+}
+
+pub fn validate_body(token: &str) -> Vec<u8> {
+    frame(&pb::ValidateRequest {
+        token: token.to_owned(),
+        required_modules: vec!["billing:read".into()],
+    })
+}
