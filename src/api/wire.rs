@@ -275,16 +275,10 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::{
-        domain::TokenValue,
-        validation::cache::{
-            VerifiedCache,
-            tests::{config, token},
-        },
-    };
+    use crate::{domain::TokenValue, validation::cache::tests::token};
 
     fn entry_for(t: &crate::domain::Token) -> Arc<Entry> {
-        let cache = VerifiedCache::new(config());
+        let cache = crate::validation::cache::tests::cache();
         cache.apply(t, Some([7; 16]));
         cache.get(&t.id).unwrap()
     }

@@ -39,10 +39,29 @@ impl fmt::Debug for SecretHash {
     }
 }
 
+/// A keyed verifier of a token's secret as stored beside its hash: the id of
+/// the server-held key it was made under, and the 256-bit MAC. Without the key
+/// it proves nothing; its `Debug` shows the key id only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredVerifier {
+    pub key_id: String,
+    pub mac: [u8; 32],
+}
+
+impl fmt::Debug for StoredVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredVerifier")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The secret that was current before the last Rotate, valid until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreviousSecret {
     pub hash: SecretHash,
+    /// Its verifier, when one was made (tokens issued before verifiers have none).
+    pub verifier: Option<StoredVerifier>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -62,6 +81,9 @@ pub struct Token {
     pub state: TokenState,
     pub state_reason: String,
     pub secret_hash: SecretHash,
+    /// The keyed verifier of the current secret (none for tokens issued before
+    /// verifiers existed, until their first use writes one).
+    pub verifier: Option<StoredVerifier>,
     pub previous_secret: Option<PreviousSecret>,
     pub hint: String,
     pub created_at: DateTime<Utc>,

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use sea_orm::ActiveValue::Set;
 
-use super::entities::{HashColumn, token, token_event};
+use super::entities::{HashColumn, VerifierColumn, token, token_event};
 use crate::{
     domain::{
         Token, TokenId, TokenState,
-        token::{Actor, Event, EventKind, PreviousSecret, SecretHash},
+        token::{Actor, Event, EventKind, PreviousSecret, SecretHash, StoredVerifier},
     },
     error::{Error, Result},
 };
@@ -28,6 +28,7 @@ pub fn token_from_model(m: token::Model) -> Result<Token> {
     let previous_secret = match (m.prev_secret_hash, m.prev_secret_expires_at) {
         (Some(hash), Some(expires_at)) => Some(PreviousSecret {
             hash: SecretHash::new(hash.0),
+            verifier: verifier_from_columns(m.prev_verifier_key_id, m.prev_verifier),
             expires_at,
         }),
         _ => None,
@@ -46,6 +47,7 @@ pub fn token_from_model(m: token::Model) -> Result<Token> {
         state,
         state_reason: m.state_reason,
         secret_hash: SecretHash::new(m.secret_hash.0),
+        verifier: verifier_from_columns(m.verifier_key_id, m.verifier),
         previous_secret,
         hint: m.hint,
         created_at: m.created_at,
@@ -55,6 +57,24 @@ pub fn token_from_model(m: token::Model) -> Result<Token> {
         disabled_at: m.disabled_at,
         revoked_at: m.revoked_at,
     })
+}
+
+/// A stored verifier, if both columns hold one of the right size. Anything
+/// else (a row from before verifiers, a damaged value) reads as none: the
+/// token is then verified by argon2, never trusted on a bad verifier.
+pub fn verifier_from_columns(
+    key_id: Option<String>,
+    mac: Option<VerifierColumn>,
+) -> Option<StoredVerifier> {
+    let mac: [u8; 32] = mac?.0.try_into().ok()?;
+    Some(StoredVerifier {
+        key_id: key_id?,
+        mac,
+    })
+}
+
+pub fn verifier_column(v: &StoredVerifier) -> VerifierColumn {
+    VerifierColumn(v.mac.to_vec())
 }
 
 pub fn token_to_active(t: &Token) -> Result<token::ActiveModel> {
@@ -78,6 +98,18 @@ pub fn token_to_active(t: &Token) -> Result<token::ActiveModel> {
             .as_ref()
             .map(|p| HashColumn(p.hash.as_phc().to_owned()))),
         prev_secret_expires_at: Set(t.previous_secret.as_ref().map(|p| p.expires_at)),
+        verifier_key_id: Set(t.verifier.as_ref().map(|v| v.key_id.clone())),
+        verifier: Set(t.verifier.as_ref().map(verifier_column)),
+        prev_verifier_key_id: Set(t
+            .previous_secret
+            .as_ref()
+            .and_then(|p| p.verifier.as_ref())
+            .map(|v| v.key_id.clone())),
+        prev_verifier: Set(t
+            .previous_secret
+            .as_ref()
+            .and_then(|p| p.verifier.as_ref())
+            .map(verifier_column)),
         hint: Set(t.hint.clone()),
         created_at: Set(t.created_at),
         updated_at: Set(t.updated_at),

@@ -75,10 +75,31 @@ pub struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// One verifier key file for every PostgreSQL server this test binary starts:
+/// replicas of one store must share their key, as in production. (SQLite
+/// servers use the default: `tokend.key` created beside the database.)
+pub static PG_KEY_FILE: LazyLock<(tempfile::TempDir, std::path::PathBuf)> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifier.key");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n",
+            tokend::validation::verifier::Keyring::generate_line()
+        ),
+    )
+    .unwrap();
+    (dir, path)
+});
+
 /// Settings for tests: cheap argon2 (the real cost is exercised by the
 /// benchmark), random port, fast flushes.
 pub fn test_config(database_url: String) -> Config {
+    let verifier_key_file = database_url
+        .starts_with("postgres")
+        .then(|| PG_KEY_FILE.1.clone());
     Config {
+        verifier_key_file,
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url,
         argon2_memory_kib: 256,
@@ -156,6 +177,7 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
         store,
         usage,
         manager,
+        ..
     } = app.services();
     let (store, usage, manager) = (Arc::clone(store), Arc::clone(usage), Arc::clone(manager));
     let platform = manager
@@ -168,6 +190,7 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
+    wait_until_serving(port).await;
     TestApp {
         port,
         endpoint: format!("http://127.0.0.1:{port}"),
@@ -178,6 +201,46 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
         shutdown: Some(tx),
         server: Some(server),
         _dir: dir,
+    }
+}
+
+/// Waits until health reports SERVING (after the warm start), as a load
+/// balancer would before sending traffic.
+pub async fn wait_until_serving(port: u16) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            let mut health = HealthClient::new(channel);
+            loop {
+                match health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the server did not report SERVING within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not report SERVING within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
