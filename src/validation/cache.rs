@@ -2,8 +2,7 @@
 //!
 //! A positive entry is keyed by token id and holds a snapshot of what Validate
 //! needs (state, account, owner, modules, version, metadata, expiry) plus, for
-//! the current secret and a rotate-grace previous one, the first 128 bits of
-//! its keyed verifier (`verifier`): the MAC of the value under the server-held
+//! the current secret and a rotate-grace previous one, its keyed verifier (`verifier`): the MAC of the value under the server-held
 //! key, as stored beside the argon2id hash. A hit costs one BLAKE3 of ~60 bytes
 //! and a constant-time compare; a presented value that does not match a known
 //! verifier is a wrong secret, answered from memory too. Because the digest is
@@ -248,7 +247,7 @@ impl std::fmt::Debug for Slot {
     }
 }
 
-/// Constant-time equality of two digests, as two 64-bit words: every hit
+/// Constant-time equality of two digests, as four 64-bit words: every hit
 /// compares one, and a byte-wise compare costs several times as much.
 fn digests_equal(a: &Digest, b: &Digest) -> bool {
     use subtle::ConstantTimeEq;
@@ -257,7 +256,12 @@ fn digests_equal(a: &Digest, b: &Digest) -> bool {
         w.copy_from_slice(&d[i * 8..i * 8 + 8]);
         u64::from_le_bytes(w)
     };
-    bool::from(word(a, 0).ct_eq(&word(b, 0)) & word(a, 1).ct_eq(&word(b, 1)))
+    bool::from(
+        word(a, 0).ct_eq(&word(b, 0))
+            & word(a, 1).ct_eq(&word(b, 1))
+            & word(a, 2).ct_eq(&word(b, 2))
+            & word(a, 3).ct_eq(&word(b, 3)),
+    )
 }
 
 /// A secret slot: the tag of the stored hash, and the digest of the value that
@@ -827,7 +831,7 @@ pub(crate) mod tests {
     fn digests_are_equal_only_when_every_byte_is() {
         let a: Digest = std::array::from_fn(|i| i as u8);
         assert!(digests_equal(&a, &a));
-        for i in 0..16 {
+        for i in 0..32 {
             let mut b = a;
             b[i] ^= 0x80;
             assert!(!digests_equal(&a, &b), "byte {i}");
@@ -981,16 +985,16 @@ pub(crate) mod tests {
         let cache = cache();
         let v = TokenValue::generate("tk").unwrap();
         for _ in 0..2 {
-            cache.remember_failure(v.id(), [0; 16]);
+            cache.remember_failure(v.id(), [0; 32]);
         }
         assert!(!cache.throttled(&v.id()));
-        cache.remember_failed_value([9; 16]);
+        cache.remember_failed_value([9; 32]);
         assert!(!cache.throttled(&v.id()), "only argon2 failures count");
-        cache.remember_failure(v.id(), [1; 16]);
+        cache.remember_failure(v.id(), [1; 32]);
         assert!(cache.throttled(&v.id()));
-        assert!(cache.recently_failed(&[1; 16]));
-        assert!(cache.recently_failed(&[9; 16]));
-        assert!(!cache.recently_failed(&[2; 16]));
+        assert!(cache.recently_failed(&[1; 32]));
+        assert!(cache.recently_failed(&[9; 32]));
+        assert!(!cache.recently_failed(&[2; 32]));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! keyed BLAKE3 of the value's `id_secret` bytes under a 256-bit key that never
 //! enters the database: with the key, a miss costs one store read and one
 //! BLAKE3; without it, the stored verifiers are as useless as the hashes. The
-//! Validate cache keeps the first 128 bits of the same MAC, so its entries can
-//! be built straight from stored rows (warm start, refresh from the change log).
+//! Validate cache keeps the same 256-bit MAC, so its entries can be built
+//! straight from stored rows (warm start, refresh from the change log), and
+//! any change to a stored verifier makes it fail.
 //!
 //! Keys come from a key file (one or more lines; the first is current, the
 //! others are still accepted for reading, so a key can be rotated without
@@ -33,8 +34,9 @@ pub const MAX_KEYS: usize = 16;
 /// Longest key id (given or derived).
 pub const MAX_KEY_ID_LEN: usize = 32;
 
-/// The first 128 bits of a verifier MAC: what the Validate cache compares.
-pub type Digest = [u8; 16];
+/// A verifier MAC as the Validate cache compares it: all 256 bits, so that
+/// no part of a stored verifier goes unchecked.
+pub type Digest = [u8; 32];
 
 /// Why a key file cannot be used. Never carries key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -194,26 +196,18 @@ impl Keyring {
     /// The cache digest of a value under the current key: every Validate
     /// computes one (one BLAKE3 compression, the value being under 64 bytes).
     pub fn digest(&self, value: &TokenValue) -> Digest {
-        truncate(&self.keys[0].mac(value))
+        self.keys[0].mac(value)
     }
 
     /// The cache digest under key `index` (a row written before a rotation).
     pub fn digest_under(&self, index: u8, value: &TokenValue) -> Option<Digest> {
-        self.keys
-            .get(usize::from(index))
-            .map(|k| truncate(&k.mac(value)))
+        self.keys.get(usize::from(index)).map(|k| k.mac(value))
     }
 
     /// The cache form of a stored verifier, if one of our keys made it.
     pub fn recognise(&self, stored: &StoredVerifier) -> Option<(u8, Digest)> {
-        Some((self.index_of(&stored.key_id)?, truncate(&stored.mac)))
+        Some((self.index_of(&stored.key_id)?, stored.mac))
     }
-}
-
-fn truncate(mac: &[u8; 32]) -> Digest {
-    let mut d = [0u8; 16];
-    d.copy_from_slice(&mac[..16]);
-    d
 }
 
 #[cfg(test)]

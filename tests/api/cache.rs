@@ -18,11 +18,10 @@ use tokend::{
     config::Config,
     domain::{TokenId, TokenValue},
     pb::{self, token_service_client::TokenServiceClient},
-    validation::verifier::Keyring,
 };
 use tonic::{Code, Status, transport::Channel};
 
-use crate::helpers::{self, TestApp, authed, spawn_app_with};
+use crate::helpers::{self, SharedDb, TestApp, authed, spawn_app_with};
 
 // ---------------------------------------------------------------------------
 // Harness for this file
@@ -32,57 +31,6 @@ use crate::helpers::{self, TestApp, authed, spawn_app_with};
 /// nothing pending), so every statement counted is one the test caused.
 fn quiet(c: &mut Config) {
     c.last_used_flush_interval = Duration::from_secs(3600);
-}
-
-/// One SQLite file shared by several server instances started in turn, e.g. a
-/// "restarted" server whose cache is cold.
-struct SharedDb {
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl SharedDb {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("tokend.db").display()
-        );
-        Self { _dir: dir, url }
-    }
-
-    /// A server on this database (each start bootstraps its own platform
-    /// token, which is therefore warm in that instance's cache).
-    async fn spawn(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let mut config = helpers::test_config(self.url.clone());
-        adjust(&mut config);
-        helpers::start(config, None).await
-    }
-
-    /// A server on this database with a cold cache: no warm start, so every
-    /// first Validate of a token is a miss.
-    async fn spawn_cold(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        self.spawn(|c| {
-            c.warm_start = false;
-            adjust(c);
-        })
-        .await
-    }
-
-    /// A cold server whose verifier key is not the one the tokens were issued
-    /// under: to it they are like tokens issued before verifiers existed (or
-    /// after their key was retired), which only argon2 can check.
-    async fn spawn_legacy(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let key = self._dir.path().join("legacy.key");
-        if !key.exists() {
-            std::fs::write(&key, format!("{}\n", Keyring::generate_line())).unwrap();
-        }
-        self.spawn_cold(|c| {
-            c.verifier_key_file = Some(key);
-            adjust(c);
-        })
-        .await
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -70,6 +70,8 @@ pub struct TestApp {
     pub store: Arc<Store>,
     pub services_usage: Arc<tokend::validation::usage::UsageRecorder>,
     pub manager: Arc<tokend::manage::TokenManager>,
+    /// The SQLite database's folder, when this app owns one.
+    pub data_dir: Option<std::path::PathBuf>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<tokend::error::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
@@ -128,6 +130,75 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     start(config, Some(dir)).await
 }
 
+/// One SQLite file shared by several server instances started in turn, e.g. a
+/// "restarted" server whose cache is cold.
+pub struct SharedDb {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl SharedDb {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("tokend.db").display()
+        );
+        Self { dir, url }
+    }
+
+    /// A server on this database (each start bootstraps its own platform
+    /// token, which is therefore warm in that instance's cache).
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// A key file in this database's folder with the given lines (keys).
+    pub fn key_file(&self, name: &str, keys: &[&str]) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, keys.join("\n") + "\n").unwrap();
+        path
+    }
+
+    pub async fn spawn(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config(self.url.clone());
+        adjust(&mut config);
+        start(config, None).await
+    }
+
+    /// A server on this database with a cold cache: no warm start, so every
+    /// first Validate of a token is a miss.
+    pub async fn spawn_cold(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        self.spawn(|c| {
+            c.warm_start = false;
+            adjust(c);
+        })
+        .await
+    }
+
+    /// A cold server whose verifier key is not the one the tokens were issued
+    /// under: to it they are like tokens issued before verifiers existed (or
+    /// after their key was retired), which only argon2 can check.
+    pub async fn spawn_legacy(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let key = self.dir.path().join("legacy.key");
+        if !key.exists() {
+            std::fs::write(
+                &key,
+                format!(
+                    "{}\n",
+                    tokend::validation::verifier::Keyring::generate_line()
+                ),
+            )
+            .unwrap();
+        }
+        self.spawn_cold(|c| {
+            c.verifier_key_file = Some(key);
+            adjust(c);
+        })
+        .await
+    }
+}
+
 /// A fresh PostgreSQL database for one test, or `None` (after printing that
 /// the named test is skipped) when `TOKEND_TEST_POSTGRES_URL` is unset.
 pub async fn fresh_pg_database(test_name: &str) -> Option<String> {
@@ -169,6 +240,14 @@ fn uuid_like() -> String {
 }
 
 pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
+    let app = start_unready(config, dir).await;
+    wait_until_serving(app.port).await;
+    app
+}
+
+/// Starts the server and returns at once, while its health may still say
+/// NOT_SERVING (e.g. during its warm start).
+pub async fn start_unready(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
     let app = Application::build(&config)
         .await
         .expect("build application");
@@ -190,7 +269,6 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    wait_until_serving(port).await;
     TestApp {
         port,
         endpoint: format!("http://127.0.0.1:{port}"),
@@ -198,6 +276,7 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
         store,
         services_usage: usage,
         manager,
+        data_dir: dir.as_ref().map(|d| d.path().to_path_buf()),
         shutdown: Some(tx),
         server: Some(server),
         _dir: dir,

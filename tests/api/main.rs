@@ -15,3 +15,4 @@ mod privileges;
 mod reasons;
 mod search;
 mod smoke;
+mod verifier;
