@@ -7,6 +7,7 @@
 //! - `tokens`: token reads, the transactional write paths and Search.
 //! - `events`: the audit-trail listing.
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
+//! - `import`: bulk import of tokens with their audit events.
 //! - `verifiers`: verifier write-behind, per-key counts, the warm-start read.
 //!
 //! Every mutation commits in one transaction together with its audit event.
@@ -17,6 +18,7 @@ mod changes;
 mod convert;
 pub mod entities;
 mod events;
+mod import;
 pub mod migration;
 mod tokens;
 mod verifiers;

@@ -71,7 +71,8 @@ pub fn load(
     }
 }
 
-/// Reads and parses a key file; warns when others than its owner may read it.
+/// Reads and parses a key file; warns when every user may read it (a group
+/// read is how Kubernetes mounts a Secret for a non-root pod).
 fn read(path: &Path) -> Result<Keyring> {
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
         Error::Config(format!(
@@ -83,9 +84,9 @@ fn read(path: &Path) -> Result<Keyring> {
     {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
+            && meta.permissions().mode() & 0o007 != 0
         {
-            tracing::warn!(path = %path.display(), "the verifier key file is readable by others than its owner; chmod 600 it");
+            tracing::warn!(path = %path.display(), "the verifier key file is readable by every user; chmod o-rwx it");
         }
     }
     Keyring::parse(&text).map_err(|e| {

@@ -7,11 +7,16 @@
 //! `nghttp2-client`), an independent HTTP/2 load generator: gRPC bodies are
 //! framed by hand and sent with `-d`. Each phase is a module of its own:
 //!
-//! - `hot`: cache-hit Validate vs Health/Check, floods, miss cost;
+//! - `hot`: cache-hit Validate vs Health/Check and floods (and the whole run);
+//! - `restart`: Validate through restarts, miss latency, start-up with a
+//!   million tokens, a flood on a cold id;
 //! - `memory`: memory per cached token, in a child process.
 //!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
+//!        `target/release/tokend-bench restart [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
+//! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
+//! adds the PostgreSQL figures: a fresh database is made beside that one.
 //!
 //! Every figure it prints is a measurement of this run; nothing is assumed.
 
@@ -20,6 +25,7 @@
 mod hot;
 mod load;
 mod memory;
+mod restart;
 mod server;
 
 use std::process::ExitCode;
@@ -44,6 +50,22 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(hot::run(quick));
+    match args.first().map(String::as_str) {
+        Some("restart") => rt.block_on(async {
+            let dir = scratch_dir();
+            let figures = restart::run(quick, &dir).await;
+            println!("\n== Summary");
+            restart::summarise(&figures);
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+        _ => rt.block_on(hot::run(quick)),
+    }
     ExitCode::SUCCESS
+}
+
+/// A fresh folder for this run's databases and logs.
+fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokend-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
