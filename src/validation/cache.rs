@@ -37,7 +37,7 @@ use super::{
 };
 use crate::domain::{
     Principal, Privileges, Token, TokenId, TokenState, TokenValue,
-    token::{SecretHash, StoredVerifier},
+    token::{SecretHash, StoredVerifier, ValidationRecord, ValidationView},
 };
 
 const STRIPES: usize = 1024;
@@ -128,13 +128,13 @@ fn text(bytes: &[u8]) -> &str {
 }
 
 impl Snapshot {
-    pub fn of(token: &Token) -> Self {
+    pub fn of(token: &ValidationView<'_>) -> Self {
         let mut buf = Vec::with_capacity(128);
         put(&mut buf, field::TOKEN_ID, token.id.as_str().as_bytes());
         put(&mut buf, field::ACCOUNT_ID, token.account_id.as_bytes());
         put(&mut buf, field::OWNER_ID, token.owner_id.as_bytes());
         let modules_start = buf.len();
-        for m in &token.modules {
+        for m in token.modules {
             put(&mut buf, field::MODULES, m.as_bytes());
         }
         let modules = offset(modules_start)..offset(buf.len());
@@ -142,7 +142,7 @@ impl Snapshot {
             put(&mut buf, field::API_VERSION, token.api_version.as_bytes());
         }
         let mut entry = Vec::new();
-        for (k, v) in &token.metadata {
+        for (k, v) in token.metadata {
             entry.clear();
             put(&mut entry, field::KEY, k.as_bytes());
             put(&mut entry, field::VALUE, v.as_bytes());
@@ -342,18 +342,13 @@ impl Entry {
     /// verifier or carried over from `carried`, and `verified` (proven by
     /// argon2 or freshly generated, under the current key) for its slot.
     fn build(
-        token: &Token,
+        token: &ValidationView<'_>,
         keyring: &Keyring,
         carried: &[Slot],
         verified: Option<(Matched, Digest)>,
     ) -> Self {
-        let mut current = Slot::of(
-            &token.secret_hash,
-            token.verifier.as_ref(),
-            keyring,
-            carried,
-        );
-        let mut previous = token.previous_secret.as_ref().map(|p| {
+        let mut current = Slot::of(token.secret_hash, token.verifier, keyring, carried);
+        let mut previous = token.previous_secret.map(|p| {
             Box::new((
                 Slot::of(&p.hash, p.verifier.as_ref(), keyring, carried),
                 UnixMicros::of(p.expires_at),
@@ -578,7 +573,12 @@ impl VerifiedCache {
         generation: u64,
     ) -> Arc<Entry> {
         let carried = self.get(&token.id).map(|e| e.slots()).unwrap_or_default();
-        let entry = Arc::new(Entry::build(token, &self.keyring, &carried, verified));
+        let entry = Arc::new(Entry::build(
+            &token.validation(),
+            &self.keyring,
+            &carried,
+            verified,
+        ));
         self.insert_if_unchanged(token.id, &entry, generation);
         entry
     }
@@ -608,7 +608,7 @@ impl VerifiedCache {
         }
         let carried = existing.map(|e| e.slots()).unwrap_or_default();
         let entry = Entry::build(
-            token,
+            &token.validation(),
             &self.keyring,
             &carried,
             fresh.map(|d| (Matched::Current, d)),
@@ -656,12 +656,12 @@ impl VerifiedCache {
     /// verifier under one of our keys, it is not cached yet, and it has not
     /// changed since the load began. Checked again after the insert, like
     /// `insert_if_unchanged`.
-    pub fn load(&self, token: &Token) -> bool {
+    pub fn load(&self, token: &ValidationRecord) -> bool {
         let changed = |id: &TokenId| self.loading.lock().as_ref().is_some_and(|l| l.covers(id));
         if changed(&token.id) || self.entries.get(&token.id).is_some() {
             return false;
         }
-        let entry = Entry::build(token, &self.keyring, &[], None);
+        let entry = Entry::build(&token.view(), &self.keyring, &[], None);
         if entry.unverified(Matched::Current) {
             return false;
         }
@@ -790,7 +790,7 @@ pub(crate) mod tests {
             ("team".into(), "payments é".into()),
             ("env".into(), String::new()),
         ]);
-        let s = Snapshot::of(&t);
+        let s = Snapshot::of(&t.validation());
         assert_eq!(s.account_id(), "acme");
         assert_eq!(s.owner_id(), "alice");
         assert_eq!(s.api_version(), "v1");
@@ -810,7 +810,7 @@ pub(crate) mod tests {
         }
         t.modules.clear();
         t.metadata.clear();
-        let empty = Snapshot::of(&t);
+        let empty = Snapshot::of(&t.validation());
         assert_eq!(empty.modules().count(), 0);
         assert!(!empty.has_modules(&["a:read".into()]));
         assert_eq!(empty.metadata().count(), 0);
@@ -960,7 +960,7 @@ pub(crate) mod tests {
         let sealed = |v: &TokenValue| {
             let mut t = token(v.id(), "h");
             t.verifier = Some(cache.keyring().seal(v));
-            t
+            t.validation().to_record()
         };
         let (a, b, c, d) = (
             TokenValue::generate("tk").unwrap(),
@@ -972,7 +972,10 @@ pub(crate) mod tests {
         cache.invalidate(&b.id());
         assert!(cache.load(&sealed(&a)));
         assert!(!cache.load(&sealed(&b)), "changed during the load");
-        assert!(!cache.load(&token(c.id(), "h")), "no verifier");
+        assert!(
+            !cache.load(&token(c.id(), "h").validation().to_record()),
+            "no verifier"
+        );
         cache.clear();
         assert!(!cache.load(&sealed(&d)), "everything changed");
         cache.end_load();

@@ -363,6 +363,133 @@ async fn a_key_rotation_needs_no_argon2_while_the_old_key_is_listed() {
     let mut client = healed.client().await;
     assert!(validate(&mut client, &gateway, &idle).await.valid);
     assert_eq!(verifications(&healed), 0, "healed");
+    healed.stop().await;
+
+    // `tokend key-status` tells the operator what is left under each key.
+    let status = key_status(&db, &b_then_a);
+    assert!(
+        status.contains(&format!("key {b_id} (current): ")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("key {a_id} (older): 0 live tokens")),
+        "{status}"
+    );
+    assert!(
+        status.contains("no verifier yet: 0 live tokens"),
+        "{status}"
+    );
+}
+
+/// Runs the real `tokend key-status` on `db` with `key_file`.
+fn key_status(db: &SharedDb, key_file: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .arg("key-status")
+        .env("TOKEND_DATABASE_URL", &db.url)
+        .env("TOKEND_VERIFIER_KEY_FILE", key_file)
+        .env("TOKEND_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn keygen_prints_a_usable_key_line_and_nothing_else() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let ring = Keyring::parse(&line).unwrap();
+    assert_eq!(line.trim().split(':').next(), Some(ring.current_id()));
+    assert_eq!(line.lines().count(), 1);
+}
+
+/// Tokens imported straight into the store (a seed, a data import) carry
+/// their audit events and owners' counts, and validate by their verifiers.
+#[tokio::test]
+async fn imported_tokens_validate_with_their_events_and_quotas() {
+    use tokend::domain::{Token, TokenState, TokenValue, token::Actor};
+    let db = SharedDb::new();
+    let first = db.spawn(|_| {}).await;
+    let keyring = first.manager.validator().cache().keyring();
+    let template = first
+        .store
+        .find_token(TokenId::parse(&id_of(&first.platform)).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut values = Vec::new();
+    let mut tokens = Vec::new();
+    for i in 0..3 {
+        let value = TokenValue::generate("tk").unwrap();
+        tokens.push(Token {
+            id: value.id(),
+            owner_id: "imported".into(),
+            name: format!("imported {i}"),
+            modules: vec!["billing:read".into()],
+            state: TokenState::Active,
+            verifier: Some(keyring.seal(&value)),
+            previous_secret: None,
+            hint: value.hint(),
+            ..template.clone()
+        });
+        values.push(value.expose());
+    }
+    let actor = Actor {
+        token_id: "import".into(),
+        owner_id: "ops".into(),
+    };
+    first
+        .store
+        .import_tokens(&tokens, &actor, "test import")
+        .await
+        .unwrap();
+    let mut client = first.client().await;
+    for v in &values {
+        assert!(validate(&mut client, &first.platform, v).await.valid);
+    }
+    assert_eq!(verifications(&first), 0);
+    let events = client
+        .list_events(authed(
+            &first.platform,
+            pb::ListEventsRequest {
+                token_id: tokens[0].id.to_string(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind(), pb::EventKind::Issued);
+    assert_eq!(events[0].detail, "test import");
+    // The owner's live-token count includes them: with a limit of 4, one
+    // more Issue fits and the next is refused.
+    first.stop().await;
+    let limited = db.spawn(|c| c.max_tokens_per_owner = 4).await;
+    let mut client = limited.client().await;
+    let issue = |n: &str| pb::IssueRequest {
+        owner_id: "imported".into(),
+        name: n.into(),
+        ..Default::default()
+    };
+    client
+        .issue(authed(&limited.platform, issue("fourth")))
+        .await
+        .unwrap();
+    let err = client
+        .issue(authed(&limited.platform, issue("fifth")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@
 //!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
 //!        `target/release/tokend-bench restart [--quick]`
+//!        `target/release/tokend-bench startup [TOKENS]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
 //! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
 //! adds the PostgreSQL figures: a fresh database is made beside that one.
@@ -27,6 +28,7 @@ mod load;
 mod memory;
 mod restart;
 mod server;
+mod startup;
 
 use std::process::ExitCode;
 
@@ -51,6 +53,17 @@ fn main() -> ExitCode {
         .build()
         .expect("runtime");
     match args.first().map(String::as_str) {
+        Some("startup") => rt.block_on(async {
+            let n = args
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1_000_000);
+            let dir = scratch_dir();
+            let figures = startup::run(&dir, n).await;
+            println!("\n== Summary");
+            startup::summarise(&figures);
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
         Some("restart") => rt.block_on(async {
             let dir = scratch_dir();
             let figures = restart::run(quick, &dir).await;

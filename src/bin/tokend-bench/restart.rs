@@ -68,9 +68,12 @@ impl Pass {
     }
 }
 
-/// Validates each value once, `in_flight` at a time over 4 connections, on a
-/// two-thread runtime of its own.
-fn pass(port: u16, caller: &str, values: &Arc<Vec<String>>, in_flight: usize) -> Pass {
+/// Two passes over `values` (each validated once per pass, `in_flight` at a
+/// time over 4 connections, on a two-thread runtime of its own): the first
+/// right after a restart, the second with everything cached. The connections
+/// are opened and warmed up (with the caller's own token, not one of
+/// `values`) before the first pass, so both passes see the same transport.
+fn passes(port: u16, caller: &str, values: &Arc<Vec<String>>, in_flight: usize) -> (Pass, Pass) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,49 +92,62 @@ fn pass(port: u16, caller: &str, values: &Arc<Vec<String>>, in_flight: usize) ->
                     .expect("connect"),
             );
         }
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..in_flight {
-            let mut client = TokenServiceClient::new(channels[w % channels.len()].clone());
-            let (next, values, caller) = (Arc::clone(&next), Arc::clone(&values), caller.clone());
-            tasks.push(tokio::spawn(async move {
-                let (mut valid, mut errors, mut other) = (0, 0, 0);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(value) = values.get(i) else { break };
-                    let r = client
-                        .validate(authed(
-                            &caller,
-                            pb::ValidateRequest {
-                                token: value.clone(),
-                                required_modules: vec![],
-                            },
-                        ))
-                        .await;
-                    match r {
-                        Ok(r) if r.get_ref().valid => valid += 1,
-                        Ok(_) => other += 1,
-                        Err(_) => errors += 1,
-                    }
-                }
-                (valid, errors, other)
-            }));
-        }
-        let (mut valid, mut errors, mut other) = (0, 0, 0);
-        for t in tasks {
-            let (v, e, o) = t.await.expect("pass task");
-            valid += v;
-            errors += e;
-            other += o;
-        }
-        Pass {
-            valid,
-            errors,
-            other,
-            elapsed: started.elapsed(),
-        }
+        let warm_up = Arc::new(vec![caller.clone(); 4 * in_flight]);
+        let _ = one_pass(&channels, &caller, &warm_up, in_flight).await;
+        let first = one_pass(&channels, &caller, &values, in_flight).await;
+        let second = one_pass(&channels, &caller, &values, in_flight).await;
+        (first, second)
     })
+}
+
+async fn one_pass(
+    channels: &[Channel],
+    caller: &str,
+    values: &Arc<Vec<String>>,
+    in_flight: usize,
+) -> Pass {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..in_flight {
+        let mut client = TokenServiceClient::new(channels[w % channels.len()].clone());
+        let (next, values, caller) = (Arc::clone(&next), Arc::clone(values), caller.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let (mut valid, mut errors, mut other) = (0, 0, 0);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(value) = values.get(i) else { break };
+                let r = client
+                    .validate(authed(
+                        &caller,
+                        pb::ValidateRequest {
+                            token: value.clone(),
+                            required_modules: vec![],
+                        },
+                    ))
+                    .await;
+                match r {
+                    Ok(r) if r.get_ref().valid => valid += 1,
+                    Ok(_) => other += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (valid, errors, other)
+        }));
+    }
+    let (mut valid, mut errors, mut other) = (0, 0, 0);
+    for t in tasks {
+        let (v, e, o) = t.await.expect("pass task");
+        valid += v;
+        errors += e;
+        other += o;
+    }
+    Pass {
+        valid,
+        errors,
+        other,
+        elapsed: started.elapsed(),
+    }
 }
 
 /// Sequential first Validates: latencies in ms.
@@ -166,13 +182,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// A store to seed: the server's own database and key file.
-struct Target {
-    url: String,
-    key_file: PathBuf,
+pub struct Target {
+    pub url: String,
+    pub key_file: PathBuf,
 }
 
 impl Target {
-    fn env(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pub fn env(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
         let mut env = vec![(
             "TOKEND_VERIFIER_KEY_FILE",
             self.key_file.display().to_string(),
@@ -185,7 +201,7 @@ impl Target {
 /// Seeds `n` active tokens, used in the last day (most recent first in the
 /// warm start's order), and returns their values. `hash_each`: a real cheap
 /// argon2id hash of each secret; else one shared hash (start-up seed).
-async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
+pub async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
     let store = Store::connect(&StoreConfig {
         url: target.url.clone(),
         max_connections: 2,
@@ -260,6 +276,18 @@ async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
     values
 }
 
+/// A new private key file, as `tokend keygen > FILE && chmod 600 FILE` makes.
+fn write_key_file(path: &Path) {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("key file");
+    writeln!(file, "{}", Keyring::generate_line()).expect("write key");
+}
+
 /// A gateway credential, issued through the API (so it is a real token).
 async fn gateway(server: &Server, platform: &str) -> String {
     let mut client = server.client().await;
@@ -323,9 +351,7 @@ pub struct Figures {
     pub errors: usize,
     pub miss_p50_sqlite: f64,
     pub miss_p50_postgres: Option<f64>,
-    pub startup: Duration,
-    pub startup_tokens: usize,
-    pub startup_rss: u64,
+    pub startup: crate::startup::Startup,
     pub flood: Vec<f64>,
 }
 
@@ -356,12 +382,7 @@ pub fn summarise(f: &Figures) {
             "miss latency p50, PostgreSQL"
         ),
     }
-    println!(
-        "{:<56} {:.1} s, RSS {:.0} MiB  target <= 20 s",
-        format!("start-up to SERVING with {} live tokens", f.startup_tokens),
-        f.startup.as_secs_f64(),
-        f.startup_rss as f64 / 1048576.0
-    );
+    crate::startup::summarise(&f.startup);
     summary_line(
         "valid during 10,000/s wrong-secret flood on a cold id",
         &f.flood,
@@ -410,11 +431,7 @@ pub async fn run(quick: bool, dir: &Path) -> Figures {
         let port = server.port;
         let (cold, hot) = tokio::task::spawn_blocking({
             let (caller, values) = (caller.clone(), Arc::clone(&values));
-            move || {
-                let cold = pass(port, &caller, &values, 128);
-                let hot = pass(port, &caller, &values, 128);
-                (cold, hot)
-            }
+            move || passes(port, &caller, &values, 128)
         })
         .await
         .expect("passes");
@@ -462,8 +479,7 @@ pub async fn run(quick: bool, dir: &Path) -> Figures {
                 url: pg_url.clone(),
                 key_file: dir.join("pg.key"),
             };
-            std::fs::write(&pg.key_file, format!("{}\n", Keyring::generate_line()))
-                .expect("key file");
+            write_key_file(&pg.key_file);
             let pg_platform = bootstrap_on(&pg_url, &pg.env(&[]));
             let server = start_server_on(dir, "pg-seed", &pg_url, &pg.env(&[])).await;
             let pg_caller = gateway(&server, &pg_platform).await;
@@ -553,39 +569,7 @@ pub async fn run(quick: bool, dir: &Path) -> Figures {
     argon2 += flood_argon2;
     println!("flood median: {:.3}", median(&flood));
 
-    println!(
-        "\n== Start-up with {startup_n} live tokens: time to SERVING and RSS after the warm start"
-    );
-    let big = dir.join("startup");
-    std::fs::create_dir_all(&big).expect("dir");
-    let big_url = database_url(&big);
-    bootstrap_on(&big_url, &[]);
-    let big_target = Target {
-        url: big_url.clone(),
-        key_file: big.join("tokend.key"),
-    };
-    let started = Instant::now();
-    seed(&big_target, startup_n, false).await;
-    println!(
-        "seeded {startup_n} tokens in {:.1} s (real verifiers; one shared cheap argon2id hash, which no measurement here uses)",
-        started.elapsed().as_secs_f64()
-    );
-    let server = start_server_on(&big, "startup", &big_url, &big_target.env(&[])).await;
-    let startup = server.ready_after;
-    let startup_rss = server.rss_bytes();
-    let loaded = server
-        .log()
-        .lines()
-        .find(|l| l.contains("warm start"))
-        .unwrap_or_default()
-        .to_owned();
-    println!(
-        "SERVING after {:.2} s, RSS {:.0} MiB\nserver: {loaded}",
-        startup.as_secs_f64(),
-        startup_rss as f64 / 1048576.0
-    );
-    server.stop();
-    let _ = std::fs::remove_dir_all(&big);
+    let startup = crate::startup::run(dir, startup_n).await;
 
     Figures {
         warm_ratio: ratios[0],
@@ -595,8 +579,6 @@ pub async fn run(quick: bool, dir: &Path) -> Figures {
         miss_p50_sqlite,
         miss_p50_postgres,
         startup,
-        startup_tokens: startup_n,
-        startup_rss,
         flood,
     }
 }
