@@ -1,25 +1,36 @@
-//! Wiring and lifecycle. `Application::build` connects the store, runs
-//! migrations, wires the services and binds the listener (so `port()` is known
-//! before serving, which tests rely on with port 0); `run_until_stopped` serves
+//! Wiring and lifecycle. `Application::build` installs the metrics recorder
+//! (when `--metrics-listen` is set), connects the store, runs migrations,
+//! wires the services, loads the TLS certificate and binds the listeners (so
+//! `port()` is known before serving, which tests rely on with port 0);
+//! `run_until_stopped` starts the supervised background tasks and serves
 //! until the shutdown future resolves, then drains:
 //! health NOT_SERVING -> wait `drain_delay` -> stop accepting -> finish in-flight
-//! calls -> final last-used flush.
+//! calls -> stop the background tasks and wait for them (final last-used flush).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use metrics_exporter_prometheus::PrometheusHandle;
+use sea_orm::DbBackend;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api::{TokenApi, TokenServiceServer},
     config::Config,
     domain::token_value::valid_prefix,
     error::{Error, Result},
+    health::{Condition, FollowerStatus, Health},
+    http,
     manage::TokenManager,
     pb,
     store::Store,
+    supervisor::Supervisor,
+    telemetry::{
+        metrics::{self, Scrape, Source},
+        rpc::RpcMetricsLayer,
+    },
+    tls::Tls,
     validation::{
         Validator,
         cache::VerifiedCache,
@@ -71,25 +82,62 @@ impl Services {
     }
 }
 
+/// The metrics listener, bound in `build`.
+struct MetricsListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+}
+
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    metrics: Option<MetricsListener>,
     services: Services,
     config: Config,
 }
 
+async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot listen on {addr} ({what}): {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("{what} listener address: {e}")))?;
+    Ok((listener, bound))
+}
+
 impl Application {
     pub async fn build(config: &Config) -> Result<Self> {
+        // First, so every part records from its first call on.
+        let handle = config
+            .metrics_listen
+            .map(|_| metrics::install())
+            .transpose()?;
         let services = Services::build(config).await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.listen)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
+        let tls = config
+            .tls()
+            .map(|files| Tls::load(&files))
+            .transpose()?
+            .map(Arc::new);
+        let (listener, addr) = bind(config.listen, "gRPC").await?;
+        let metrics = match (config.metrics_listen, handle) {
+            (Some(at), Some(handle)) => {
+                let (listener, addr) = bind(at, "metrics").await?;
+                Some(MetricsListener {
+                    listener,
+                    addr,
+                    handle,
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
             listener,
             addr,
+            tls,
+            metrics,
             services,
             config: config.clone(),
         })
@@ -101,6 +149,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
     }
 
     pub fn services(&self) -> &Services {
@@ -115,11 +168,12 @@ impl Application {
         let Self {
             listener,
             addr,
+            tls,
+            metrics,
             services,
             config,
         } = self;
-        let (health, health_service) = tonic_health::server::health_reporter();
-        report(&health, ServingStatus::Serving).await;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
         // Both reflection versions: older grpcurl and other tools only speak v1alpha.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -135,56 +189,64 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
 
-        let stop_flusher = CancellationToken::new();
-        let flusher = tokio::spawn(run_flusher(
-            Arc::clone(&services.usage),
-            Arc::clone(&services.store),
-            config.last_used_flush_interval,
-            stop_flusher.clone(),
-        ));
-        let stop_background = CancellationToken::new();
-        let coherence = tokio::spawn(coherence::run(
-            Arc::clone(&services.store),
-            Arc::clone(services.manager.validator_arc()),
-            config.coherence(),
-            stop_background.clone(),
-        ));
-        let watcher = tokio::spawn(watch_store(
-            Arc::clone(&services.store),
-            health.clone(),
-            config.store_unhealthy_after,
-            stop_background.clone(),
-        ));
+        // On PostgreSQL a replica is not ready until its change-log follower
+        // has connected and caught up.
+        let postgres = services.store.backend() == DbBackend::Postgres;
+        let health = Health::new(if postgres {
+            &[Condition::Follower]
+        } else {
+            &[]
+        });
+        let supervisor = Supervisor::new();
+        {
+            let health = health.clone();
+            supervisor.spawn("health reporter", move |_, stop| {
+                health
+                    .clone()
+                    .report(reporter.clone(), &[SERVICE_NAME], stop)
+            });
+        }
+        background(&supervisor, &services, &config, &health, postgres);
+        if let Some(tls) = &tls {
+            let tls = Arc::clone(tls);
+            supervisor.spawn("tls reloader", move |_, stop| Arc::clone(&tls).watch(stop));
+        }
+        if let Some(m) = metrics {
+            serve_metrics(&supervisor, m, &services);
+        }
 
-        let drain = drain(
-            shutdown,
-            health,
-            config.drain_delay,
-            stop_background.clone(),
-        );
-        tracing::info!(%addr, "tokend serving");
-        let served = Server::builder()
+        let drain = drain(shutdown, health, config.drain_delay);
+        tracing::info!(%addr, tls = tls.is_some(), "tokend serving");
+        let router = Server::builder()
+            .layer(RpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(
                 &services.manager,
-            ))))
+            ))));
+        let served = match &tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls.incoming(listener), drain)
+                    .await
+            }
             // Our own listener (bound in `build`), so the socket options that
             // `Server::tcp_nodelay` would set must be set here: without
             // TCP_NODELAY, small responses wait on delayed ACKs (~40 ms).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                drain,
-            )
-            .await;
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        drain,
+                    )
+                    .await
+            }
+        };
 
-        stop_background.cancel();
-        let _ = tokio::join!(coherence, watcher);
-        stop_flusher.cancel();
-        if let Err(e) = flusher.await {
-            tracing::error!(error = %e, "last-used flusher failed");
-        }
+        // In-flight calls are done: stop the background work, which ends
+        // with a final last-used flush.
+        supervisor.shutdown().await;
         let validator = services.manager.validator();
         tracing::info!(
             argon2_verifications = validator.hasher().verifications(),
@@ -196,43 +258,118 @@ impl Application {
     }
 }
 
-async fn drain(
-    shutdown: impl Future<Output = ()>,
-    health: HealthReporter,
-    delay: Duration,
-    background: CancellationToken,
+/// Starts the supervised background tasks of `services`.
+fn background(
+    supervisor: &Supervisor,
+    services: &Services,
+    config: &Config,
+    health: &Health,
+    postgres: bool,
 ) {
+    let (store, usage) = (&services.store, &services.usage);
+    let interval = config.last_used_flush_interval;
+    {
+        let (usage, store) = (Arc::clone(usage), Arc::clone(store));
+        supervisor.spawn("last-used flusher", move |_, stop| {
+            run_flusher(Arc::clone(&usage), Arc::clone(&store), interval, stop)
+        });
+    }
+    {
+        let (store, health) = (Arc::clone(store), health.clone());
+        let unhealthy_after = config.store_unhealthy_after;
+        supervisor.spawn("store watcher", move |_, stop| {
+            watch_store(Arc::clone(&store), health.clone(), unhealthy_after, stop)
+        });
+    }
+    if postgres {
+        let status = FollowerStatus::new(health.clone());
+        let store = Arc::clone(store);
+        let validator = Arc::clone(services.manager.validator_arc());
+        let coherence = config.coherence();
+        supervisor.spawn("change-log follower", move |attempt, stop| {
+            let (store, validator) = (Arc::clone(&store), Arc::clone(&validator));
+            let (coherence, status) = (coherence.clone(), Arc::clone(&status));
+            async move {
+                let _session = status.session();
+                if attempt > 0 {
+                    // What changed while no follower ran is unknown: the
+                    // cache starts again from the store.
+                    tracing::warn!("change-log follower restarted; clearing the Validate cache");
+                    validator.cache().clear();
+                }
+                coherence::run(store, validator, coherence, stop, Arc::clone(&status)).await
+            }
+        });
+    }
+}
+
+/// Serves `/metrics` (and upkeeps the histograms) under the supervisor.
+fn serve_metrics(supervisor: &Supervisor, m: MetricsListener, services: &Services) {
+    let validator = Arc::clone(services.manager.validator_arc());
+    let store = Arc::clone(&services.store);
+    let usage = Arc::clone(&services.usage);
+    let sources: Vec<Source> = vec![
+        Box::new(move || {
+            let cache = validator.cache();
+            let (failed, unknown, failures) = cache.negative_len();
+            metrics::cache_entries(cache.len(), failed, unknown, failures);
+            metrics::argon2_verifications(validator.hasher().verifications());
+        }),
+        Box::new(move || metrics::store_statements(store.statements_executed())),
+        Box::new(move || metrics::last_used_pending(usage.pending())),
+    ];
+    let scrape = Scrape::new(m.handle, sources);
+    let router = http::router(Arc::clone(&scrape));
+    let (addr, mut first) = (m.addr, Some(m.listener));
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    supervisor.spawn("metrics listener", move |_, stop| {
+        let (listener, router) = (first.take(), router.clone());
+        async move {
+            let listener = match listener {
+                Some(l) => l,
+                None => bind(addr, "metrics").await?.0,
+            };
+            http::serve(listener, router, stop).await
+        }
+    });
+    supervisor.spawn("metrics upkeep", move |_, stop| {
+        let scrape = Arc::clone(&scrape);
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => scrape.upkeep(),
+                }
+            }
+        }
+    });
+}
+
+async fn drain(shutdown: impl Future<Output = ()>, health: Health, delay: Duration) {
     shutdown.await;
-    // Stop the store watcher first so it cannot flip health back to SERVING.
-    background.cancel();
     tracing::info!(
         ?delay,
         "shutting down: reporting NOT_SERVING, then draining"
     );
-    report(&health, ServingStatus::NotServing).await;
+    health.set(Condition::Draining, false);
+    // Let the reporter publish NOT_SERVING before the delay starts.
+    tokio::task::yield_now().await;
     tokio::time::sleep(delay).await;
 }
 
-/// Sets the health of both the token service and the server as a whole ("").
-async fn report(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status(SERVICE_NAME, status).await;
-    health.set_service_status("", status).await;
-}
-
-/// Reports NOT_SERVING while the store has been unreachable for longer than
-/// `unhealthy_after`, and SERVING again once it answers.
+/// Marks the store condition failing while the store has been unreachable
+/// for longer than `unhealthy_after`, and met again once it answers.
 async fn watch_store(
     store: Arc<Store>,
-    health: HealthReporter,
+    health: Health,
     unhealthy_after: Duration,
     stop: CancellationToken,
-) {
+) -> Result<()> {
     let period = (unhealthy_after / 3).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut failing_since: Option<std::time::Instant> = None;
-    let mut serving = true;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(period) => {}
         }
         let ok = matches!(
@@ -240,22 +377,18 @@ async fn watch_store(
             Ok(Ok(()))
         );
         if ok {
-            failing_since = None;
-            if !serving {
-                tracing::info!("store reachable again: SERVING");
-                report(&health, ServingStatus::Serving).await;
-                serving = true;
+            if failing_since.take().is_some() {
+                tracing::info!("store reachable again");
             }
+            health.set(Condition::Store, true);
         } else {
             let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-            if serving && since.elapsed() >= unhealthy_after {
-                tracing::warn!(unreachable_for = ?since.elapsed(), "store unreachable: NOT_SERVING");
-                report(&health, ServingStatus::NotServing).await;
-                serving = false;
+            if since.elapsed() >= unhealthy_after {
+                if health.is_serving() {
+                    tracing::warn!(unreachable_for = ?since.elapsed(), "store unreachable: NOT_SERVING");
+                }
+                health.set(Condition::Store, false);
             }
-        }
-        if stop.is_cancelled() {
-            return;
         }
     }
 }

@@ -27,9 +27,19 @@ use std::{
 use quick_cache::sync::Cache;
 
 use super::clock::UnixMicros;
-use crate::domain::{
-    Principal, Privileges, Token, TokenId, TokenState, TokenValue, token::SecretHash,
+use crate::{
+    domain::{Principal, Privileges, Token, TokenId, TokenState, TokenValue, token::SecretHash},
+    telemetry::metrics::CountEvictions,
 };
+
+/// The positive cache: evictions are counted (`tokend_cache_evictions_total`).
+type Entries = Cache<
+    TokenId,
+    Arc<Entry>,
+    quick_cache::UnitWeighter,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
 
 /// Keyed digest of a presented token value: the first 128 bits of a keyed
 /// BLAKE3, a MAC under a per-process random key (forging one is a 2^-128 guess).
@@ -349,7 +359,7 @@ impl Entry {
 
 pub struct VerifiedCache {
     key: [u8; 32],
-    entries: Cache<TokenId, Arc<Entry>>,
+    entries: Entries,
     failed: Cache<Digest, Instant>,
     unknown: Cache<TokenId, Instant>,
     failures: Cache<TokenId, (Instant, u32)>,
@@ -370,7 +380,13 @@ impl VerifiedCache {
         rand::fill(&mut key);
         Self {
             key,
-            entries: Cache::new(config.capacity.max(16)),
+            entries: Entries::with(
+                config.capacity.max(16),
+                config.capacity.max(16) as u64,
+                quick_cache::UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                CountEvictions,
+            ),
             failed: Cache::new(config.negative_capacity.max(16)),
             unknown: Cache::new(config.negative_capacity.max(16)),
             failures: Cache::new(config.negative_capacity.max(16)),
@@ -403,6 +419,11 @@ impl VerifiedCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Sizes of the negative caches: (failed values, unknown ids, failure windows).
+    pub fn negative_len(&self) -> (usize, usize, usize) {
+        (self.failed.len(), self.unknown.len(), self.failures.len())
     }
 
     pub fn generation(&self, id: &TokenId) -> u64 {

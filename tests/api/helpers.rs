@@ -80,7 +80,7 @@ pub struct TestApp {
 pub fn test_config(database_url: String) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url,
+        database_url: database_url.into(),
         argon2_memory_kib: 256,
         argon2_iterations: 1,
         hash_workers: 2,
