@@ -272,3 +272,76 @@ fn certified_key(pair: &Pair, provider: &CryptoProvider) -> Result<CertifiedKey>
     CertifiedKey::from_der(chain, key, provider)
         .map_err(|e| Error::invalid("tls_key", format!("unusable with the certificate: {e}")))
 }
+
+/// A throw-away certificate authority for the integration tests and the
+/// benchmark's TLS phase: certificates are made at run time, so no private
+/// key is ever committed. The server never uses this.
+pub mod test_pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    use crate::error::{Error, Result};
+
+    fn err(e: rcgen::Error) -> Error {
+        Error::Internal(format!("test certificate: {e}"))
+    }
+
+    pub struct TestCa {
+        cert_pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    /// A certificate and its private key, both PEM.
+    pub struct Issued {
+        pub cert_pem: String,
+        pub key_pem: String,
+    }
+
+    impl TestCa {
+        pub fn new(name: &str) -> Result<Self> {
+            let key = KeyPair::generate().map_err(err)?;
+            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let cert = params.self_signed(&key).map_err(err)?;
+            Ok(Self {
+                cert_pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            })
+        }
+
+        pub fn cert_pem(&self) -> &str {
+            &self.cert_pem
+        }
+
+        /// A server certificate for `names` (DNS names or IP addresses).
+        pub fn server(&self, names: &[&str]) -> Result<Issued> {
+            self.issue(names, ExtendedKeyUsagePurpose::ServerAuth)
+        }
+
+        /// A client certificate with common name `name`.
+        pub fn client(&self, name: &str) -> Result<Issued> {
+            self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+        }
+
+        fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Result<Issued> {
+            let key = KeyPair::generate().map_err(err)?;
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let mut params = CertificateParams::new(names.clone()).map_err(err)?;
+            if let Some(first) = names.first() {
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, first.as_str());
+            }
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
+            Ok(Issued {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            })
+        }
+    }
+}

@@ -64,6 +64,8 @@ pub fn captured_logs() -> String {
 
 pub struct TestApp {
     pub port: u16,
+    /// The metrics listener, when the config set `metrics_listen`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub endpoint: String,
     /// A `tokens:platform` token for account `acme`, owner `ops`.
     pub platform: String,
@@ -152,6 +154,7 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
         .await
         .expect("build application");
     let port = app.port();
+    let metrics_addr = app.metrics_addr();
     let Services {
         store,
         usage,
@@ -170,6 +173,7 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
     }));
     TestApp {
         port,
+        metrics_addr,
         endpoint: format!("http://127.0.0.1:{port}"),
         platform,
         store,

@@ -7,11 +7,14 @@ mod helpers;
 
 mod bad_input;
 mod cache;
+mod follower;
 mod lifecycle;
 mod limits;
 mod logs;
+mod metrics;
 mod postgres;
 mod privileges;
 mod reasons;
 mod search;
 mod smoke;
+mod tls;
