@@ -8,9 +8,13 @@
 //! framed by hand and sent with `-d`. Each phase is a module of its own:
 //!
 //! - `hot`: cache-hit Validate vs Health/Check, floods, miss cost;
+//! - `tls`: the same comparison over TLS;
 //! - `memory`: memory per cached token, in a child process.
 //!
+//! Every server it starts has its Prometheus listener on.
+//!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
+//!        `target/release/tokend-bench tls [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
 //!
 //! Every figure it prints is a measurement of this run; nothing is assumed.
@@ -21,6 +25,7 @@ mod hot;
 mod load;
 mod memory;
 mod server;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -44,6 +49,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(hot::run(quick));
+    if args.first().map(String::as_str) == Some("tls") {
+        rt.block_on(tls::alone(quick));
+    } else {
+        rt.block_on(hot::run(quick));
+    }
     ExitCode::SUCCESS
 }
