@@ -1,6 +1,12 @@
 //! The HTTP listener beside the gRPC port (`--metrics-listen`): an axum
 //! router, so further HTTP endpoints (a forward-auth endpoint for gateways)
-//! can join it. Today it serves `GET /metrics` in the Prometheus text format.
+//! can join it. It serves
+//!
+//! - `GET /metrics`: the Prometheus text format;
+//! - `GET /readyz`: 200 while health is SERVING, else 503. The kubelet's
+//!   native gRPC probes speak plaintext only, so with TLS on the gRPC port a
+//!   Kubernetes readiness probe uses this instead (`httpGet`);
+//! - `GET /livez`: 200 while the process answers.
 
 use std::sync::Arc;
 
@@ -16,16 +22,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::{Error, Result},
+    health::Health,
     telemetry::metrics::Scrape,
 };
 
 /// The Prometheus text exposition format, version 0.0.4.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub fn router(scrape: Arc<Scrape>) -> Router {
+pub fn router(scrape: Arc<Scrape>, health: Health) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(scrape)
+        .route(
+            "/readyz",
+            get(move || {
+                let serving = health.is_serving();
+                async move {
+                    if serving {
+                        (StatusCode::OK, "SERVING\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+                    }
+                }
+            }),
+        )
+        .route("/livez", get(|| async { "ok\n" }))
 }
 
 async fn metrics(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {

@@ -212,7 +212,7 @@ impl Application {
             supervisor.spawn("tls reloader", move |_, stop| Arc::clone(&tls).watch(stop));
         }
         if let Some(m) = metrics {
-            serve_metrics(&supervisor, m, &services);
+            serve_metrics(&supervisor, m, &services, &health);
         }
 
         let drain = drain(shutdown, health, config.drain_delay);
@@ -304,7 +304,12 @@ fn background(
 }
 
 /// Serves `/metrics` (and upkeeps the histograms) under the supervisor.
-fn serve_metrics(supervisor: &Supervisor, m: MetricsListener, services: &Services) {
+fn serve_metrics(
+    supervisor: &Supervisor,
+    m: MetricsListener,
+    services: &Services,
+    health: &Health,
+) {
     let validator = Arc::clone(services.manager.validator_arc());
     let store = Arc::clone(&services.store);
     let usage = Arc::clone(&services.usage);
@@ -319,7 +324,7 @@ fn serve_metrics(supervisor: &Supervisor, m: MetricsListener, services: &Service
         Box::new(move || metrics::last_used_pending(usage.pending())),
     ];
     let scrape = Scrape::new(m.handle, sources);
-    let router = http::router(Arc::clone(&scrape));
+    let router = http::router(Arc::clone(&scrape), health.clone());
     let (addr, mut first) = (m.addr, Some(m.listener));
     tracing::info!(%addr, "metrics on http://{addr}/metrics");
     supervisor.spawn("metrics listener", move |_, stop| {

@@ -269,6 +269,18 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
     assert!(status.contains("404"), "{status}");
 }
 
+#[tokio::test]
+async fn readiness_and_liveness_over_http() {
+    let app =
+        helpers::spawn_app_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let metrics = app.metrics_addr.unwrap();
+    let (status, _, body) = http_get(metrics, "/readyz").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, "SERVING\n");
+    let (status, _, _) = http_get(metrics, "/livez").await;
+    assert!(status.contains("200"), "{status}");
+}
+
 /// `promtool check metrics` on `text`: (success, its output), or `None`
 /// when promtool is not installed.
 fn promtool_check(text: &str) -> Option<(bool, String)> {
