@@ -1,6 +1,7 @@
 //! Prometheus metrics: every metric name, its labels and its recording helper
 //! live here, so a call site elsewhere is one line
-//! (`metrics::validate_outcome(reason, hit, elapsed)`).
+//! (`metrics::cache_hit()`, `metrics::validate_outcome(reason, hit, started)`
+//! with `started = metrics::timer()`).
 //!
 //! Recording is split from exporting, so the hot path pays for neither a
 //! registry nor a lock:
