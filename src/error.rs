@@ -60,6 +60,16 @@ impl Error {
         }
     }
 
+    /// Whether this error means "cannot reach the store" rather than a bug
+    /// (the store error metric's `kind` label).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Database(e) => Self::db_is_unavailable(e),
+            _ => false,
+        }
+    }
+
     /// Whether a database error means "cannot reach the store" rather than a bug.
     fn db_is_unavailable(err: &sea_orm::DbErr) -> bool {
         use sea_orm::{DbErr, RuntimeErr};

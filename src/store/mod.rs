@@ -34,19 +34,24 @@ use std::{
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
+use secrecy::{ExposeSecret, SecretString};
 
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeRow};
 pub use events::EventQuery;
 pub use tokens::{Change, SearchQuery};
 pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    telemetry::metrics,
+};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `sqlite://path?mode=rwc` or `postgres://...`. Never logged: it may hold a password.
-    pub url: String,
+    /// `sqlite://path?mode=rwc` or `postgres://...`. A secret: it may hold a
+    /// password, so it is never logged and `Debug` shows it redacted.
+    pub url: SecretString,
     pub max_connections: u32,
     /// Upper bound for acquiring a connection and for each store call.
     pub timeout: Duration,
@@ -55,7 +60,7 @@ pub struct StoreConfig {
 pub struct Store {
     db: DatabaseConnection,
     /// Kept for the LISTEN connection; never logged (it may hold a password).
-    url: String,
+    url: SecretString,
     /// Random id of this process, recorded with each change it makes.
     instance: String,
     /// SQLite allows one writer at a time; serialising our write transactions
@@ -70,7 +75,7 @@ impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Self> {
         use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
-        let mut options = ConnectOptions::new(config.url.clone());
+        let mut options = ConnectOptions::new(config.url.expose_secret());
         options
             .max_connections(config.max_connections)
             .min_connections(1)
@@ -171,15 +176,19 @@ impl Store {
         }
     }
 
-    /// Runs one store call under the store timeout.
+    /// Runs one store call under the store timeout, and records its time
+    /// and any error in the store metrics.
     async fn bounded<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let started = metrics::timer();
+        let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => result,
             Err(_) => Err(Error::Unavailable(format!(
                 "store call exceeded {:?}",
                 self.timeout
             ))),
-        }
+        };
+        metrics::store_call(started, result.as_ref().err());
+        result
     }
 
     async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {

@@ -35,10 +35,22 @@ use super::{
     clock::UnixMicros,
     verifier::{Digest, Keyring},
 };
-use crate::domain::{
-    Principal, Privileges, Token, TokenId, TokenState, TokenValue,
-    token::{SecretHash, StoredVerifier, ValidationRecord, ValidationView},
+use crate::{
+    domain::{
+        Principal, Privileges, Token, TokenId, TokenState, TokenValue,
+        token::{SecretHash, StoredVerifier, ValidationRecord, ValidationView},
+    },
+    telemetry::metrics::CountEvictions,
 };
+
+/// The positive cache: evictions are counted (`tokend_cache_evictions_total`).
+type Entries = Cache<
+    TokenId,
+    Arc<Entry>,
+    quick_cache::UnitWeighter,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
 
 const STRIPES: usize = 1024;
 
@@ -455,7 +467,7 @@ impl Entry {
 
 pub struct VerifiedCache {
     keyring: Arc<Keyring>,
-    entries: Cache<TokenId, Arc<Entry>>,
+    entries: Entries,
     failed: Cache<Digest, Instant>,
     unknown: Cache<TokenId, Instant>,
     failures: Cache<TokenId, (Instant, u32)>,
@@ -489,7 +501,13 @@ impl VerifiedCache {
     pub fn new(config: CacheConfig, keyring: Arc<Keyring>) -> Self {
         Self {
             keyring,
-            entries: Cache::new(config.capacity.max(16)),
+            entries: Entries::with(
+                config.capacity.max(16),
+                config.capacity.max(16) as u64,
+                quick_cache::UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                CountEvictions,
+            ),
             failed: Cache::new(config.negative_capacity.max(16)),
             unknown: Cache::new(config.negative_capacity.max(16)),
             failures: Cache::new(config.negative_capacity.max(16)),
@@ -539,6 +557,11 @@ impl VerifiedCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Sizes of the negative caches: (failed values, unknown ids, failure windows).
+    pub fn negative_len(&self) -> (usize, usize, usize) {
+        (self.failed.len(), self.unknown.len(), self.failures.len())
     }
 
     pub fn generation(&self, id: &TokenId) -> u64 {

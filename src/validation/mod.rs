@@ -42,6 +42,7 @@ use crate::{
     domain::{Token, TokenState, TokenValue},
     error::{Error, Result},
     store::{Expected, Store},
+    telemetry::metrics,
 };
 
 /// Why a token is (not) valid. Mirrors the wire `Reason` enum.
@@ -75,6 +76,9 @@ impl fmt::Display for Reason {
 pub struct Verdict {
     pub reason: Reason,
     pub entry: Option<Arc<Entry>>,
+    /// Answered from memory, without the store or argon2 (the metrics'
+    /// hit/miss split).
+    pub hit: bool,
 }
 
 impl Verdict {
@@ -82,6 +86,7 @@ impl Verdict {
         Self {
             reason,
             entry: None,
+            hit: true,
         }
     }
 
@@ -152,11 +157,18 @@ impl Validator {
         account: Option<&str>,
     ) -> Result<Verdict> {
         let now = UnixMicros::now();
-        let Some(entry) = self.verified(value, now).await? else {
-            return Ok(Verdict::rejected(Reason::Unknown));
+        let (found, hit) = self.verified(value, now).await?;
+        let Some(entry) = found else {
+            return Ok(Verdict {
+                hit,
+                ..Verdict::rejected(Reason::Unknown)
+            });
         };
         if account.is_some_and(|a| entry.snapshot.account_id() != a) {
-            return Ok(Verdict::rejected(Reason::Unknown));
+            return Ok(Verdict {
+                hit,
+                ..Verdict::rejected(Reason::Unknown)
+            });
         }
         let reason = judge(&entry, required_modules, now);
         if reason == Reason::Valid && entry.should_record_use(now.secs()) {
@@ -165,6 +177,7 @@ impl Validator {
         Ok(Verdict {
             reason,
             entry: Some(entry),
+            hit,
         })
     }
 
@@ -172,22 +185,29 @@ impl Validator {
     /// verifies (current, or previous within its grace), whatever its state.
     /// Searching for or revoking a leaked value must not make it look used.
     pub async fn possessed(&self, value: &TokenValue) -> Result<Option<Arc<Entry>>> {
-        self.verified(value, UnixMicros::now()).await
+        Ok(self.verified(value, UnixMicros::now()).await?.0)
     }
 
-    /// The cached entry whose verified digest matches `value`, verifying on a miss.
-    async fn verified(&self, value: &TokenValue, now: UnixMicros) -> Result<Option<Arc<Entry>>> {
+    /// The cached entry whose verified digest matches `value`, verifying on a
+    /// miss; and whether memory answered (no store read).
+    async fn verified(
+        &self,
+        value: &TokenValue,
+        now: UnixMicros,
+    ) -> Result<(Option<Arc<Entry>>, bool)> {
         let digest = self.cache.digest(value);
         if let Some(settled) = self.hit(value, &digest, now) {
-            return Ok(settled);
+            metrics::cache_hit();
+            return Ok((settled, true));
         }
         // Floods of known-bad values end here, without touching the slow path.
         if self.cache.recently_failed(&digest) || self.cache.recently_unknown(&value.id()) {
-            return Ok(None);
+            return Ok((None, true));
         }
+        metrics::cache_miss();
         // Boxed: the miss path's state (store read, argon2) is large, and the
         // hit path should not carry and move it on every call.
-        Box::pin(self.miss(value, digest, now)).await
+        Ok((Box::pin(self.miss(value, digest, now)).await?, false))
     }
 
     /// What the cache alone can say: `Some(Some(entry))` for a match,

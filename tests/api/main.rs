@@ -7,12 +7,15 @@ mod helpers;
 
 mod bad_input;
 mod cache;
+mod follower;
 mod lifecycle;
 mod limits;
 mod logs;
+mod metrics;
 mod postgres;
 mod privileges;
 mod reasons;
 mod search;
 mod smoke;
+mod tls;
 mod verifier;
