@@ -4,7 +4,8 @@
 //! - `entities/`: one sea-orm entity per table.
 //! - `migration/`: schema migrations.
 //! - `convert`: entity models <-> domain types.
-//! - `tokens`: token reads, the transactional write paths and Search.
+//! - `tokens`: token reads and the transactional write paths.
+//! - `search`: Search and its total, served from indexes; `fold`: its case folding.
 //! - `events`: the audit-trail listing.
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
 //!
@@ -16,7 +17,9 @@ mod changes;
 mod convert;
 pub mod entities;
 mod events;
+pub mod fold;
 pub mod migration;
+mod search;
 mod tokens;
 
 use std::{
@@ -33,7 +36,8 @@ use sea_orm_migration::MigratorTrait;
 
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeRow};
 pub use events::EventQuery;
-pub use tokens::{Change, SearchQuery};
+pub use search::{FTS_DRIVE_MAX, SearchPlans, SearchQuery};
+pub use tokens::Change;
 
 use crate::error::{Error, Result};
 
@@ -80,6 +84,9 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(5))
+                    // An INSERT OR REPLACE then fires the delete triggers that
+                    // keep the search indexes in step (migration 000004).
+                    .pragma("recursive_triggers", "ON")
             });
         let mut db = tokio::time::timeout(config.timeout, Database::connect(options))
             .await

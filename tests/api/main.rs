@@ -14,4 +14,5 @@ mod postgres;
 mod privileges;
 mod reasons;
 mod search;
+mod search_index;
 mod smoke;
