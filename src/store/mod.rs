@@ -63,6 +63,9 @@ pub struct Store {
     write_lock: Option<tokio::sync::Mutex<()>>,
     timeout: Duration,
     statements: Arc<AtomicU64>,
+    /// SQLite: the most name matches a Search looks up through the FTS index
+    /// (`search::FTS_DRIVE_MAX` unless a test or benchmark changes it).
+    fts_drive_max: AtomicU64,
 }
 
 impl Store {
@@ -114,6 +117,7 @@ impl Store {
             write_lock,
             timeout: config.timeout,
             statements,
+            fts_drive_max: AtomicU64::new(search::FTS_DRIVE_MAX),
         })
     }
 

@@ -399,6 +399,14 @@ impl Store {
         Ok(Some(SearchPlans { page, count }))
     }
 
+    /// SQLite: sets how many name matches a Search may look up through the
+    /// FTS index before it walks an ordered index instead (0: always walk).
+    /// Both plans find the same tokens; tests use this to exercise both.
+    pub fn set_fts_drive_max(&self, matches: u64) {
+        self.fts_drive_max
+            .store(matches, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Picks the plan; `None` when nothing can match (a name cannot contain
     /// a control character).
     async fn plan(&self, q: &SearchQuery, counting: bool) -> Result<Option<Plan>> {
@@ -424,7 +432,10 @@ impl Store {
             }));
         };
         let trigrams = name.chars().count() >= 3;
-        if trigrams && q.id.is_none() && self.fts_matches_at_most(name, FTS_DRIVE_MAX).await? {
+        let fts_max = self
+            .fts_drive_max
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if trigrams && q.id.is_none() && self.fts_matches_at_most(name, fts_max).await? {
             return Ok(Some(Plan {
                 driver: Driver::Fts,
                 name: Some(NameForm::FtsJoin),
@@ -446,7 +457,12 @@ impl Store {
         let statement = sea_orm::Statement::from_sql_and_values(
             DbBackend::Sqlite,
             "SELECT count(*) FROM (SELECT rowid FROM tokens_name_fts WHERE tokens_name_fts MATCH ? LIMIT ?)",
-            [fts_phrase(name).into(), (limit + 1).into()],
+            [
+                fts_phrase(name).into(),
+                i64::try_from(limit.saturating_add(1))
+                    .unwrap_or(i64::MAX)
+                    .into(),
+            ],
         );
         let matches: i64 = match self.db.query_one_raw(statement).await? {
             Some(row) => row.try_get_by_index(0)?,
