@@ -8,10 +8,13 @@
 //! framed by hand and sent with `-d`. Each phase is a module of its own:
 //!
 //! - `hot`: cache-hit Validate vs Health/Check, floods, miss cost;
-//! - `memory`: memory per cached token, in a child process.
+//! - `memory`: memory per cached token, in a child process;
+//! - `search`: Search at a million tokens (SQLite, and PostgreSQL with
+//!   `--postgres URL`) and the write cost of the search indexes.
 //!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
+//!        `target/release/tokend-bench search [--postgres URL]`
 //!
 //! Every figure it prints is a measurement of this run; nothing is assumed.
 
@@ -20,6 +23,7 @@
 mod hot;
 mod load;
 mod memory;
+mod search;
 mod server;
 
 use std::process::ExitCode;
@@ -36,6 +40,19 @@ fn main() -> ExitCode {
             .and_then(|s| s.parse().ok())
             .unwrap_or(1_000_000);
         memory::memory(n);
+        return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("search") {
+        let postgres = args
+            .iter()
+            .position(|a| a == "--postgres")
+            .and_then(|i| args.get(i + 1).cloned());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(search::run(postgres));
         return ExitCode::SUCCESS;
     }
     let quick = args.iter().any(|a| a == "--quick");

@@ -42,9 +42,14 @@ pub fn database_url(dir: &Path) -> String {
 }
 
 pub fn bootstrap(dir: &Path) -> String {
+    bootstrap_url(&database_url(dir))
+}
+
+/// `tokend bootstrap` on the database at `url`: a platform token.
+pub fn bootstrap_url(url: &str) -> String {
     let out = Command::new(tokend_exe())
         .args(["bootstrap", "--account", "bench", "--owner", "ops"])
-        .env("TOKEND_DATABASE_URL", database_url(dir))
+        .env("TOKEND_DATABASE_URL", url)
         .env("TOKEND_LOG", "warn")
         .stderr(Stdio::inherit())
         .output()
@@ -57,11 +62,16 @@ pub fn bootstrap(dir: &Path) -> String {
 }
 
 pub async fn start_server(dir: &Path, name: &str) -> Server {
+    start_server_on(&database_url(dir), dir, name).await
+}
+
+/// The release server on the database at `url`, logging into `dir`.
+pub async fn start_server_on(url: &str, dir: &Path, name: &str) -> Server {
     let port = free_port();
     let log = dir.join(format!("{name}.log"));
     let mut child = Command::new(tokend_exe())
         .arg("serve")
-        .env("TOKEND_DATABASE_URL", database_url(dir))
+        .env("TOKEND_DATABASE_URL", url)
         .env("TOKEND_LISTEN", format!("127.0.0.1:{port}"))
         .env("TOKEND_MAX_TOKENS_PER_OWNER", "100000")
         .env("TOKEND_LOG", "info")
