@@ -217,8 +217,8 @@ fn cheap_phc() -> String {
 }
 
 struct Seeded {
-    /// (id, hex suffix of the name) of every token of the big account.
-    big: Vec<(String, String)>,
+    /// (id, hex suffix of the name, state) of every token of the big account.
+    big: Vec<(String, String, TokenState)>,
 }
 
 /// Seeds the store at `url` with the million tokens.
@@ -272,7 +272,7 @@ async fn seed(url: &str) -> Seeded {
         let created_at = now - chrono::Duration::seconds((total - i) as i64);
         let id = base62(1_000_000_000 + i as u64);
         if account == BIG_ACCOUNT {
-            big.push((id.clone(), hex));
+            big.push((id.clone(), hex, state));
         }
         batch.push(Token {
             id: TokenId::parse(&id).expect("id"),
@@ -523,9 +523,14 @@ async fn baseline_copy(url: &str, baseline_url: &str) {
     }
 }
 
-/// One round of writes on `server`: SetState (disable or enable), Update
+/// One round of writes on `server`: SetState (disable the active, enable the disabled), Update
 /// (rename) and Issue, by WRITERS concurrent clients; ops/s of each.
-async fn write_round(server: &Server, platform: &str, ids: &[String], round: usize) -> [f64; 3] {
+async fn write_round(
+    server: &Server,
+    platform: &str,
+    ids: &[(String, TokenState)],
+    round: usize,
+) -> [f64; 3] {
     let mut out = [0.0; 3];
     for (k, slot) in out.iter_mut().enumerate() {
         let count = if k == 2 {
@@ -538,7 +543,7 @@ async fn write_round(server: &Server, platform: &str, ids: &[String], round: usi
         for w in 0..WRITERS {
             let mut client = server.client().await;
             let platform = platform.to_owned();
-            let mine: Vec<String> = ids
+            let mine: Vec<(String, TokenState)> = ids
                 .iter()
                 .skip(w)
                 .step_by(WRITERS)
@@ -546,10 +551,11 @@ async fn write_round(server: &Server, platform: &str, ids: &[String], round: usi
                 .cloned()
                 .collect();
             tasks.push(tokio::spawn(async move {
-                for (n, id) in mine.into_iter().enumerate() {
+                for (n, (id, seeded_state)) in mine.into_iter().enumerate() {
                     match k {
                         0 => {
-                            let state = if round % 2 == 0 {
+                            // Always a change: disable the active, enable the disabled.
+                            let state = if seeded_state == TokenState::Active {
                                 pb::State::Disabled
                             } else {
                                 pb::State::Active
@@ -633,12 +639,14 @@ async fn writes(
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
     for round in 0..WRITE_ROUNDS {
         // Different tokens each round, the same on both stores.
-        let ids: Vec<String> = seeded
+        // (Revoked tokens cannot change.)
+        let ids: Vec<(String, TokenState)> = seeded
             .big
             .iter()
             .skip(round * 1000)
+            .filter(|(_, _, state)| *state != TokenState::Revoked)
             .take(WRITES_PER_ROUND)
-            .map(|(id, _)| id.clone())
+            .map(|(id, _, state)| (id.clone(), *state))
             .collect();
         let (a, b) = if round % 2 == 0 {
             let a = write_round(&with, &platform, &ids, round).await;
