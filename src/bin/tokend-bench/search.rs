@@ -37,9 +37,9 @@ const SMALL_TOKENS: usize = 90;
 const BATCH: usize = 10_000;
 const CALLS: usize = 5;
 const TARGET_MS: f64 = 50.0;
-const WRITE_ROUNDS: usize = 5;
-const WRITES_PER_ROUND: usize = 200;
-const ISSUES_PER_ROUND: usize = 20;
+const WRITE_ROUNDS: usize = 20;
+const WRITES_PER_ROUND: usize = 100;
+const ISSUES_PER_ROUND: usize = 8;
 const WRITERS: usize = 4;
 
 const SERVICES: [&str; 40] = [
@@ -132,8 +132,8 @@ pub async fn run(postgres: Option<String>) {
     all.push(backend("SQLite", &sqlite, &baseline, dir).await);
     if let Some(base) = postgres {
         let (with, without) = (
-            pg_database(&base, "with").await,
-            pg_database(&base, "without").await,
+            pg_database(&base, "with", true).await,
+            pg_database(&base, "without", false).await,
         );
         all.push(backend("PostgreSQL", &with, &without, dir).await);
         for url in [&with, &without] {
@@ -167,8 +167,9 @@ pub async fn run(postgres: Option<String>) {
     }
 }
 
-/// A fresh PostgreSQL database next to `base`'s.
-async fn pg_database(base: &str, tag: &str) -> String {
+/// The URL of a PostgreSQL database next to `base`'s, dropped if it exists
+/// and created empty when `create`.
+async fn pg_database(base: &str, tag: &str, create: bool) -> String {
     let name = format!("tokend_bench_{tag}_{}", std::process::id());
     let admin = Database::connect(base)
         .await
@@ -177,6 +178,12 @@ async fn pg_database(base: &str, tag: &str) -> String {
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
         .await
         .expect("drop");
+    if create {
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create");
+    }
     admin.close().await.ok();
     let (prefix, _) = base
         .rsplit_once('/')
@@ -523,96 +530,111 @@ async fn baseline_copy(url: &str, baseline_url: &str) {
     }
 }
 
-/// One round of writes on `server`: SetState (disable the active, enable the disabled), Update
-/// (rename) and Issue, by WRITERS concurrent clients; ops/s of each.
+/// The three writes measured.
+#[derive(Clone, Copy)]
+enum Write {
+    SetState,
+    Update,
+    Issue,
+}
+
+impl Write {
+    const ALL: [Write; 3] = [Write::SetState, Write::Update, Write::Issue];
+
+    fn label(self) -> &'static str {
+        match self {
+            Write::SetState => "SetState",
+            Write::Update => "Update (rename)",
+            Write::Issue => "Issue",
+        }
+    }
+
+    /// Calls per store in one round.
+    fn per_round(self) -> usize {
+        match self {
+            Write::Issue => ISSUES_PER_ROUND,
+            _ => WRITES_PER_ROUND,
+        }
+    }
+}
+
+/// One round of `kind` on `server` by WRITERS concurrent clients, on the
+/// given live tokens: SetState disables the active and enables the
+/// disabled, Update renames, Issue creates. Returns the seconds it took.
 async fn write_round(
     server: &Server,
     platform: &str,
+    kind: Write,
     ids: &[(String, TokenState)],
     round: usize,
-) -> [f64; 3] {
-    let mut out = [0.0; 3];
-    for (k, slot) in out.iter_mut().enumerate() {
-        let count = if k == 2 {
-            ISSUES_PER_ROUND
-        } else {
-            WRITES_PER_ROUND
-        };
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..WRITERS {
-            let mut client = server.client().await;
-            let platform = platform.to_owned();
-            let mine: Vec<(String, TokenState)> = ids
-                .iter()
-                .skip(w)
-                .step_by(WRITERS)
-                .take(count / WRITERS)
-                .cloned()
-                .collect();
-            tasks.push(tokio::spawn(async move {
-                for (n, (id, seeded_state)) in mine.into_iter().enumerate() {
-                    match k {
-                        0 => {
-                            // Always a change: disable the active, enable the disabled.
-                            let state = if seeded_state == TokenState::Active {
-                                pb::State::Disabled
-                            } else {
-                                pb::State::Active
-                            };
-                            client
-                                .set_state(authed(
-                                    &platform,
-                                    pb::SetStateRequest {
-                                        id,
-                                        state: state as i32,
-                                        reason: String::new(),
-                                    },
-                                ))
-                                .await
-                                .expect("SetState");
-                        }
-                        1 => {
-                            client
-                                .update(authed(
-                                    &platform,
-                                    pb::UpdateRequest {
-                                        id,
-                                        name: format!("renamed {round} {w} {n} deploy"),
-                                        update_mask: Some(prost_types::FieldMask {
-                                            paths: vec!["name".into()],
-                                        }),
-                                        ..Default::default()
-                                    },
-                                ))
-                                .await
-                                .expect("Update");
-                        }
-                        _ => {
-                            client
-                                .issue(authed(
-                                    &platform,
-                                    pb::IssueRequest {
-                                        account_id: BIG_ACCOUNT.into(),
-                                        owner_id: format!("writer{w}"),
-                                        name: format!("issued {round} {w} {n}"),
-                                        modules: vec!["billing:read".into(), "audit:write".into()],
-                                        ..Default::default()
-                                    },
-                                ))
-                                .await
-                                .expect("Issue");
-                        }
+) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let mut client = server.client().await;
+        let platform = platform.to_owned();
+        let mine: Vec<(String, TokenState)> =
+            ids.iter().skip(w).step_by(WRITERS).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            for (n, (id, seeded_state)) in mine.into_iter().enumerate() {
+                match kind {
+                    Write::SetState => {
+                        let state = if seeded_state == TokenState::Active {
+                            pb::State::Disabled
+                        } else {
+                            pb::State::Active
+                        };
+                        client
+                            .set_state(authed(
+                                &platform,
+                                pb::SetStateRequest {
+                                    id,
+                                    state: state as i32,
+                                    reason: String::new(),
+                                },
+                            ))
+                            .await
+                            .expect("SetState");
+                    }
+                    Write::Update => {
+                        client
+                            .update(authed(
+                                &platform,
+                                pb::UpdateRequest {
+                                    id,
+                                    name: format!("renamed {round} {w} {n} deploy"),
+                                    update_mask: Some(prost_types::FieldMask {
+                                        paths: vec!["name".into()],
+                                    }),
+                                    ..Default::default()
+                                },
+                            ))
+                            .await
+                            .expect("Update");
+                    }
+                    Write::Issue => {
+                        client
+                            .issue(authed(
+                                &platform,
+                                pb::IssueRequest {
+                                    account_id: BIG_ACCOUNT.into(),
+                                    owner_id: format!("writer{w}"),
+                                    name: format!("issued {round} {w} {n}"),
+                                    modules: vec!["billing:read".into(), "audit:write".into()],
+                                    ..Default::default()
+                                },
+                            ))
+                            .await
+                            .expect("Issue");
                     }
                 }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("writer");
-        }
-        *slot = (count / WRITERS * WRITERS) as f64 / started.elapsed().as_secs_f64();
+            }
+        }));
     }
-    out
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    started.elapsed().as_secs_f64()
 }
 
 async fn writes(
@@ -623,7 +645,7 @@ async fn writes(
     dir: &Path,
 ) -> Vec<(&'static str, Vec<f64>)> {
     println!(
-        "-- writes: {WRITERS} concurrent clients; per round {WRITES_PER_ROUND} SetState, {WRITES_PER_ROUND} Update (rename), {ISSUES_PER_ROUND} Issue (default argon2id cost) on each store, order alternating"
+        "-- writes: {WRITE_ROUNDS} rounds per write, each round the same calls on both stores back to back (order alternating), {WRITERS} concurrent clients; {WRITES_PER_ROUND} SetState / {WRITES_PER_ROUND} Update (rename) / {ISSUES_PER_ROUND} Issue (default argon2id cost) per store per round, each on tokens not written before"
     );
     let started = Instant::now();
     baseline_copy(url, baseline_url).await;
@@ -635,39 +657,49 @@ async fn writes(
     let platform_base = bootstrap_url(baseline_url);
     let with = start_server_on(url, dir, &format!("writes-with-{name}")).await;
     let without = start_server_on(baseline_url, dir, &format!("writes-without-{name}")).await;
-    let labels = ["SetState", "Update (rename)", "Issue"];
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    for round in 0..WRITE_ROUNDS {
-        // Different tokens each round, the same on both stores.
-        // (Revoked tokens cannot change.)
-        let ids: Vec<(String, TokenState)> = seeded
-            .big
-            .iter()
-            .skip(round * 1000)
-            .filter(|(_, _, state)| *state != TokenState::Revoked)
-            .take(WRITES_PER_ROUND)
-            .map(|(id, _, state)| (id.clone(), *state))
-            .collect();
-        let (a, b) = if round % 2 == 0 {
-            let a = write_round(&with, &platform, &ids, round).await;
-            (a, write_round(&without, &platform_base, &ids, round).await)
-        } else {
-            let b = write_round(&without, &platform_base, &ids, round).await;
-            (write_round(&with, &platform, &ids, round).await, b)
-        };
-        for k in 0..3 {
-            println!(
-                "round {}: {:<16} with upkeep {:>8.1} ops/s, without {:>8.1} ops/s, ratio {:.3}",
-                round + 1,
-                labels[k],
-                a[k],
-                b[k],
-                a[k] / b[k]
-            );
-            ratios[k].push(a[k] / b[k]);
+    // Live tokens of the big account, each written once per store.
+    let mut live = seeded
+        .big
+        .iter()
+        .filter(|(_, _, state)| *state != TokenState::Revoked)
+        .map(|(id, _, state)| (id.clone(), *state));
+    let mut out = Vec::new();
+    for kind in Write::ALL {
+        let (mut with_s, mut without_s, mut ratios) = (0.0, 0.0, Vec::new());
+        for round in 0..WRITE_ROUNDS {
+            let ids: Vec<(String, TokenState)> = live.by_ref().take(kind.per_round()).collect();
+            let (a, b) = if round % 2 == 0 {
+                let a = write_round(&with, &platform, kind, &ids, round).await;
+                (
+                    a,
+                    write_round(&without, &platform_base, kind, &ids, round).await,
+                )
+            } else {
+                let b = write_round(&without, &platform_base, kind, &ids, round).await;
+                (write_round(&with, &platform, kind, &ids, round).await, b)
+            };
+            with_s += a;
+            without_s += b;
+            // Throughput with / without = time without / time with.
+            ratios.push(b / a);
         }
+        let calls = (kind.per_round() * WRITE_ROUNDS) as f64;
+        println!(
+            "{:<16} with upkeep {:>8.1} calls/s, without {:>8.1} calls/s (all rounds: {} calls each), ratio {:.3}; per round: {}",
+            kind.label(),
+            calls / with_s,
+            calls / without_s,
+            calls,
+            without_s / with_s,
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        out.push((kind.label(), ratios));
     }
     println!("server (with): {}", with.stop());
     println!("server (without): {}", without.stop());
-    labels.into_iter().zip(ratios).collect()
+    out
 }
