@@ -72,7 +72,6 @@ enum TokenModules {
     Module,
     CreatedAt,
     TokenId,
-    State,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +166,7 @@ impl Plan {
         self.driver != Driver::Modules
             || self.name.is_some()
             || q.id.is_some()
+            || !q.states.is_empty()
             || q.owner_id.is_some()
             || q.created_by.is_some()
             || q.last_used_before.is_some()
@@ -181,7 +181,7 @@ impl Plan {
         let joined = self.needs_token_row(q);
         let mut cond = Condition::all();
         if modules {
-            // token_modules holds the account, state and creation time.
+            // token_modules holds the account and the creation time.
             if let Some(a) = fixed_account(q) {
                 cond = cond.add(tm(TokenModules::AccountId).eq(a));
             }
@@ -191,9 +191,6 @@ impl Plan {
             if let Some(m) = &q.module {
                 cond = cond.add(tm(TokenModules::Module).eq(m.as_str()));
             }
-            if !q.states.is_empty() {
-                cond = cond.add(tm(TokenModules::State).is_in(q.states.iter().map(|s| s.as_str())));
-            }
         }
         if joined {
             if let Some(scope) = &q.scope {
@@ -202,7 +199,7 @@ impl Plan {
             if let Some(a) = &q.account_id {
                 cond = cond.add(C::AccountId.eq(a.as_str()));
             }
-            if !modules && !q.states.is_empty() {
+            if !q.states.is_empty() {
                 cond = cond.add(C::State.is_in(q.states.iter().map(|s| s.as_str())));
             }
         }

@@ -120,7 +120,7 @@ fn live() -> Vec<TokenState> {
 // ---------------------------------------------------------------------------
 
 pub struct Case {
-    pub what: &'static str,
+    pub what: String,
     pub query: SearchQuery,
     /// Acceptable driving indexes on SQLite / PostgreSQL.
     pub sqlite: &'static [&'static str],
@@ -144,9 +144,9 @@ pub fn cases() -> Vec<Case> {
         "idx_tokens_account_created",
         "idx_tokens_account_owner_created",
     ];
-    vec![
+    let first_pages = vec![
         Case {
-            what: "account (admin's own), default states",
+            what: "account (admin's own), default states".into(),
             query: q(&acme),
             sqlite: tokens_account,
             // PostgreSQL may read the platform-wide created index newest
@@ -158,7 +158,7 @@ pub fn cases() -> Vec<Case> {
             ],
         },
         Case {
-            what: "account + one state + created range",
+            what: "account + one state + created range".into(),
             query: SearchQuery {
                 account_id: Some("acme".into()),
                 states: vec![TokenState::Disabled],
@@ -170,7 +170,7 @@ pub fn cases() -> Vec<Case> {
             pg: tokens_account,
         },
         Case {
-            what: "account + owner + state + created range (the account's first page)",
+            what: "account + owner + state + created range (the account's first page)".into(),
             query: SearchQuery {
                 owner_id: Some("owner7".into()),
                 states: vec![TokenState::Active],
@@ -181,7 +181,7 @@ pub fn cases() -> Vec<Case> {
             pg: tokens_account,
         },
         Case {
-            what: "owner across accounts (platform), default states",
+            what: "owner across accounts (platform), default states".into(),
             query: SearchQuery {
                 owner_id: Some("owner7".into()),
                 ..q(&everything)
@@ -190,7 +190,7 @@ pub fn cases() -> Vec<Case> {
             pg: &["idx_tokens_owner_created"],
         },
         Case {
-            what: "platform-wide, default states, created range",
+            what: "platform-wide, default states, created range".into(),
             query: SearchQuery {
                 created_after: Some(now - Duration::hours(3)),
                 ..q(&everything)
@@ -199,7 +199,7 @@ pub fn cases() -> Vec<Case> {
             pg: &["idx_tokens_created", "idx_tokens_account_state_created"],
         },
         Case {
-            what: "account + name (rare)",
+            what: "account + name (rare)".into(),
             query: SearchQuery {
                 name_contains: Some("00042".into()),
                 ..q(&acme)
@@ -208,7 +208,7 @@ pub fn cases() -> Vec<Case> {
             pg: &["idx_tokens_name_fold_trgm"],
         },
         Case {
-            what: "account + name (non-ASCII, other case)",
+            what: "account + name (non-ASCII, other case)".into(),
             query: SearchQuery {
                 name_contains: Some("STRAẞE 0001".into()),
                 ..q(&acme)
@@ -223,7 +223,7 @@ pub fn cases() -> Vec<Case> {
             ],
         },
         Case {
-            what: "platform-wide name (operator)",
+            what: "platform-wide name (operator)".into(),
             query: SearchQuery {
                 name_contains: Some("ffee 0004".into()),
                 ..q(&everything)
@@ -232,7 +232,7 @@ pub fn cases() -> Vec<Case> {
             pg: &["idx_tokens_name_fold_trgm"],
         },
         Case {
-            what: "account + name of 2 characters (below trigram reach: ordered walk)",
+            what: "account + name of 2 characters (below trigram reach: ordered walk)".into(),
             query: SearchQuery {
                 name_contains: Some("ïc".into()),
                 ..q(&acme)
@@ -241,7 +241,7 @@ pub fn cases() -> Vec<Case> {
             pg: tokens_account,
         },
         Case {
-            what: "account + module",
+            what: "account + module".into(),
             query: SearchQuery {
                 module: Some("storage:*".into()),
                 ..q(&acme)
@@ -250,7 +250,7 @@ pub fn cases() -> Vec<Case> {
             pg: &["token_modules_pkey"],
         },
         Case {
-            what: "account + module + owner + created range",
+            what: "account + module + owner + created range".into(),
             query: SearchQuery {
                 module: Some("billing:write".into()),
                 owner_id: Some("owner3".into()),
@@ -261,7 +261,7 @@ pub fn cases() -> Vec<Case> {
             pg: &["token_modules_pkey"],
         },
         Case {
-            what: "module platform-wide",
+            what: "module platform-wide".into(),
             query: SearchQuery {
                 module: Some("billing:read".into()),
                 ..q(&everything)
@@ -270,7 +270,7 @@ pub fn cases() -> Vec<Case> {
             pg: &["idx_token_modules_module"],
         },
         Case {
-            what: "account + name + module",
+            what: "account + name + module".into(),
             query: SearchQuery {
                 name_contains: Some("deploy".into()),
                 module: Some("svc:read".into()),
@@ -280,7 +280,7 @@ pub fn cases() -> Vec<Case> {
             pg: &["idx_tokens_name_fold_trgm", "token_modules_pkey"],
         },
         Case {
-            what: "token value (id)",
+            what: "token value (id)".into(),
             query: SearchQuery {
                 id: Some(TokenId::parse("0123456789abcdef").unwrap()),
                 ..q(&acme)
@@ -288,7 +288,25 @@ pub fn cases() -> Vec<Case> {
             sqlite: &["sqlite_autoindex_tokens_1"],
             pg: &["tokens_pkey"],
         },
-    ]
+    ];
+    // Each again on a later page (a page token: the keyset cursor).
+    let cursor = TokenCursor {
+        created_at: now - Duration::hours(2),
+        id: TokenId::parse("xxxxxxxxxxxx0100").unwrap(),
+    };
+    let later_pages: Vec<Case> = first_pages
+        .iter()
+        .map(|c| Case {
+            what: format!("{}, later page", c.what),
+            query: SearchQuery {
+                after: Some(cursor),
+                ..c.query.clone()
+            },
+            sqlite: c.sqlite,
+            pg: c.pg,
+        })
+        .collect();
+    first_pages.into_iter().chain(later_pages).collect()
 }
 
 /// SQLite: `Err` unless the plan uses one of `indexes` and never scans a
@@ -587,7 +605,7 @@ async fn totals_and_write_paths(app: &TestApp) {
     );
     assert_eq!(all_pages(app, req("", "billing:read")).await.1, Some(1));
     assert_eq!(all_pages(app, req("", "storage:*")).await.1, Some(2));
-    // A state change reaches the module index's copy of the state.
+    // A module search sees state changes (the token's own state).
     c.set_state(authed(
         &app.platform,
         pb::SetStateRequest {

@@ -497,7 +497,6 @@ async fn baseline_copy(url: &str, baseline_url: &str) {
             "tokens_modules_insert",
             "tokens_modules_delete",
             "tokens_modules_update",
-            "tokens_modules_state",
         ] {
             db.execute_unprepared(&format!("DROP TRIGGER {trigger}"))
                 .await
@@ -519,7 +518,6 @@ async fn baseline_copy(url: &str, baseline_url: &str) {
         db.execute_unprepared(
             "DROP TRIGGER tokens_modules_write ON tokens; \
              DROP TRIGGER tokens_modules_update ON tokens; \
-             DROP TRIGGER tokens_modules_state ON tokens; \
              DROP INDEX idx_tokens_name_fold_trgm; \
              CREATE INDEX idx_tokens_name_trgm ON tokens USING gin (lower(name) gin_trgm_ops); \
              VACUUM ANALYZE tokens",

@@ -8,8 +8,9 @@
 //!   FTS5's (`store::fold`), indexed with pg_trgm; it replaces the index on
 //!   `lower(name)`, whose result depended on the database's locale.
 //! - **Module filter.** `token_modules`: one row per (token, module) with the
-//!   token's account, creation time, id and state, maintained by triggers;
-//!   its keys list a module's tokens newest first, per account or platform-wide.
+//!   token's account, creation time and id, maintained by triggers; its keys
+//!   list a module's tokens newest first, per account or platform-wide. It
+//!   holds nothing that SetState changes, so a state change costs no upkeep.
 //!
 //! Both are backfilled from existing rows here.
 
@@ -42,13 +43,12 @@ const SQLITE: &[&str] = &[
         module TEXT NOT NULL,
         created_at TEXT NOT NULL,
         token_id TEXT NOT NULL,
-        state TEXT NOT NULL,
         PRIMARY KEY (account_id, module, created_at, token_id)
      ) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS idx_token_modules_module ON token_modules (module, created_at, token_id, state)",
+    "CREATE INDEX IF NOT EXISTS idx_token_modules_module ON token_modules (module, created_at, token_id)",
     "CREATE TRIGGER IF NOT EXISTS tokens_modules_insert AFTER INSERT ON tokens BEGIN
-        INSERT OR REPLACE INTO token_modules (account_id, module, created_at, token_id, state)
-        SELECT DISTINCT new.account_id, value, new.created_at, new.id, new.state FROM json_each(new.modules);
+        INSERT OR REPLACE INTO token_modules (account_id, module, created_at, token_id)
+        SELECT DISTINCT new.account_id, value, new.created_at, new.id FROM json_each(new.modules);
      END",
     "CREATE TRIGGER IF NOT EXISTS tokens_modules_delete AFTER DELETE ON tokens BEGIN
         DELETE FROM token_modules WHERE account_id = old.account_id
@@ -61,17 +61,11 @@ const SQLITE: &[&str] = &[
         DELETE FROM token_modules WHERE account_id = old.account_id
             AND module IN (SELECT value FROM json_each(old.modules))
             AND created_at = old.created_at AND token_id = old.id;
-        INSERT OR REPLACE INTO token_modules (account_id, module, created_at, token_id, state)
-        SELECT DISTINCT new.account_id, value, new.created_at, new.id, new.state FROM json_each(new.modules);
+        INSERT OR REPLACE INTO token_modules (account_id, module, created_at, token_id)
+        SELECT DISTINCT new.account_id, value, new.created_at, new.id FROM json_each(new.modules);
      END",
-    "CREATE TRIGGER IF NOT EXISTS tokens_modules_state AFTER UPDATE OF state ON tokens
-     WHEN old.state IS NOT new.state BEGIN
-        UPDATE token_modules SET state = new.state WHERE account_id = new.account_id
-            AND module IN (SELECT value FROM json_each(new.modules))
-            AND created_at = new.created_at AND token_id = new.id;
-     END",
-    "INSERT OR IGNORE INTO token_modules (account_id, module, created_at, token_id, state)
-     SELECT DISTINCT t.account_id, m.value, t.created_at, t.id, t.state FROM tokens AS t, json_each(t.modules) AS m",
+    "INSERT OR IGNORE INTO token_modules (account_id, module, created_at, token_id)
+     SELECT DISTINCT t.account_id, m.value, t.created_at, t.id FROM tokens AS t, json_each(t.modules) AS m",
 ];
 
 /// PostgreSQL, after `tokend_fold()` is created (the whole migration runs in
@@ -84,10 +78,9 @@ const POSTGRES: &[&str] = &[
         module varchar(64) NOT NULL,
         created_at timestamptz NOT NULL,
         token_id varchar(16) NOT NULL,
-        state varchar(16) NOT NULL,
-        PRIMARY KEY (account_id, module, created_at, token_id) INCLUDE (state)
+        PRIMARY KEY (account_id, module, created_at, token_id)
      )",
-    "CREATE INDEX IF NOT EXISTS idx_token_modules_module ON token_modules (module, created_at, token_id) INCLUDE (account_id, state)",
+    "CREATE INDEX IF NOT EXISTS idx_token_modules_module ON token_modules (module, created_at, token_id) INCLUDE (account_id)",
     "CREATE OR REPLACE FUNCTION tokend_token_modules() RETURNS trigger LANGUAGE plpgsql AS $$
      BEGIN
         IF TG_OP IN ('UPDATE', 'DELETE') THEN
@@ -96,18 +89,11 @@ const POSTGRES: &[&str] = &[
                 AND created_at = OLD.created_at AND token_id = OLD.id;
         END IF;
         IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            INSERT INTO token_modules (account_id, module, created_at, token_id, state)
-            SELECT DISTINCT NEW.account_id, m, NEW.created_at, NEW.id, NEW.state
+            INSERT INTO token_modules (account_id, module, created_at, token_id)
+            SELECT DISTINCT NEW.account_id, m, NEW.created_at, NEW.id
             FROM jsonb_array_elements_text(NEW.modules::jsonb) AS m
-            ON CONFLICT (account_id, module, created_at, token_id) DO UPDATE SET state = EXCLUDED.state;
+            ON CONFLICT DO NOTHING;
         END IF;
-        RETURN NULL;
-     END $$",
-    "CREATE OR REPLACE FUNCTION tokend_token_modules_state() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN
-        UPDATE token_modules SET state = NEW.state WHERE account_id = NEW.account_id
-            AND module IN (SELECT jsonb_array_elements_text(NEW.modules::jsonb))
-            AND created_at = NEW.created_at AND token_id = NEW.id;
         RETURN NULL;
      END $$",
     "DROP TRIGGER IF EXISTS tokens_modules_write ON tokens",
@@ -118,12 +104,8 @@ const POSTGRES: &[&str] = &[
      FOR EACH ROW WHEN (OLD.account_id IS DISTINCT FROM NEW.account_id OR OLD.modules IS DISTINCT FROM NEW.modules
         OR OLD.created_at IS DISTINCT FROM NEW.created_at OR OLD.id IS DISTINCT FROM NEW.id)
      EXECUTE FUNCTION tokend_token_modules()",
-    "DROP TRIGGER IF EXISTS tokens_modules_state ON tokens",
-    "CREATE TRIGGER tokens_modules_state AFTER UPDATE OF state ON tokens
-     FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
-     EXECUTE FUNCTION tokend_token_modules_state()",
-    "INSERT INTO token_modules (account_id, module, created_at, token_id, state)
-     SELECT DISTINCT t.account_id, m, t.created_at, t.id, t.state
+    "INSERT INTO token_modules (account_id, module, created_at, token_id)
+     SELECT DISTINCT t.account_id, m, t.created_at, t.id
      FROM tokens AS t CROSS JOIN LATERAL jsonb_array_elements_text(t.modules::jsonb) AS m
      ON CONFLICT DO NOTHING",
 ];
