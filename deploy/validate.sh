@@ -100,6 +100,7 @@ for (kind, name), (fname, doc) in objs.items():
 get("Namespace", "tokend")
 cm = get("ConfigMap", "tokend-config")
 secret = get("Secret", "tokend-database")
+key_secret = get("Secret", "tokend-verifier-key")
 dep = get("Deployment", "tokend")
 job = get("Job", "tokend-migrate")
 svc = get("Service", "tokend")
@@ -118,6 +119,10 @@ if cm:
         err("ConfigMap TOKEND_LISTEN must be 0.0.0.0:50051")
 if secret and "TOKEND_DATABASE_URL" not in (secret.get("stringData") or {}):
     err("Secret tokend-database must carry TOKEND_DATABASE_URL in stringData")
+if key_secret and "verifier.key" not in (key_secret.get("stringData") or {}):
+    err("Secret tokend-verifier-key must carry verifier.key in stringData")
+if cm and "TOKEND_VERIFIER_KEY_FILE" not in cm["data"]:
+    err("ConfigMap must set TOKEND_VERIFIER_KEY_FILE (PostgreSQL refuses to start without a key)")
 
 def check_pod(kind, spec, want_env_from=True):
     sc = spec.get("securityContext", {})
@@ -170,6 +175,18 @@ if dep:
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
     if env.get("TOKEND_DRAIN_DELAY") != "10s":
         err("Deployment must set TOKEND_DRAIN_DELAY=10s")
+    key_file = (cm or {}).get("data", {}).get("TOKEND_VERIFIER_KEY_FILE", "")
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    key_vol = vols.get("verifier-key", {}).get("secret", {})
+    if key_vol.get("secretName") != "tokend-verifier-key":
+        err("Deployment must mount the tokend-verifier-key Secret as volume verifier-key")
+    elif not key_file.startswith(mounts.get("verifier-key", {}).get("mountPath", "?") + "/"):
+        err("TOKEND_VERIFIER_KEY_FILE must lie in the verifier-key volume's mountPath")
+    elif mounts["verifier-key"].get("readOnly") is not True:
+        err("the verifier-key volume must be mounted readOnly")
+    if key_vol.get("defaultMode", 0o644) & 0o007:
+        err("the verifier key file must not be world-readable (defaultMode)")
     grace = pod.get("terminationGracePeriodSeconds", 30)
     if grace <= 10:
         err("terminationGracePeriodSeconds must exceed TOKEND_DRAIN_DELAY")

@@ -2,14 +2,16 @@
 //! clap does the layering, so `--help` documents every setting with its
 //! environment variable and default.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     manage::Policy,
     store::StoreConfig,
-    validation::{cache::CacheConfig, coherence::CoherenceConfig, hasher::HasherConfig},
+    validation::{
+        cache::CacheConfig, coherence::CoherenceConfig, hasher::HasherConfig, warm::WarmConfig,
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -37,6 +39,13 @@ pub enum Command {
         #[arg(long)]
         owner: String,
     },
+    /// Print a new verifier key line for a key file (`--verifier-key-file`).
+    /// Put it first to make it current; keep the old line below it until
+    /// `tokend key-status` shows no token under the old key.
+    Keygen,
+    /// Show how many live tokens have their verifier under each key (and how
+    /// many have none yet), to know when a retired key can be dropped.
+    KeyStatus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,6 +186,24 @@ pub struct Config {
     /// PostgreSQL: how long change-log rows are kept.
     #[arg(long, env = "TOKEND_CHANGE_RETENTION", default_value = "10m", value_parser = duration, global = true)]
     pub change_retention: Duration,
+    /// File of verifier keys, one `[<id>:]<64 hex digits>` line each (`tokend
+    /// keygen` makes one); the first is current, the others still verify. Not
+    /// in the database: back it up separately. Required on PostgreSQL; on
+    /// SQLite, `tokend.key` beside the database file is created when unset.
+    #[arg(long, env = "TOKEND_VERIFIER_KEY_FILE", global = true)]
+    pub verifier_key_file: Option<PathBuf>,
+    /// Load the Validate cache from the store at start-up, before reporting SERVING.
+    #[arg(long, env = "TOKEND_WARM_START", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub warm_start: bool,
+    /// Most tokens the warm start loads (default: the cache capacity).
+    #[arg(long, env = "TOKEND_WARM_START_MAX", global = true)]
+    pub warm_start_max: Option<usize>,
+    /// The warm start loads tokens used (or, never used, created) this recently.
+    #[arg(long, env = "TOKEND_WARM_START_LOOKBACK", default_value = "30d", value_parser = duration, global = true)]
+    pub warm_start_lookback: Duration,
+    /// Past this the warm start stops and the server reports SERVING with what it loaded.
+    #[arg(long, env = "TOKEND_WARM_START_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
+    pub warm_start_timeout: Duration,
     /// Health turns NOT_SERVING once the store has been unreachable this long.
     #[arg(long, env = "TOKEND_STORE_UNHEALTHY_AFTER", default_value = "3s", value_parser = duration, global = true)]
     pub store_unhealthy_after: Duration,
@@ -233,6 +260,15 @@ impl Config {
             poll_interval: self.change_poll_interval,
             lookback: self.change_lookback,
             retention: self.change_retention,
+        }
+    }
+
+    pub fn warm(&self) -> WarmConfig {
+        WarmConfig {
+            enabled: self.warm_start,
+            max_tokens: self.warm_start_max.unwrap_or(self.cache_capacity),
+            lookback: self.warm_start_lookback,
+            timeout: self.warm_start_timeout,
         }
     }
 

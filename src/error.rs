@@ -27,6 +27,9 @@ pub enum Error {
     Database(#[from] sea_orm::DbErr),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Start-up configuration that cannot work (never a request's fault).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -115,7 +118,7 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "database error");
                 Status::internal("internal error")
             }
-            Error::Internal(m) => {
+            Error::Internal(m) | Error::Config(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error")
             }

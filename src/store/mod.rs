@@ -8,6 +8,8 @@
 //! - `search`: Search and its total, served from indexes; `fold`: its case folding.
 //! - `events`: the audit-trail listing.
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
+//! - `import`: bulk import of tokens with their audit events.
+//! - `verifiers`: verifier write-behind, per-key counts, the warm-start read.
 //!
 //! Every mutation commits in one transaction together with its audit event.
 //! Every call is bounded by the configured store timeout, so an unreachable
@@ -18,9 +20,11 @@ mod convert;
 pub mod entities;
 mod events;
 pub mod fold;
+mod import;
 pub mod migration;
 mod search;
 mod tokens;
+mod verifiers;
 
 use std::{
     future::Future,
@@ -38,6 +42,7 @@ pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeRow};
 pub use events::EventQuery;
 pub use search::{FTS_DRIVE_MAX, SearchPlans, SearchQuery};
 pub use tokens::Change;
+pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 
 use crate::error::{Error, Result};
 
@@ -146,6 +151,25 @@ impl Store {
     /// Number of SQL statements executed so far (for tests and metrics).
     pub fn statements_executed(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
+    }
+
+    /// Whether other processes may share this store (PostgreSQL): a missing
+    /// verifier key there is an error, since replicas must share one.
+    pub fn is_shared(&self) -> bool {
+        self.backend() == DbBackend::Postgres
+    }
+
+    /// The database file of a SQLite URL (none for PostgreSQL or in-memory
+    /// SQLite): where `tokend.key` is kept beside it.
+    pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+        use std::str::FromStr;
+        if !url.starts_with("sqlite:") {
+            return None;
+        }
+        let options = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+        let path = options.get_filename();
+        let text = path.to_string_lossy();
+        (!text.is_empty() && !text.contains(":memory:")).then(|| path.to_path_buf())
     }
 
     pub fn backend(&self) -> DbBackend {

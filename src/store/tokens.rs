@@ -1,12 +1,11 @@
 //! Token queries: lookups and the transactional write paths (each commits the
-//! change, its audit event and the owner's live-token count together), and the
-//! bulk import.
+//! change, its audit event and the owner's live-token count together).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Iterable, QueryFilter,
-    QuerySelect, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
     sea_query::{CaseStatement, Expr, ExprTrait, OnConflict},
 };
 
@@ -16,7 +15,7 @@ use super::{
     entities::{owner_quota, token, token_event},
 };
 use crate::{
-    domain::{NewEvent, Token, TokenId, TokenState},
+    domain::{NewEvent, Token, TokenId},
     error::{Error, Result},
 };
 
@@ -134,67 +133,6 @@ impl Store {
                     Ok((token, true))
                 }
             }
-        })
-        .await
-    }
-
-    /// Bulk import: inserts `tokens` (new ids) in one transaction, in
-    /// multi-row statements, and adds their live ones to their owners'
-    /// live-token counts. No per-owner limit is applied and no audit event or
-    /// change-log row is written: this is for seeding and imports, not a
-    /// service mutation. The search indexes follow through the database's own
-    /// triggers and indexes, as for any write.
-    pub async fn import_tokens(&self, tokens: &[Token]) -> Result<()> {
-        // SQLite allows 32,766 bound values per statement; PostgreSQL 65,535.
-        let columns = token::Column::iter().count().max(1);
-        let rows_per_statement = (30_000 / columns).max(1);
-        let mut live: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
-        for t in tokens {
-            if t.state != TokenState::Revoked {
-                *live
-                    .entry((t.account_id.as_str(), t.owner_id.as_str()))
-                    .or_default() += 1;
-            }
-        }
-        self.bounded(async {
-            let _serialised = self.write_guard().await;
-            let txn = self.db.begin().await?;
-            for chunk in tokens.chunks(rows_per_statement) {
-                let models = chunk
-                    .iter()
-                    .map(token_to_active)
-                    .collect::<Result<Vec<_>>>()?;
-                token::Entity::insert_many(models)
-                    .exec_without_returning(&txn)
-                    .await?;
-            }
-            let quotas: Vec<_> = live
-                .iter()
-                .map(|((account, owner), n)| owner_quota::ActiveModel {
-                    account_id: Set((*account).to_owned()),
-                    owner_id: Set((*owner).to_owned()),
-                    live_tokens: Set(*n),
-                })
-                .collect();
-            for chunk in quotas.chunks(5000) {
-                owner_quota::Entity::insert_many(chunk.to_vec())
-                    .on_conflict(
-                        OnConflict::columns([
-                            owner_quota::Column::AccountId,
-                            owner_quota::Column::OwnerId,
-                        ])
-                        .value(
-                            owner_quota::Column::LiveTokens,
-                            Expr::col((owner_quota::Entity, owner_quota::Column::LiveTokens))
-                                .add(Expr::cust("excluded.live_tokens")),
-                        )
-                        .to_owned(),
-                    )
-                    .exec_without_returning(&txn)
-                    .await?;
-            }
-            txn.commit().await?;
-            Ok(())
         })
         .await
     }

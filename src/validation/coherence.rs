@@ -44,14 +44,19 @@ pub struct CoherenceConfig {
     pub retention: Duration,
 }
 
-/// Runs until `shutdown`; a no-op on SQLite (one replica only).
+/// Runs until `shutdown`; a no-op on SQLite (one replica only: every change
+/// goes through this process). `following` is signalled once changes are
+/// followed, i.e. every change committed from then on will be applied: the
+/// warm start waits for it.
 pub async fn run(
     store: Arc<Store>,
     validator: Arc<Validator>,
     config: CoherenceConfig,
+    following: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) {
     if store.backend() != DbBackend::Postgres {
+        let _ = following.send(());
         return;
     }
     let kick = Arc::new(Notify::new());
@@ -63,7 +68,7 @@ pub async fn run(
         Arc::clone(&seen),
         shutdown.clone(),
     ));
-    poll(store, validator, config, kick, seen, shutdown).await;
+    poll(store, validator, config, kick, seen, following, shutdown).await;
     let _ = listener.await;
 }
 
@@ -141,10 +146,11 @@ async fn poll(
     config: CoherenceConfig,
     kick: Arc<Notify>,
     seen: Arc<Seen>,
+    following: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) {
-    // Start from the log's current end: the cache is empty at start-up, so the
-    // past needs no replay.
+    // Start from the log's current end: the cache is empty at start-up, and
+    // the warm start, which begins after this, reads the rows as they are.
     let mut high = loop {
         match store.last_change_seq().await {
             Ok(seq) => break seq,
@@ -155,6 +161,7 @@ async fn poll(
             () = tokio::time::sleep(config.poll_interval) => {}
         }
     };
+    let _ = following.send(());
     // Sequence numbers skipped so far: a transaction still in flight may
     // commit them later (or they were rolled back; they expire after `lookback`).
     let mut gaps: BTreeMap<i64, Instant> = BTreeMap::new();

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::backfill::VerifierBackfill;
 use crate::{domain::TokenId, store::Store};
 
 const SHARDS: usize = 16;
@@ -83,9 +84,11 @@ impl UsageRecorder {
     }
 }
 
-/// Flushes every `interval` until `shutdown`, then once more.
+/// Flushes last-used times and written-behind verifiers every `interval`
+/// until `shutdown`, then once more.
 pub async fn run_flusher(
     usage: Arc<UsageRecorder>,
+    backfill: Arc<VerifierBackfill>,
     store: Arc<Store>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -96,11 +99,15 @@ pub async fn run_flusher(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => { usage.flush(&store).await; }
+            _ = ticker.tick() => {
+                usage.flush(&store).await;
+                backfill.flush(&store).await;
+            }
             () = shutdown.cancelled() => break,
         }
     }
     let written = usage.flush(&store).await;
+    backfill.flush(&store).await;
     tracing::debug!(written, "final last-used flush");
 }
 

@@ -16,3 +16,4 @@ mod reasons;
 mod search;
 mod search_index;
 mod smoke;
+mod verifier;

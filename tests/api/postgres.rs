@@ -80,20 +80,20 @@ pub(crate) async fn drop_database(url: &str) {
     }
 }
 
-async fn sql_conn(url: &str) -> PgConnection {
+pub(crate) async fn sql_conn(url: &str) -> PgConnection {
     PgConnection::connect(url)
         .await
         .expect("connect to PostgreSQL")
 }
 
-async fn exec(conn: &mut PgConnection, sql: &str) {
+pub(crate) async fn exec(conn: &mut PgConnection, sql: &str) {
     sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
         .execute(&mut *conn)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-async fn query_strings(conn: &mut PgConnection, sql: &str) -> Vec<String> {
+pub(crate) async fn query_strings(conn: &mut PgConnection, sql: &str) -> Vec<String> {
     sqlx::query(AssertSqlSafe(sql.to_owned()))
         .fetch_all(&mut *conn)
         .await

@@ -13,7 +13,12 @@ use proptest::prelude::*;
 use sea_orm::{ConnectionTrait, Database};
 use sea_orm_migration::MigratorTrait;
 use tokend::{
-    domain::{Token, TokenId, TokenState, page::TokenCursor, privilege::Scope, token::SecretHash},
+    domain::{
+        Token, TokenId, TokenState,
+        page::TokenCursor,
+        privilege::Scope,
+        token::{Actor, SecretHash},
+    },
     pb,
     store::{SearchQuery, Store, StoreConfig, fold},
 };
@@ -59,6 +64,7 @@ pub fn token(
         state,
         state_reason: String::new(),
         secret_hash: SecretHash::new(PHC.into()),
+        verifier: None,
         previous_secret: None,
         hint: "hint".into(),
         created_at,
@@ -109,6 +115,14 @@ pub fn fixture(n: usize) -> Vec<Token> {
             )
         })
         .collect()
+}
+
+/// Who the fixtures' `issued` events name.
+fn importer() -> Actor {
+    Actor {
+        token_id: "search-tests".into(),
+        owner_id: "tests".into(),
+    }
 }
 
 fn live() -> Vec<TokenState> {
@@ -334,7 +348,10 @@ fn check_sqlite_plan(what: &str, lines: &[String], indexes: &[&str]) -> Result<(
 #[tokio::test]
 async fn every_listed_filter_combination_is_index_served_on_sqlite() {
     let app = spawn_app().await;
-    app.store.import_tokens(&fixture(3000)).await.unwrap();
+    app.store
+        .import_tokens(&fixture(3000), &importer(), "search fixture")
+        .await
+        .unwrap();
     let mut failures = Vec::new();
     for case in cases() {
         let plans = app
@@ -976,7 +993,8 @@ fn index_backed_search_equals_brute_force(url: &str) {
                     )
                 })
                 .collect();
-            rt.block_on(store.import_tokens(&new)).unwrap();
+            rt.block_on(store.import_tokens(&new, &importer(), "property test"))
+                .unwrap();
             all.borrow_mut().extend(new);
             for p in probes {
                 let scope = match p.scope {

@@ -1,6 +1,6 @@
-//! The hot path: cache-hit Validate against Health/Check in interleaved
-//! rounds, the wrong-secret and mixed floods, and the cost of a miss after a
-//! restart.
+//! The whole run: cache-hit Validate against Health/Check in interleaved
+//! rounds and the wrong-secret and mixed floods (here), then the restart
+//! phase (`restart`) and memory per cached token (`memory`), and one summary.
 
 use std::{fs, io::Write, time::Instant};
 
@@ -23,8 +23,7 @@ pub async fn run(quick: bool) {
     } else {
         (ROUNDS, FLOOD_ROUNDS)
     };
-    let dir_buf = std::env::temp_dir().join(format!("tokend-bench-{}", std::process::id()));
-    fs::create_dir_all(&dir_buf).expect("temp dir");
+    let dir_buf = crate::scratch_dir();
     let dir = dir_buf.as_path();
     println!(
         "tokend-bench: {seconds} s per measurement (+{WARM_UP_SECONDS} s warm-up), {LOAD_PROCESSES} h2load processes x 1 connection x {STREAMS} streams"
@@ -239,60 +238,7 @@ pub async fn run(quick: bool) {
     }
     println!("server: {}", server.stop());
 
-    println!(
-        "\n== Cache-miss cost: first Validate per token after a restart (cold cache), sequential"
-    );
-    let server = start_server(dir, "cold").await;
-    let mut client = server.client().await;
-    let sample = if quick { 20 } else { 100 };
-    let mut first = Vec::new();
-    let mut second = Vec::new();
-    // Warm the caller credential itself first (it is one miss too).
-    client
-        .validate(authed(
-            &caller,
-            pb::ValidateRequest {
-                token: hot[0].clone(),
-                required_modules: vec![],
-            },
-        ))
-        .await
-        .expect("validate");
-    for value in hot.iter().skip(1).take(sample) {
-        for times in [&mut first, &mut second] {
-            let t = Instant::now();
-            let v = client
-                .validate(authed(
-                    &caller,
-                    pb::ValidateRequest {
-                        token: value.clone(),
-                        required_modules: vec![],
-                    },
-                ))
-                .await
-                .expect("validate")
-                .into_inner();
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-            assert!(v.valid);
-        }
-    }
-    let summary = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        (
-            v.iter().sum::<f64>() / v.len() as f64,
-            v[v.len() / 2],
-            v[(v.len() * 99 / 100).min(v.len() - 1)],
-        )
-    };
-    let (m1, p1, q1) = summary(&mut first);
-    let (m2, p2, q2) = summary(&mut second);
-    println!(
-        "first Validate (miss: 1 store read + 1 argon2id):  mean {m1:.2} ms  p50 {p1:.2} ms  p99 {q1:.2} ms  (n={sample})"
-    );
-    println!(
-        "second Validate (hit):                             mean {m2:.3} ms  p50 {p2:.3} ms  p99 {q2:.3} ms"
-    );
-    println!("server: {}", server.stop());
+    let restart = crate::restart::run(quick, dir).await;
 
     println!("\n== Memory: 1,000,000 cached tokens, in a fresh process");
     let per_token = memory_in_child();
@@ -316,6 +262,7 @@ pub async fn run(quick: bool) {
         "{:<56} {per_token:.0}  target <= 512",
         "bytes per cached token (RSS growth / entries)"
     );
+    crate::restart::summarise(&restart);
     let _ = std::io::stdout().flush();
     let _ = fs::remove_dir_all(dir);
 }

@@ -7,14 +7,20 @@
 //! `nghttp2-client`), an independent HTTP/2 load generator: gRPC bodies are
 //! framed by hand and sent with `-d`. Each phase is a module of its own:
 //!
-//! - `hot`: cache-hit Validate vs Health/Check, floods, miss cost;
+//! - `hot`: cache-hit Validate vs Health/Check and floods (and the whole run);
+//! - `restart`: Validate through restarts, miss latency, start-up with a
+//!   million tokens, a flood on a cold id;
 //! - `memory`: memory per cached token, in a child process;
 //! - `search`: Search at a million tokens (SQLite, and PostgreSQL with
 //!   `--postgres URL`) and the write cost of the search indexes.
 //!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
+//!        `target/release/tokend-bench restart [--quick]`
+//!        `target/release/tokend-bench startup [TOKENS]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
-//!        `target/release/tokend-bench search [--postgres URL]`
+//!        `target/release/tokend-bench search [--postgres URL]` (or the variable below)
+//! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
+//! adds the PostgreSQL figures: a fresh database is made beside that one.
 //!
 //! Every figure it prints is a measurement of this run; nothing is assumed.
 
@@ -23,8 +29,10 @@
 mod hot;
 mod load;
 mod memory;
+mod restart;
 mod search;
 mod server;
+mod startup;
 
 use std::process::ExitCode;
 
@@ -46,7 +54,8 @@ fn main() -> ExitCode {
         let postgres = args
             .iter()
             .position(|a| a == "--postgres")
-            .and_then(|i| args.get(i + 1).cloned());
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| std::env::var("TOKEND_BENCH_POSTGRES_URL").ok());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -61,6 +70,33 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(hot::run(quick));
+    match args.first().map(String::as_str) {
+        Some("startup") => rt.block_on(async {
+            let n = args
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1_000_000);
+            let dir = scratch_dir();
+            let figures = startup::run(&dir, n).await;
+            println!("\n== Summary");
+            startup::summarise(&figures);
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+        Some("restart") => rt.block_on(async {
+            let dir = scratch_dir();
+            let figures = restart::run(quick, &dir).await;
+            println!("\n== Summary");
+            restart::summarise(&figures);
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+        _ => rt.block_on(hot::run(quick)),
+    }
     ExitCode::SUCCESS
+}
+
+/// A fresh folder for this run's databases and logs.
+fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokend-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }

@@ -20,14 +20,18 @@ use chrono::Utc;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sea_orm::{ConnectionTrait, Database};
 use tokend::{
-    domain::{Token, TokenId, TokenState, token::SecretHash},
+    domain::{
+        Token, TokenId, TokenState,
+        token::{Actor, SecretHash},
+    },
     pb,
     store::{Store, StoreConfig},
 };
 
 use crate::{
     load::{median, summary_line},
-    server::{Server, authed, bootstrap_url, start_server_on},
+    restart::write_key_file,
+    server::{Server, authed, bootstrap_on, start_server_on},
 };
 
 const BIG_ACCOUNT: &str = "bigcorp";
@@ -129,13 +133,18 @@ pub async fn run(postgres: Option<String>) {
     let mut all = Vec::new();
     let sqlite = format!("sqlite://{}?mode=rwc", dir.join("search.db").display());
     let baseline = format!("sqlite://{}?mode=rwc", dir.join("baseline.db").display());
-    all.push(backend("SQLite", &sqlite, &baseline, dir).await);
+    // SQLite: the server makes its verifier key file beside the database.
+    all.push(backend("SQLite", &sqlite, &baseline, dir, &[]).await);
     if let Some(base) = postgres {
         let (with, without) = (
             pg_database(&base, "with", true).await,
             pg_database(&base, "without", false).await,
         );
-        all.push(backend("PostgreSQL", &with, &without, dir).await);
+        // PostgreSQL: both stores' servers share one key file.
+        let key_file = dir.join("pg.key");
+        write_key_file(&key_file);
+        let env = [("TOKEND_VERIFIER_KEY_FILE", key_file.display().to_string())];
+        all.push(backend("PostgreSQL", &with, &without, dir, &env).await);
         for url in [&with, &without] {
             drop_pg_database(&base, url).await;
         }
@@ -239,6 +248,10 @@ async fn seed(url: &str) -> Seeded {
     .expect("connect");
     store.migrate().await.expect("migrate");
     let phc = cheap_phc();
+    let actor = Actor {
+        token_id: "tokend-bench".into(),
+        owner_id: "bench".into(),
+    };
     let mut rng = StdRng::seed_from_u64(20261201);
     let now = Utc::now();
     let total = BIG_TOKENS + SMALL_ACCOUNTS * SMALL_TOKENS;
@@ -295,6 +308,7 @@ async fn seed(url: &str) -> Seeded {
             state,
             state_reason: String::new(),
             secret_hash: SecretHash::new(phc.clone()),
+            verifier: None,
             previous_secret: None,
             hint: "hint".into(),
             created_at,
@@ -305,11 +319,17 @@ async fn seed(url: &str) -> Seeded {
             revoked_at: None,
         });
         if batch.len() == BATCH {
-            store.import_tokens(&batch).await.expect("import");
+            store
+                .import_tokens(&batch, &actor, "tokend-bench search seed")
+                .await
+                .expect("import");
             batch.clear();
         }
     }
-    store.import_tokens(&batch).await.expect("import");
+    store
+        .import_tokens(&batch, &actor, "tokend-bench search seed")
+        .await
+        .expect("import");
     println!(
         "seeded {total} tokens ({} in {BIG_ACCOUNT}) through Store::import_tokens in batches of {BATCH} in {:.1} s (secret hash: one argon2id PHC string, m=256 KiB t=1 p=1, computed once)",
         big.len(),
@@ -339,11 +359,17 @@ async fn p50(server: &Server, platform: &str, req: pb::SearchRequest) -> (f64, u
     (median(&times), found.0, found.1)
 }
 
-async fn backend(name: &'static str, url: &str, baseline_url: &str, dir: &Path) -> Figures {
+async fn backend(
+    name: &'static str,
+    url: &str,
+    baseline_url: &str,
+    dir: &Path,
+    env: &[(&str, String)],
+) -> Figures {
     println!("\n== {name}");
     let seeded = seed(url).await;
-    let platform = bootstrap_url(url);
-    let server = start_server_on(url, dir, &format!("search-{name}")).await;
+    let platform = bootstrap_on(url, env);
+    let server = start_server_on(dir, &format!("search-{name}"), url, env).await;
 
     let rare = seeded.big[BIG_TOKENS / 2].1[..5].to_owned();
     let rare_platform = seeded.big[BIG_TOKENS / 3].1[1..6].to_owned();
@@ -470,7 +496,7 @@ async fn backend(name: &'static str, url: &str, baseline_url: &str, dir: &Path) 
     }
     println!("server: {}", server.stop());
 
-    figures.write_ratios = writes(name, url, baseline_url, &seeded, dir).await;
+    figures.write_ratios = writes(name, url, baseline_url, &seeded, dir, env).await;
     figures
 }
 
@@ -641,6 +667,7 @@ async fn writes(
     baseline_url: &str,
     seeded: &Seeded,
     dir: &Path,
+    env: &[(&str, String)],
 ) -> Vec<(&'static str, Vec<f64>)> {
     println!(
         "-- writes: {WRITE_ROUNDS} rounds per write, each round the same calls on both stores back to back (order alternating), {WRITERS} concurrent clients; {WRITES_PER_ROUND} SetState / {WRITES_PER_ROUND} Update (rename) / {ISSUES_PER_ROUND} Issue (default argon2id cost) per store per round, each on tokens not written before"
@@ -651,10 +678,10 @@ async fn writes(
         "copied the store without the upkeep in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let platform = bootstrap_url(url);
-    let platform_base = bootstrap_url(baseline_url);
-    let with = start_server_on(url, dir, &format!("writes-with-{name}")).await;
-    let without = start_server_on(baseline_url, dir, &format!("writes-without-{name}")).await;
+    let platform = bootstrap_on(url, env);
+    let platform_base = bootstrap_on(baseline_url, env);
+    let with = start_server_on(dir, &format!("writes-with-{name}"), url, env).await;
+    let without = start_server_on(dir, &format!("writes-without-{name}"), baseline_url, env).await;
     // Live tokens of the big account, each written once per store.
     let mut live = seeded
         .big

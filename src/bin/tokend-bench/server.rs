@@ -15,6 +15,8 @@ pub struct Server {
     child: Child,
     pub port: u16,
     log: PathBuf,
+    /// From spawning the process to health reporting SERVING.
+    pub ready_after: Duration,
 }
 
 pub fn free_port() -> u16 {
@@ -42,15 +44,16 @@ pub fn database_url(dir: &Path) -> String {
 }
 
 pub fn bootstrap(dir: &Path) -> String {
-    bootstrap_url(&database_url(dir))
+    bootstrap_on(&database_url(dir), &[])
 }
 
-/// `tokend bootstrap` on the database at `url`: a platform token.
-pub fn bootstrap_url(url: &str) -> String {
+/// `tokend bootstrap` on the store at `url`: a platform token.
+pub fn bootstrap_on(url: &str, env: &[(&str, String)]) -> String {
     let out = Command::new(tokend_exe())
         .args(["bootstrap", "--account", "bench", "--owner", "ops"])
         .env("TOKEND_DATABASE_URL", url)
         .env("TOKEND_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stderr(Stdio::inherit())
         .output()
         .expect("run tokend bootstrap");
@@ -62,45 +65,91 @@ pub fn bootstrap_url(url: &str) -> String {
 }
 
 pub async fn start_server(dir: &Path, name: &str) -> Server {
-    start_server_on(&database_url(dir), dir, name).await
+    start_server_on(dir, name, &database_url(dir), &[]).await
 }
 
-/// The release server on the database at `url`, logging into `dir`.
-pub async fn start_server_on(url: &str, dir: &Path, name: &str) -> Server {
+/// Starts `tokend serve` on the store at `url` with extra environment, and
+/// waits (up to 5 minutes) until its health reports SERVING, i.e. after its
+/// warm start; `Server::ready_after` is how long that took.
+pub async fn start_server_on(dir: &Path, name: &str, url: &str, env: &[(&str, String)]) -> Server {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let port = free_port();
     let log = dir.join(format!("{name}.log"));
+    let started = std::time::Instant::now();
     let mut child = Command::new(tokend_exe())
         .arg("serve")
         .env("TOKEND_DATABASE_URL", url)
         .env("TOKEND_LISTEN", format!("127.0.0.1:{port}"))
         .env("TOKEND_MAX_TOKENS_PER_OWNER", "100000")
         .env("TOKEND_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stderr(fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("start tokend");
     let endpoint = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
+    while started.elapsed() < Duration::from_secs(300) {
         if let Ok(channel) = Channel::from_shared(endpoint.clone())
             .expect("uri")
             .connect()
             .await
-            && tonic_health::pb::health_client::HealthClient::new(channel)
-                .check(tonic_health::pb::HealthCheckRequest {
+        {
+            let mut health = HealthClient::new(channel);
+            while let Ok(r) = health
+                .check(HealthCheckRequest {
                     service: String::new(),
                 })
                 .await
-                .is_ok()
-        {
-            return Server { child, port, log };
+            {
+                if r.get_ref().status == ServingStatus::Serving as i32 {
+                    return Server {
+                        child,
+                        port,
+                        log,
+                        ready_after: started.elapsed(),
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("tokend exited ({status}); see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("tokend did not become healthy; see {}", log.display());
+    panic!("tokend did not report SERVING; see {}", log.display());
 }
 
 impl Server {
+    /// The server process's resident set size, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// The server's log so far (colour codes removed).
+    pub fn log(&self) -> String {
+        strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// A number the server printed in its final stats line, e.g.
+    /// `argon2_verifications`, from a line `stop` returned.
+    pub fn stat(line: &str, name: &str) -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {line:?}"))
+    }
+
     /// SIGTERM, wait, and return the server's final stats line.
     pub fn stop(mut self) -> String {
         let _ = Command::new("kill")
