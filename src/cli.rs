@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use secrecy::ExposeSecret;
 
 use crate::{
     config::{Cli, Command, Config},
@@ -71,7 +72,7 @@ async fn key_status(config: &Config) -> Result<()> {
     store.migrate().await?;
     let (keyring, source) = key_file::load(
         config.verifier_key_file.as_deref(),
-        Store::sqlite_file(&config.database_url).as_deref(),
+        Store::sqlite_file(config.database_url.expose_secret()).as_deref(),
         store.is_shared(),
     )?;
     tracing::debug!(?source, "verifier keys");

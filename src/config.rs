@@ -5,10 +5,12 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
 
 use crate::{
     manage::Policy,
     store::StoreConfig,
+    tls::TlsFiles,
     validation::{
         cache::CacheConfig, coherence::CoherenceConfig, hasher::HasherConfig, warm::WarmConfig,
     },
@@ -58,6 +60,12 @@ fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
+/// Held as a secret from the moment it is parsed: a database URL may carry a
+/// password, and `Config`'s `Debug` must not show it.
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
+}
+
 fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -79,10 +87,11 @@ pub struct Config {
         long,
         env = "TOKEND_DATABASE_URL",
         default_value = "sqlite://tokend.db?mode=rwc",
+        value_parser = secret,
         global = true,
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Maximum database connections in the pool.
     #[arg(
         long,
@@ -216,6 +225,25 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "TOKEND_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key).
+    /// Reloaded when the file changes. Without it, gRPC is plaintext.
+    #[arg(long, env = "TOKEND_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Reloaded when the file changes.
+    #[arg(long, env = "TOKEND_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: makes a client certificate signed by it mandatory (mTLS).
+    #[arg(
+        long,
+        env = "TOKEND_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Address of the Prometheus metrics listener (HTTP, path /metrics).
+    /// Off unless set.
+    #[arg(long, env = "TOKEND_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -272,6 +300,18 @@ impl Config {
         }
     }
 
+    /// The TLS files, when TLS is on.
+    pub fn tls(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     pub fn policy(&self) -> Policy {
         Policy {
             prefix: self.token_prefix.clone(),
@@ -311,7 +351,45 @@ mod tests {
             "0.0.0.0:1",
         ]);
         assert!(matches!(cli.command, Some(Command::Bootstrap { .. })));
+        assert!(cli.config.tls().is_none());
+        assert!(cli.config.metrics_listen.is_none());
         assert_eq!(cli.config.max_rotate_grace, Duration::from_secs(3600));
         assert_eq!(cli.config.listen.port(), 1);
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password() {
+        let cli = Cli::parse_from([
+            "tokend",
+            "--database-url",
+            "postgres://tokend:hunter2-s3cret@db:5432/tokend",
+        ]);
+        let shown = format!("{:?}", cli.config);
+        assert!(!shown.contains("hunter2-s3cret"), "{shown}");
+        assert!(shown.contains("database_url"), "{shown}");
+        let store = format!("{:?}", cli.config.store());
+        assert!(!store.contains("hunter2-s3cret"), "{store}");
+        use secrecy::ExposeSecret;
+        assert!(cli.config.database_url.expose_secret().contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        assert!(Cli::try_parse_from(["tokend", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["tokend", "--tls-client-ca", "ca.pem"]).is_err());
+        let cli = Cli::parse_from([
+            "tokend",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-client-ca",
+            "ca.pem",
+            "--metrics-listen",
+            "0.0.0.0:9090",
+        ]);
+        let tls = cli.config.tls().unwrap();
+        assert_eq!(tls.client_ca.unwrap().to_str(), Some("ca.pem"));
+        assert_eq!(cli.config.metrics_listen.unwrap().port(), 9090);
     }
 }

@@ -1,26 +1,39 @@
-//! Wiring and lifecycle. `Application::build` connects the store, runs
-//! migrations, loads the verifier keys, wires the services and binds the
-//! listener (so `port()` is known before serving, which tests rely on with
-//! port 0); `run_until_stopped` serves until the shutdown future resolves:
-//! health NOT_SERVING -> follow changes -> warm start -> SERVING (while the
-//! store answers) ... shutdown -> NOT_SERVING -> wait `drain_delay` -> stop
-//! accepting -> finish in-flight calls -> final last-used and verifier flush.
+//! Wiring and lifecycle. `Application::build` installs the metrics recorder
+//! (when `--metrics-listen` is set), connects the store, loads the verifier
+//! keys, runs migrations, wires the services, loads the TLS certificate and
+//! binds the listeners (so `port()` is known before serving, which tests rely
+//! on with port 0); `run_until_stopped` starts the supervised background
+//! tasks and serves: NOT_SERVING until the warm start has loaded the Validate
+//! cache (after the change-log follower caught up, on PostgreSQL), then
+//! SERVING while the store answers, until the shutdown future resolves:
+//! health NOT_SERVING -> wait `drain_delay` -> stop accepting -> finish in-flight
+//! calls -> stop the background tasks and wait for them (final last-used and
+//! verifier flush).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api::{TokenApi, TokenServiceServer},
     config::Config,
     domain::token_value::valid_prefix,
     error::{Error, Result},
+    health::{Condition, FollowerStatus, Health},
+    http,
     manage::TokenManager,
     pb,
     store::Store,
+    supervisor::Supervisor,
+    telemetry::{
+        metrics::{self, Scrape, Source},
+        rpc::RpcMetricsLayer,
+    },
+    tls::Tls,
     validation::{
         Validator,
         backfill::VerifierBackfill,
@@ -56,7 +69,7 @@ impl Services {
         let store = Arc::new(Store::connect(&config.store()).await?);
         let (keyring, source) = key_file::load(
             config.verifier_key_file.as_deref(),
-            Store::sqlite_file(&config.database_url).as_deref(),
+            Store::sqlite_file(config.database_url.expose_secret()).as_deref(),
             store.is_shared(),
         )?;
         match &source {
@@ -99,28 +112,81 @@ impl Services {
     }
 }
 
+/// The metrics listener, bound in `build`.
+struct MetricsListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+}
+
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    metrics: Option<MetricsListener>,
     services: Services,
+    health: Health,
     config: Config,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot listen on {addr} ({what}): {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("{what} listener address: {e}")))?;
+    Ok((listener, bound))
 }
 
 impl Application {
     pub async fn build(config: &Config) -> Result<Self> {
+        // First, so every part records from its first call on.
+        let handle = config
+            .metrics_listen
+            .map(|_| metrics::install())
+            .transpose()?;
         let services = Services::build(config).await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", config.listen)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
+        let tls = config
+            .tls()
+            .map(|files| Tls::load(&files))
+            .transpose()?
+            .map(Arc::new);
+        let (listener, addr) = bind(config.listen, "gRPC").await?;
+        let metrics = match (config.metrics_listen, handle) {
+            (Some(at), Some(handle)) => {
+                let (listener, addr) = bind(at, "metrics").await?;
+                Some(MetricsListener {
+                    listener,
+                    addr,
+                    handle,
+                })
+            }
+            _ => None,
+        };
+        // Not ready until the warm start has loaded the Validate cache, and
+        // on PostgreSQL until the change-log follower has connected and
+        // caught up.
+        let health = Health::new(if services.store.is_shared() {
+            &[Condition::Warming, Condition::Follower]
+        } else {
+            &[Condition::Warming]
+        });
         Ok(Self {
             listener,
             addr,
+            tls,
+            metrics,
             services,
+            health,
             config: config.clone(),
         })
+    }
+
+    /// What health reports, shared with the running server: e.g. to wait
+    /// until it is ready (`Health::until_serving`).
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -129,6 +195,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
     }
 
     pub fn services(&self) -> &Services {
@@ -143,14 +214,13 @@ impl Application {
         let Self {
             listener,
             addr,
+            tls,
+            metrics,
             services,
+            health,
             config,
         } = self;
-        let (health, health_service) = tonic_health::server::health_reporter();
-        // NOT_SERVING until the warm start is done: a load balancer must not
-        // send traffic to a process whose cache is still cold.
-        let readiness = Arc::new(Readiness::new(health));
-        readiness.publish().await;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
         // Both reflection versions: older grpcurl and other tools only speak v1alpha.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -166,70 +236,58 @@ impl Application {
             .build_v1alpha()
             .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
 
-        let stop_flusher = CancellationToken::new();
-        let flusher = tokio::spawn(run_flusher(
-            Arc::clone(&services.usage),
-            Arc::clone(&services.backfill),
-            Arc::clone(&services.store),
-            config.last_used_flush_interval,
-            stop_flusher.clone(),
-        ));
-        let stop_background = CancellationToken::new();
-        let (following, followed) = tokio::sync::oneshot::channel();
-        let coherence = tokio::spawn(coherence::run(
-            Arc::clone(&services.store),
-            Arc::clone(services.manager.validator_arc()),
-            config.coherence(),
-            following,
-            stop_background.clone(),
-        ));
-        let warm = tokio::spawn(warm_then_ready(
-            Arc::clone(services.manager.validator_arc()),
-            config.warm(),
-            followed,
-            Arc::clone(&readiness),
-            stop_background.clone(),
-        ));
-        let watcher = tokio::spawn(watch_store(
-            Arc::clone(&services.store),
-            Arc::clone(&readiness),
-            config.store_unhealthy_after,
-            stop_background.clone(),
-        ));
+        let postgres = services.store.is_shared();
+        let supervisor = Supervisor::new();
+        {
+            let health = health.clone();
+            supervisor.spawn("health reporter", move |_, stop| {
+                health
+                    .clone()
+                    .report(reporter.clone(), &[SERVICE_NAME], stop)
+            });
+        }
+        background(&supervisor, &services, &config, &health, postgres);
+        if let Some(tls) = &tls {
+            let tls = Arc::clone(tls);
+            supervisor.spawn("tls reloader", move |_, stop| Arc::clone(&tls).watch(stop));
+        }
+        if let Some(m) = metrics {
+            serve_metrics(&supervisor, m, &services, &health);
+        }
 
-        let drain = drain(
-            shutdown,
-            Arc::clone(&readiness),
-            config.drain_delay,
-            stop_background.clone(),
-        );
-        tracing::info!(%addr, "tokend serving");
-        let served = Server::builder()
+        let drain = drain(shutdown, health, config.drain_delay);
+        tracing::info!(%addr, tls = tls.is_some(), "tokend serving");
+        let router = Server::builder()
+            .layer(RpcMetricsLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(
                 &services.manager,
-            ))))
+            ))));
+        let served = match &tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls.incoming(listener), drain)
+                    .await
+            }
             // Our own listener (bound in `build`), so the socket options that
             // `Server::tcp_nodelay` would set must be set here: without
             // TCP_NODELAY, small responses wait on delayed ACKs (~40 ms).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                drain,
-            )
-            .await;
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        drain,
+                    )
+                    .await
+            }
+        };
 
-        stop_background.cancel();
-        let _ = tokio::join!(coherence, watcher, warm);
-        stop_flusher.cancel();
-        if let Err(e) = flusher.await {
-            tracing::error!(error = %e, "last-used flusher failed");
-        }
+        // In-flight calls are done: stop the background work, which ends
+        // with a final last-used flush.
+        supervisor.shutdown().await;
         let validator = services.manager.validator();
-        if services.backfill.pending() > 0 {
-            services.backfill.flush(&services.store).await;
-        }
         tracing::info!(
             argon2_verifications = validator.hasher().verifications(),
             cache_entries = validator.cache().len(),
@@ -240,103 +298,142 @@ impl Application {
     }
 }
 
-async fn drain(
-    shutdown: impl Future<Output = ()>,
-    readiness: Arc<Readiness>,
-    delay: Duration,
-    background: CancellationToken,
+/// Starts the supervised background tasks of `services`.
+fn background(
+    supervisor: &Supervisor,
+    services: &Services,
+    config: &Config,
+    health: &Health,
+    postgres: bool,
 ) {
-    shutdown.await;
-    background.cancel();
-    tracing::info!(
-        ?delay,
-        "shutting down: reporting NOT_SERVING, then draining"
-    );
-    readiness.set(|r| r.stopping = true).await;
-    tokio::time::sleep(delay).await;
+    let (store, usage) = (&services.store, &services.usage);
+    let interval = config.last_used_flush_interval;
+    {
+        let (usage, backfill, store) = (
+            Arc::clone(usage),
+            Arc::clone(&services.backfill),
+            Arc::clone(store),
+        );
+        supervisor.spawn("last-used flusher", move |_, stop| {
+            run_flusher(
+                Arc::clone(&usage),
+                Arc::clone(&backfill),
+                Arc::clone(&store),
+                interval,
+                stop,
+            )
+        });
+    }
+    {
+        let validator = Arc::clone(services.manager.validator_arc());
+        let (warm, health) = (config.warm(), health.clone());
+        supervisor.spawn("warm start", move |_, stop| {
+            warm_then_ready(Arc::clone(&validator), warm.clone(), health.clone(), stop)
+        });
+    }
+    {
+        let (store, health) = (Arc::clone(store), health.clone());
+        let unhealthy_after = config.store_unhealthy_after;
+        supervisor.spawn("store watcher", move |_, stop| {
+            watch_store(Arc::clone(&store), health.clone(), unhealthy_after, stop)
+        });
+    }
+    if postgres {
+        let status = FollowerStatus::new(health.clone());
+        let store = Arc::clone(store);
+        let validator = Arc::clone(services.manager.validator_arc());
+        let coherence = config.coherence();
+        supervisor.spawn("change-log follower", move |attempt, stop| {
+            let (store, validator) = (Arc::clone(&store), Arc::clone(&validator));
+            let (coherence, status) = (coherence.clone(), Arc::clone(&status));
+            async move {
+                let _session = status.session();
+                if attempt > 0 {
+                    // What changed while no follower ran is unknown: the
+                    // cache starts again from the store.
+                    tracing::warn!("change-log follower restarted; clearing the Validate cache");
+                    validator.cache().clear();
+                }
+                coherence::run(store, validator, coherence, stop, Arc::clone(&status)).await
+            }
+        });
+    }
 }
 
-/// What health reports: SERVING once the warm start is done, while the store
-/// answers, until shutdown begins.
-struct Readiness {
-    health: HealthReporter,
-    state: tokio::sync::Mutex<ReadyState>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ReadyState {
-    warm: bool,
-    store_reachable: bool,
-    stopping: bool,
-    /// What was last reported.
-    reported: Option<ServingStatus>,
-}
-
-impl Readiness {
-    fn new(health: HealthReporter) -> Self {
-        Self {
-            health,
-            state: tokio::sync::Mutex::new(ReadyState {
-                warm: false,
-                store_reachable: true,
-                stopping: false,
-                reported: None,
-            }),
+/// Serves `/metrics` (and upkeeps the histograms) under the supervisor.
+fn serve_metrics(
+    supervisor: &Supervisor,
+    m: MetricsListener,
+    services: &Services,
+    health: &Health,
+) {
+    let validator = Arc::clone(services.manager.validator_arc());
+    let store = Arc::clone(&services.store);
+    let usage = Arc::clone(&services.usage);
+    let sources: Vec<Source> = vec![
+        Box::new(move || {
+            let cache = validator.cache();
+            let (failed, unknown, failures) = cache.negative_len();
+            metrics::cache_entries(cache.len(), failed, unknown, failures);
+            metrics::argon2_verifications(validator.hasher().verifications());
+        }),
+        Box::new(move || metrics::store_statements(store.statements_executed())),
+        Box::new(move || metrics::last_used_pending(usage.pending())),
+    ];
+    let scrape = Scrape::new(m.handle, sources);
+    let router = http::router(Arc::clone(&scrape), health.clone());
+    let (addr, mut first) = (m.addr, Some(m.listener));
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    supervisor.spawn("metrics listener", move |_, stop| {
+        let (listener, router) = (first.take(), router.clone());
+        async move {
+            let listener = match listener {
+                Some(l) => l,
+                None => bind(addr, "metrics").await?.0,
+            };
+            http::serve(listener, router, stop).await
         }
-    }
-
-    /// Changes the state and reports the resulting status if it changed.
-    async fn set(&self, change: impl FnOnce(&mut ReadyState)) {
-        let mut state = self.state.lock().await;
-        change(&mut state);
-        let status = if state.warm && state.store_reachable && !state.stopping {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if state.reported != Some(status) {
-            state.reported = Some(status);
-            report(&self.health, status).await;
+    });
+    supervisor.spawn("metrics upkeep", move |_, stop| {
+        let scrape = Arc::clone(&scrape);
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => scrape.upkeep(),
+                }
+            }
         }
-    }
-
-    async fn publish(&self) {
-        self.set(|_| {}).await;
-    }
+    });
 }
 
-/// Sets the health of both the token service and the server as a whole ("").
-async fn report(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status(SERVICE_NAME, status).await;
-    health.set_service_status("", status).await;
-}
-
-/// Waits until changes are followed (so none committed during the load is
-/// lost), loads the Validate cache, then lets health report SERVING. Also
-/// logs how many live tokens still need a verifier under the current key.
+/// Waits until changes are followed (on PostgreSQL: so none committed during
+/// the load is lost), loads the Validate cache, logs how many live tokens
+/// still need a verifier under the current key, then lets health report
+/// SERVING.
 async fn warm_then_ready(
     validator: Arc<Validator>,
     config: warm::WarmConfig,
-    followed: tokio::sync::oneshot::Receiver<()>,
-    readiness: Arc<Readiness>,
+    health: Health,
     stop: CancellationToken,
-) {
+) -> Result<()> {
     tokio::select! {
-        () = stop.cancelled() => return,
-        r = tokio::time::timeout(config.timeout, followed) => {
-            if !matches!(r, Ok(Ok(()))) {
+        () = stop.cancelled() => return Ok(()),
+        followed = tokio::time::timeout(config.timeout, health.until_met(Condition::Follower)) => {
+            if followed.is_err() {
                 tracing::warn!("the change log is not followed yet; warm start skipped");
-                readiness.set(|r| r.warm = true).await;
-                return;
+                health.set(Condition::Warming, true);
+                return Ok(());
             }
         }
     }
     tokio::select! {
-        () = stop.cancelled() => return,
+        () = stop.cancelled() => return Ok(()),
         _ = warm::run(&validator, &config) => {}
     }
     report_key_usage(&validator).await;
-    readiness.set(|r| r.warm = true).await;
+    health.set(Condition::Warming, true);
+    Ok(())
 }
 
 /// Logs how many live tokens are not yet under the current verifier key (so
@@ -364,42 +461,49 @@ async fn report_key_usage(validator: &Validator) {
     }
 }
 
-/// Reports NOT_SERVING while the store has been unreachable for longer than
-/// `unhealthy_after`, and SERVING again once it answers.
+async fn drain(shutdown: impl Future<Output = ()>, health: Health, delay: Duration) {
+    shutdown.await;
+    tracing::info!(
+        ?delay,
+        "shutting down: reporting NOT_SERVING, then draining"
+    );
+    health.set(Condition::Draining, false);
+    // Let the reporter publish NOT_SERVING before the delay starts.
+    tokio::task::yield_now().await;
+    tokio::time::sleep(delay).await;
+}
+
+/// Marks the store condition failing while the store has been unreachable
+/// for longer than `unhealthy_after`, and met again once it answers.
 async fn watch_store(
     store: Arc<Store>,
-    readiness: Arc<Readiness>,
+    health: Health,
     unhealthy_after: Duration,
     stop: CancellationToken,
-) {
+) -> Result<()> {
     let period = (unhealthy_after / 3).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut failing_since: Option<std::time::Instant> = None;
-    let mut reachable = true;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(period) => {}
         }
         let ok = matches!(
             tokio::time::timeout(period.max(Duration::from_millis(500)), store.ping()).await,
             Ok(Ok(()))
         );
-        if stop.is_cancelled() {
-            return;
-        }
         if ok {
-            failing_since = None;
-            if !reachable {
+            if failing_since.take().is_some() {
                 tracing::info!("store reachable again");
-                readiness.set(|r| r.store_reachable = true).await;
-                reachable = true;
             }
+            health.set(Condition::Store, true);
         } else {
             let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-            if reachable && since.elapsed() >= unhealthy_after {
-                tracing::warn!(unreachable_for = ?since.elapsed(), "store unreachable: NOT_SERVING");
-                readiness.set(|r| r.store_reachable = false).await;
-                reachable = false;
+            if since.elapsed() >= unhealthy_after {
+                if health.is_serving() {
+                    tracing::warn!(unreachable_for = ?since.elapsed(), "store unreachable: NOT_SERVING");
+                }
+                health.set(Condition::Store, false);
             }
         }
     }

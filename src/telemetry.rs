@@ -2,6 +2,12 @@
 //! `tokend bootstrap`'s token. Nothing logged anywhere carries token material:
 //! handlers record ids only, secrets have redacting `Debug`s, and SQL is
 //! logged as statement text with bound (never inlined) values.
+//!
+//! `metrics` holds every Prometheus metric and its recording helper; `rpc`
+//! is the tower layer that counts every RPC by method and gRPC code.
+
+pub mod metrics;
+pub mod rpc;
 
 use std::io::Write;
 

@@ -24,6 +24,7 @@ use crate::{
         UpdateInput,
     },
     pb::{self, token_service_server::TokenService},
+    telemetry::metrics,
 };
 
 pub use crate::pb::token_service_server::TokenServiceServer;
@@ -138,10 +139,12 @@ impl TokenApi {
         if let Ok(v) = value {
             record_token(v.id());
         }
+        let started = metrics::timer();
         let verdict = self
             .manager
             .validate(&caller, value, call.required_modules())
             .await?;
+        metrics::validate_outcome(verdict.reason, verdict.hit, started);
         Ok(ValidateReply::new(
             verdict.is_valid(),
             reason_to_pb(verdict.reason),
@@ -342,8 +345,13 @@ impl TokenApi {
     }
 }
 
+/// The one place an RPC's error is handled: logged once (with the detail
+/// callers never see), then mapped to its status.
 fn reply<T>(result: Result<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
+    result.map(Response::new).map_err(|e| {
+        e.log();
+        Status::from(e)
+    })
 }
 
 #[tonic::async_trait]

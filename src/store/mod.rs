@@ -18,6 +18,7 @@
 mod changes;
 mod convert;
 pub mod entities;
+mod error;
 mod events;
 pub mod fold;
 mod import;
@@ -37,20 +38,25 @@ use std::{
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
+use secrecy::{ExposeSecret, SecretString};
 
-pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeRow};
+pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
 pub use search::{FTS_DRIVE_MAX, SearchPlans, SearchQuery};
 pub use tokens::Change;
 pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result, StoreFault},
+    telemetry::metrics,
+};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `sqlite://path?mode=rwc` or `postgres://...`. Never logged: it may hold a password.
-    pub url: String,
+    /// `sqlite://path?mode=rwc` or `postgres://...`. A secret: it may hold a
+    /// password, so it is never logged and `Debug` shows it redacted.
+    pub url: SecretString,
     pub max_connections: u32,
     /// Upper bound for acquiring a connection and for each store call.
     pub timeout: Duration,
@@ -59,7 +65,7 @@ pub struct StoreConfig {
 pub struct Store {
     db: DatabaseConnection,
     /// Kept for the LISTEN connection; never logged (it may hold a password).
-    url: String,
+    url: SecretString,
     /// Random id of this process, recorded with each change it makes.
     instance: String,
     /// SQLite allows one writer at a time; serialising our write transactions
@@ -77,7 +83,7 @@ impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Self> {
         use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
-        let mut options = ConnectOptions::new(config.url.clone());
+        let mut options = ConnectOptions::new(config.url.expose_secret());
         options
             .max_connections(config.max_connections)
             .min_connections(1)
@@ -98,8 +104,18 @@ impl Store {
             });
         let mut db = tokio::time::timeout(config.timeout, Database::connect(options))
             .await
-            .map_err(|_| Error::Unavailable("timed out connecting to the database".into()))?
-            .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))?;
+            .map_err(|_| {
+                Error::Unavailable(
+                    StoreFault::Timeout,
+                    "timed out connecting to the database".into(),
+                )
+            })?
+            .map_err(|e| {
+                Error::Unavailable(
+                    StoreFault::Unreachable,
+                    format!("cannot connect to the database: {e}"),
+                )
+            })?;
 
         let statements = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&statements);
@@ -153,8 +169,9 @@ impl Store {
         self.statements.load(Ordering::Relaxed)
     }
 
-    /// Whether other processes may share this store (PostgreSQL): a missing
-    /// verifier key there is an error, since replicas must share one.
+    /// Whether other processes may share this store (PostgreSQL): replicas
+    /// then follow the change log, and a missing verifier key is an error,
+    /// since replicas must share one.
     pub fn is_shared(&self) -> bool {
         self.backend() == DbBackend::Postgres
     }
@@ -182,15 +199,19 @@ impl Store {
         }
     }
 
-    /// Runs one store call under the store timeout.
+    /// Runs one store call under the store timeout, and records its time
+    /// and any error in the store metrics.
     async fn bounded<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let started = metrics::timer();
+        let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Unavailable(format!(
-                "store call exceeded {:?}",
-                self.timeout
-            ))),
-        }
+            Err(_) => Err(Error::Unavailable(
+                StoreFault::Timeout,
+                format!("store call exceeded {:?}", self.timeout),
+            )),
+        };
+        metrics::store_call(started, result.as_ref().err());
+        result
     }
 
     async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {

@@ -20,22 +20,24 @@
 //! by whichever of NOTIFY and the poll brings it first.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use sea_orm::DbBackend;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Validator;
-use crate::{domain::TokenId, store::Store};
+use super::{Validator, change_cursor::ChangeCursor};
+use crate::{
+    error::{Error, Result},
+    health::FollowerStatus,
+    store::{FeedEvent, Store},
+    telemetry::metrics::{self, Delivery},
+};
 
 /// Change rows read per poll; a full batch is followed by another at once.
 const BATCH: u64 = 10_000;
-/// Skipped sequence numbers remembered at most.
-const MAX_GAPS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct CoherenceConfig {
@@ -44,32 +46,48 @@ pub struct CoherenceConfig {
     pub retention: Duration,
 }
 
-/// Runs until `shutdown`; a no-op on SQLite (one replica only: every change
-/// goes through this process). `following` is signalled once changes are
-/// followed, i.e. every change committed from then on will be applied: the
-/// warm start waits for it.
+/// Runs until `shutdown`; a no-op on SQLite (one replica only). `status`
+/// learns when the listener is connected and the log caught up (health).
+/// Returns an error if the listener or the poll stops before `shutdown`, so
+/// the supervisor restarts the follower.
 pub async fn run(
     store: Arc<Store>,
     validator: Arc<Validator>,
     config: CoherenceConfig,
-    following: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
-) {
-    if store.backend() != DbBackend::Postgres {
-        let _ = following.send(());
-        return;
+    status: Arc<FollowerStatus>,
+) -> Result<()> {
+    if !store.is_shared() {
+        return Ok(());
     }
     let kick = Arc::new(Notify::new());
     let seen = Arc::new(Seen::default());
-    let listener = tokio::spawn(listen(
+    let mut listener = tokio::spawn(listen(
         Arc::clone(&store),
         Arc::clone(&validator),
         Arc::clone(&kick),
         Arc::clone(&seen),
         shutdown.clone(),
+        Arc::clone(&status),
     ));
-    poll(store, validator, config, kick, seen, following, shutdown).await;
-    let _ = listener.await;
+    let mut poller = tokio::spawn(poll(
+        store,
+        validator,
+        config,
+        kick,
+        seen,
+        shutdown.clone(),
+        status,
+    ));
+    let stopped = tokio::select! {
+        r = &mut listener => { poller.abort(); ("change listener", r) }
+        r = &mut poller => { listener.abort(); ("change-log poll", r) }
+    };
+    match stopped {
+        _ if shutdown.is_cancelled() => Ok(()),
+        (what, Ok(())) => Err(Error::Internal(format!("{what} stopped"))),
+        (what, Err(e)) => Err(Error::Internal(format!("{what} failed: {e}"))),
+    }
 }
 
 /// Sequence numbers already applied, by whichever path (NOTIFY or poll) got
@@ -95,8 +113,10 @@ async fn listen(
     kick: Arc<Notify>,
     seen: Arc<Seen>,
     shutdown: CancellationToken,
+    status: Arc<FollowerStatus>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut connections = 0u64;
     loop {
         let mut listener = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -111,27 +131,36 @@ async fn listen(
             },
         };
         backoff = Duration::from_millis(100);
+        status.listener_up();
+        connections += 1;
+        if connections > 1 {
+            metrics::listener_reconnected();
+        }
         // Anything committed while we were not listening is in the log.
         kick.notify_one();
         tracing::debug!("change listener connected");
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = listener.try_recv() => match r {
-                    Ok(Some(n)) => {
-                        if let Some((seq, id)) = n.payload().split_once(':')
-                            && let (Ok(seq), Some(id)) = (seq.parse::<i64>(), TokenId::parse(id))
-                            && seen.first(seq)
+                r = listener.next() => match r {
+                    Ok(FeedEvent::Changed(row)) => {
+                        if let Some(id) = row.token_id
+                            && seen.first(row.seq)
                         {
                             validator.refresh(id).await;
+                            metrics::change_applied(row.seq, Delivery::Notify);
                         }
                     }
-                    Ok(None) => {
-                        tracing::warn!("change listener lost its connection; catching up from the log");
-                        kick.notify_one();
+                    Ok(FeedEvent::Lost) => {
+                        // Reconnect here rather than inside `try_recv`, so health
+                        // knows when the connection is back.
+                        tracing::warn!("change listener lost its connection; reconnecting, then catching up from the log");
+                        status.listener_down();
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "change listener failed; reconnecting");
+                        status.listener_down();
                         break;
                     }
                 },
@@ -146,14 +175,14 @@ async fn poll(
     config: CoherenceConfig,
     kick: Arc<Notify>,
     seen: Arc<Seen>,
-    following: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
+    status: Arc<FollowerStatus>,
 ) {
-    // Start from the log's current end: the cache is empty at start-up, and
-    // the warm start, which begins after this, reads the rows as they are.
-    let mut high = loop {
+    // Start from the log's current end: the cache is empty at start-up (the
+    // warm start, which waits for this follower, reads the rows as they are).
+    let mut cursor = loop {
         match store.last_change_seq().await {
-            Ok(seq) => break seq,
+            Ok(seq) => break ChangeCursor::new(seq),
             Err(e) => tracing::warn!(error = %e, "cannot read the change log yet"),
         }
         tokio::select! {
@@ -161,16 +190,15 @@ async fn poll(
             () = tokio::time::sleep(config.poll_interval) => {}
         }
     };
-    let _ = following.send(());
-    // Sequence numbers skipped so far: a transaction still in flight may
-    // commit them later (or they were rolled back; they expire after `lookback`).
-    let mut gaps: BTreeMap<i64, Instant> = BTreeMap::new();
     let mut last_ok = Instant::now();
     let mut last_prune = Instant::now();
     loop {
-        let wanted: Vec<i64> = gaps.keys().copied().collect();
+        let ticket = status.poll_started();
         let mut more = false;
-        match store.changes_since(high, &wanted, BATCH).await {
+        match store
+            .changes_since(cursor.high(), &cursor.gaps(), BATCH)
+            .await
+        {
             Ok(rows) => {
                 if last_ok.elapsed() > config.lookback {
                     tracing::warn!(gap = ?last_ok.elapsed(), "change log unreadable for longer than the lookback window; clearing the Validate cache");
@@ -179,22 +207,19 @@ async fn poll(
                 last_ok = Instant::now();
                 more = rows.len() as u64 == BATCH;
                 for row in rows {
-                    if row.seq > high {
-                        let room = MAX_GAPS.saturating_sub(gaps.len());
-                        for skipped in ((high + 1)..row.seq).take(room) {
-                            gaps.insert(skipped, Instant::now());
-                        }
-                        high = row.seq;
-                    } else if gaps.remove(&row.seq).is_none() {
-                        continue;
-                    }
-                    if seen.first(row.seq)
-                        && let Some(id) = TokenId::parse(&row.token_id)
+                    if cursor.accept(row.seq, Instant::now())
+                        && seen.first(row.seq)
+                        && let Some(id) = row.token_id
                     {
                         validator.refresh(id).await;
+                        metrics::change_applied(row.seq, Delivery::Poll);
                     }
                 }
-                gaps.retain(|_, at| at.elapsed() < config.lookback);
+                if !more {
+                    status.caught_up(ticket);
+                    metrics::changelog_caught_up(cursor.high());
+                }
+                cursor.expire(config.lookback, Instant::now());
                 seen.forget_older_than(config.lookback * 2);
             }
             Err(e) => tracing::warn!(error = %e, "change log poll failed"),

@@ -20,6 +20,7 @@
 
 pub mod backfill;
 pub mod cache;
+pub mod change_cursor;
 pub mod clock;
 pub mod coherence;
 pub mod hasher;
@@ -39,9 +40,10 @@ use self::{
     verifier::Digest,
 };
 use crate::{
-    domain::{Token, TokenState, TokenValue},
+    domain::{Token, TokenState, TokenValue, token::ValidationRecord},
     error::{Error, Result},
     store::{Expected, Store},
+    telemetry::metrics,
 };
 
 /// Why a token is (not) valid. Mirrors the wire `Reason` enum.
@@ -75,6 +77,9 @@ impl fmt::Display for Reason {
 pub struct Verdict {
     pub reason: Reason,
     pub entry: Option<Arc<Entry>>,
+    /// Answered from memory, without the store or argon2 (the metrics'
+    /// hit/miss split).
+    pub hit: bool,
 }
 
 impl Verdict {
@@ -82,6 +87,7 @@ impl Verdict {
         Self {
             reason,
             entry: None,
+            hit: true,
         }
     }
 
@@ -152,11 +158,18 @@ impl Validator {
         account: Option<&str>,
     ) -> Result<Verdict> {
         let now = UnixMicros::now();
-        let Some(entry) = self.verified(value, now).await? else {
-            return Ok(Verdict::rejected(Reason::Unknown));
+        let (found, hit) = self.verified(value, now).await?;
+        let Some(entry) = found else {
+            return Ok(Verdict {
+                hit,
+                ..Verdict::rejected(Reason::Unknown)
+            });
         };
         if account.is_some_and(|a| entry.snapshot.account_id() != a) {
-            return Ok(Verdict::rejected(Reason::Unknown));
+            return Ok(Verdict {
+                hit,
+                ..Verdict::rejected(Reason::Unknown)
+            });
         }
         let reason = judge(&entry, required_modules, now);
         if reason == Reason::Valid && entry.should_record_use(now.secs()) {
@@ -165,6 +178,7 @@ impl Validator {
         Ok(Verdict {
             reason,
             entry: Some(entry),
+            hit,
         })
     }
 
@@ -172,22 +186,29 @@ impl Validator {
     /// verifies (current, or previous within its grace), whatever its state.
     /// Searching for or revoking a leaked value must not make it look used.
     pub async fn possessed(&self, value: &TokenValue) -> Result<Option<Arc<Entry>>> {
-        self.verified(value, UnixMicros::now()).await
+        Ok(self.verified(value, UnixMicros::now()).await?.0)
     }
 
-    /// The cached entry whose verified digest matches `value`, verifying on a miss.
-    async fn verified(&self, value: &TokenValue, now: UnixMicros) -> Result<Option<Arc<Entry>>> {
+    /// The cached entry whose verified digest matches `value`, verifying on a
+    /// miss; and whether memory answered (no store read).
+    async fn verified(
+        &self,
+        value: &TokenValue,
+        now: UnixMicros,
+    ) -> Result<(Option<Arc<Entry>>, bool)> {
         let digest = self.cache.digest(value);
         if let Some(settled) = self.hit(value, &digest, now) {
-            return Ok(settled);
+            metrics::cache_hit();
+            return Ok((settled, true));
         }
         // Floods of known-bad values end here, without touching the slow path.
         if self.cache.recently_failed(&digest) || self.cache.recently_unknown(&value.id()) {
-            return Ok(None);
+            return Ok((None, true));
         }
+        metrics::cache_miss();
         // Boxed: the miss path's state (store read, argon2) is large, and the
         // hit path should not carry and move it on every call.
-        Box::pin(self.miss(value, digest, now)).await
+        Ok((Box::pin(self.miss(value, digest, now)).await?, false))
     }
 
     /// What the cache alone can say: `Some(Some(entry))` for a match,
@@ -258,14 +279,16 @@ impl Validator {
             return Err(throttled());
         }
         let generation = self.cache.generation(&id);
-        let Some(token) = self.store.find_token(id).await? else {
+        // Only the columns Validate needs: a whole record costs several
+        // times as much to decode.
+        let Some(token) = self.store.find_validation_record(id).await? else {
             self.cache.remember_unknown(id, generation);
             return Ok(None);
         };
         // The row's verifiers settle the value, right or wrong, and the entry
         // is cached either way: further values for this id are answered from
         // memory, whatever they are.
-        let entry = self.cache.fill(&token, None, generation);
+        let entry = self.cache.fill(&token.view(), None, generation);
         match self.settle(&entry, value, &digest, now) {
             Some(true) => return Ok(Some(entry)),
             Some(false) => {
@@ -284,7 +307,7 @@ impl Validator {
     async fn argon2(
         &self,
         value: &TokenValue,
-        token: &Token,
+        token: &ValidationRecord,
         entry: &Entry,
         digest: Digest,
         generation: u64,
@@ -314,7 +337,7 @@ impl Validator {
                     self.cache.keyring().seal(value),
                 );
                 Ok(Some(self.cache.fill(
-                    token,
+                    &token.view(),
                     Some((slot, digest)),
                     generation,
                 )))
@@ -335,8 +358,8 @@ impl Validator {
             self.cache.invalidate(&id);
             return;
         }
-        match self.store.find_token(id).await {
-            Ok(Some(token)) => self.cache.apply(&token, None),
+        match self.store.find_validation_record(id).await {
+            Ok(Some(token)) => self.cache.apply(&token.view(), None),
             Ok(None) => self.cache.invalidate(&id),
             Err(e) => {
                 tracing::warn!(error = %e, token_id = %id, "refresh failed; evicting");
@@ -350,6 +373,7 @@ impl Validator {
     /// `fresh` is a newly generated value (Issue, Rotate, Duplicate), whose
     /// digest is cached so its first Validate is already a hit.
     pub fn apply(&self, token: &Token, fresh: Option<&TokenValue>) {
-        self.cache.apply(token, fresh.map(|v| self.cache.digest(v)));
+        self.cache
+            .apply(&token.validation(), fresh.map(|v| self.cache.digest(v)));
     }
 }

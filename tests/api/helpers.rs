@@ -64,6 +64,8 @@ pub fn captured_logs() -> String {
 
 pub struct TestApp {
     pub port: u16,
+    /// The metrics listener, when the config set `metrics_listen`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub endpoint: String,
     /// A `tokens:platform` token for account `acme`, owner `ops`.
     pub platform: String,
@@ -72,6 +74,8 @@ pub struct TestApp {
     pub manager: Arc<tokend::manage::TokenManager>,
     /// The SQLite database's folder, when this app owns one.
     pub data_dir: Option<std::path::PathBuf>,
+    /// What the server's health reports.
+    pub health: tokend::health::Health,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<tokend::error::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
@@ -103,7 +107,7 @@ pub fn test_config(database_url: String) -> Config {
     Config {
         verifier_key_file,
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url,
+        database_url: database_url.into(),
         argon2_memory_kib: 256,
         argon2_iterations: 1,
         hash_workers: 2,
@@ -241,7 +245,9 @@ fn uuid_like() -> String {
 
 pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
     let app = start_unready(config, dir).await;
-    wait_until_serving(app.port).await;
+    tokio::time::timeout(Duration::from_secs(60), app.health.until_serving())
+        .await
+        .expect("the server did not report SERVING within 60 s");
     app
 }
 
@@ -252,6 +258,8 @@ pub async fn start_unready(config: Config, dir: Option<tempfile::TempDir>) -> Te
         .await
         .expect("build application");
     let port = app.port();
+    let health = app.health();
+    let metrics_addr = app.metrics_addr();
     let Services {
         store,
         usage,
@@ -271,55 +279,17 @@ pub async fn start_unready(config: Config, dir: Option<tempfile::TempDir>) -> Te
     }));
     TestApp {
         port,
+        metrics_addr,
         endpoint: format!("http://127.0.0.1:{port}"),
         platform,
         store,
         services_usage: usage,
         manager,
         data_dir: dir.as_ref().map(|d| d.path().to_path_buf()),
+        health,
         shutdown: Some(tx),
         server: Some(server),
         _dir: dir,
-    }
-}
-
-/// Waits until health reports SERVING (after the warm start), as a load
-/// balancer would before sending traffic.
-pub async fn wait_until_serving(port: u16) {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let mut health = HealthClient::new(channel);
-            loop {
-                match health
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                {
-                    Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => return,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the server did not report SERVING within 60 s"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server did not report SERVING within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

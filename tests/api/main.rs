@@ -7,13 +7,16 @@ mod helpers;
 
 mod bad_input;
 mod cache;
+mod follower;
 mod lifecycle;
 mod limits;
 mod logs;
+mod metrics;
 mod postgres;
 mod privileges;
 mod reasons;
 mod search;
 mod search_index;
 mod smoke;
+mod tls;
 mod verifier;

@@ -713,7 +713,7 @@ async fn backfill_and_raw_writes(url: &str) {
     db.close().await.unwrap();
 
     let store = Store::connect(&StoreConfig {
-        url: url.to_owned(),
+        url: url.into(),
         max_connections: 2,
         timeout: std::time::Duration::from_secs(10),
     })
@@ -945,7 +945,7 @@ async fn paged(store: &Store, q: &SearchQuery) -> Vec<String> {
 
 async fn property_store(url: &str) -> Store {
     let store = Store::connect(&StoreConfig {
-        url: url.to_owned(),
+        url: url.into(),
         max_connections: 2,
         timeout: std::time::Duration::from_secs(30),
     })

@@ -9,14 +9,18 @@
 //!
 //! - `hot`: cache-hit Validate vs Health/Check and floods (and the whole run);
 //! - `restart`: Validate through restarts, miss latency, start-up with a
-//!   million tokens, a flood on a cold id;
+//!   million tokens (`startup`), a flood on a cold id;
+//! - `tls`: the Validate vs Health/Check comparison over TLS;
 //! - `memory`: memory per cached token, in a child process;
 //! - `search`: Search at a million tokens (SQLite, and PostgreSQL with
 //!   `--postgres URL`) and the write cost of the search indexes.
 //!
+//! Every server it starts has its Prometheus listener on.
+//!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
 //!        `target/release/tokend-bench restart [--quick]`
 //!        `target/release/tokend-bench startup [TOKENS]`
+//!        `target/release/tokend-bench tls [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
 //!        `target/release/tokend-bench search [--postgres URL]` (or the variable below)
 //! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
@@ -33,6 +37,7 @@ mod restart;
 mod search;
 mod server;
 mod startup;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
             restart::summarise(&figures);
             let _ = std::fs::remove_dir_all(&dir);
         }),
+        Some("tls") => rt.block_on(tls::alone(quick)),
         _ => rt.block_on(hot::run(quick)),
     }
     ExitCode::SUCCESS

@@ -203,7 +203,7 @@ impl Target {
 /// argon2id hash of each secret; else one shared hash (start-up seed).
 pub async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
     let store = Store::connect(&StoreConfig {
-        url: target.url.clone(),
+        url: target.url.clone().into(),
         max_connections: 2,
         timeout: Duration::from_secs(300),
     })

@@ -240,7 +240,7 @@ struct Seeded {
 /// Seeds the store at `url` with the million tokens.
 async fn seed(url: &str) -> Seeded {
     let store = Store::connect(&StoreConfig {
-        url: url.to_owned(),
+        url: url.into(),
         max_connections: 4,
         timeout: Duration::from_secs(600),
     })

@@ -80,7 +80,7 @@ pub async fn run(dir: &Path, n: usize) -> Startup {
 /// The warm start's two halves, timed apart in this process.
 async fn breakdown(target: &Target, n: usize) {
     let store = Store::connect(&StoreConfig {
-        url: target.url.clone(),
+        url: target.url.clone().into(),
         max_connections: 2,
         timeout: Duration::from_secs(300),
     })
