@@ -11,14 +11,17 @@
 //! first Validate reads it afresh).
 
 use std::{
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
 
 use super::Validator;
-use crate::{error::Result, store::WarmQuery};
+use crate::{domain::token::ValidationRecord, error::Result, store::WarmQuery};
 
 /// What to load and for how long.
 #[derive(Debug, Clone)]
@@ -43,18 +46,35 @@ pub struct WarmReport {
     pub timed_out: bool,
 }
 
+/// Rows handed to the entry builder at a time.
+const BATCH: usize = 2048;
+
 /// Loads the cache; never fails start-up: an error is logged and the process
-/// serves with what it has (misses still read the store).
-pub async fn run(validator: &Validator, config: &WarmConfig) -> WarmReport {
+/// serves with what it has (misses still read the store). Rows are read on
+/// this task and built into cache entries on a blocking thread, in batches,
+/// so reading and building overlap on two cores.
+pub async fn run(validator: &Arc<Validator>, config: &WarmConfig) -> WarmReport {
     let started = Instant::now();
     if !config.enabled || config.max_tokens == 0 {
         return WarmReport::default();
     }
     let cache = validator.cache();
     let read = AtomicUsize::new(0);
-    let loaded = AtomicUsize::new(0);
+    let loaded = Arc::new(AtomicUsize::new(0));
     cache.begin_load();
+    let (batches, mut to_build) = tokio::sync::mpsc::channel::<Vec<ValidationRecord>>(4);
+    let builder = tokio::task::spawn_blocking({
+        let (validator, loaded) = (Arc::clone(validator), Arc::clone(&loaded));
+        move || {
+            while let Some(batch) = to_build.blocking_recv() {
+                let n = batch.iter().filter(|t| validator.cache().load(t)).count();
+                loaded.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    });
     let load = async {
+        // Moved in: dropped with this future, which ends the builder.
+        let batches = batches;
         let now = chrono::Utc::now();
         let lookback = chrono::Duration::from_std(config.lookback).unwrap_or(chrono::Duration::MAX);
         let query = WarmQuery {
@@ -66,24 +86,28 @@ pub async fn run(validator: &Validator, config: &WarmConfig) -> WarmReport {
             limit: u64::try_from(config.max_tokens.min(cache.capacity())).unwrap_or(u64::MAX),
         };
         let mut rows = validator.store().warm_tokens(&query).await?;
+        let mut batch = Vec::with_capacity(BATCH);
         while let Some(token) = rows.next().await {
-            let n = read.fetch_add(1, Ordering::Relaxed) + 1;
-            if cache.load(&token?) {
-                loaded.fetch_add(1, Ordering::Relaxed);
-            }
-            // Let Validates that arrive meanwhile (health says NOT_SERVING,
-            // but clients may come anyway) be served on this worker too.
-            if n.is_multiple_of(4096) {
-                tokio::task::yield_now().await;
+            read.fetch_add(1, Ordering::Relaxed);
+            batch.push(token?);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if batches.send(full).await.is_err() {
+                    break;
+                }
             }
         }
+        let _ = batches.send(batch).await;
         Result::<()>::Ok(())
     };
     let outcome = tokio::time::timeout(config.timeout, load).await;
+    // The sender is gone once `load` is (finished or timed out): the builder
+    // finishes what it was given and stops.
+    let _ = builder.await;
     cache.end_load();
     let report = WarmReport {
         read: read.into_inner(),
-        loaded: loaded.into_inner(),
+        loaded: loaded.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         timed_out: outcome.is_err(),
     };
