@@ -254,6 +254,7 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
 /// Starts the server and returns at once, while its health may still say
 /// NOT_SERVING (e.g. during its warm start).
 pub async fn start_unready(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
+    LazyLock::force(&LOGS);
     let app = Application::build(&config)
         .await
         .expect("build application");
