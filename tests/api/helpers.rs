@@ -207,6 +207,11 @@ impl SharedDb {
 /// the named test is skipped) when `TOKEND_TEST_POSTGRES_URL` is unset.
 pub async fn fresh_pg_database(test_name: &str) -> Option<String> {
     let Ok(base) = std::env::var(PG_URL_ENV) else {
+        // In CI a PostgreSQL test that cannot run is a failure, never a pass.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test_name} needs PostgreSQL, and CI is set: {PG_URL_ENV} must name a server"
+        );
         println!("skipped: {test_name} needs PostgreSQL; set {PG_URL_ENV}");
         return None;
     };
