@@ -162,8 +162,9 @@ impl TokenManager {
         let verdict = self.validator.validate(&value, &[], None).await?;
         match (verdict.reason, verdict.entry) {
             (Reason::Valid, Some(entry)) => {
-                let (id, privileges) = (entry.snapshot.id, entry.snapshot.privileges);
-                Ok(Caller::new(id, privileges, entry))
+                let s = &entry.snapshot;
+                let (id, privileges, identity) = (s.id, s.privileges, s.identity.clone());
+                Ok(Caller::new(id, privileges, identity))
             }
             (reason, _) => Err(Error::Unauthenticated(format!(
                 "the credential was rejected: {reason}"

@@ -94,7 +94,11 @@ impl Services {
         let validator = Arc::new(Validator::new(
             Arc::clone(&store),
             hasher,
-            VerifiedCache::new(config.cache(), Arc::new(keyring)),
+            VerifiedCache::new(
+                config.cache(),
+                Arc::new(keyring),
+                crate::api::wire::encode_verified,
+            ),
             Arc::clone(&usage),
             Arc::clone(&backfill),
         ));

@@ -17,6 +17,20 @@
 //! build.rs points the generated server at these types; the generated client
 //! still uses `pb::ValidateRequest` and `pb::ValidateResponse`, which encode
 //! the same bytes.
+//!
+//! This is the one module that knows how these two messages are encoded:
+//! their field numbers are declared once (`field`), a unit test checks them
+//! against the compiled proto's descriptors, and `encode_verified` makes the
+//! bytes the validation cache keeps (opaque to it) for each token.
+//!
+//! **Changing `ValidateRequest` or `ValidateResponse`** in
+//! `proto/tokens/v1/token_service.proto`: add or renumber the field in
+//! `field` below; for a request field, decode it in `ValidateCall::merge_field`
+//! and encode it in `encode_raw`/`encoded_len`; for a verified-token reply
+//! field, encode it in `encode_verified` (the order of fields must be the
+//! order prost writes: by field number). The tests
+//! `field_numbers_match_the_proto` and `a_verified_reply_decodes_to_the_generated_message`
+//! fail until all of it agrees with the generated messages.
 
 use std::sync::Arc;
 
@@ -27,16 +41,80 @@ use prost::{
 };
 
 use crate::{
-    domain::{TokenValue, token_value::MalformedToken},
+    domain::{TokenValue, token::ValidationView, token_value::MalformedToken},
     pb,
     validation::cache::Entry,
 };
 
-/// Field numbers of `tokens.v1.ValidateRequest` and `ValidateResponse`.
-const TOKEN: u32 = 1;
-const REQUIRED_MODULES: u32 = 2;
-const VALID: u32 = 1;
-const REASON: u32 = 2;
+/// Field numbers, declared once (checked against the proto by a test).
+pub(crate) mod field {
+    /// `tokens.v1.ValidateRequest`.
+    pub mod request {
+        pub const TOKEN: u32 = 1;
+        pub const REQUIRED_MODULES: u32 = 2;
+    }
+    /// `tokens.v1.ValidateResponse`.
+    pub mod response {
+        pub const VALID: u32 = 1;
+        pub const REASON: u32 = 2;
+        pub const TOKEN_ID: u32 = 3;
+        pub const ACCOUNT_ID: u32 = 4;
+        pub const OWNER_ID: u32 = 5;
+        pub const MODULES: u32 = 6;
+        pub const API_VERSION: u32 = 7;
+        pub const METADATA: u32 = 8;
+        pub const EXPIRES_AT: u32 = 9;
+    }
+    /// Inside a map entry (`metadata`).
+    pub mod map_entry {
+        pub const KEY: u32 = 1;
+        pub const VALUE: u32 = 2;
+    }
+}
+
+use field::{
+    request::{REQUIRED_MODULES, TOKEN},
+    response::{REASON, VALID},
+};
+
+/// Appends a length-delimited field (a string or an embedded message).
+fn put(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    encoding::encode_key(tag, WireType::LengthDelimited, buf);
+    encoding::encode_varint(bytes.len() as u64, buf);
+    buf.extend_from_slice(bytes);
+}
+
+/// The verified-token fields of a `ValidateResponse` (3-9) for `token`,
+/// encoded once when its cache entry is built (the cache's `ReplyEncoder`):
+/// a hit's reply is `valid` and `reason` followed by a copy of these bytes.
+pub fn encode_verified(token: &ValidationView<'_>) -> Box<[u8]> {
+    use field::{map_entry, response as f};
+    let mut buf = Vec::with_capacity(128);
+    put(&mut buf, f::TOKEN_ID, token.id.as_str().as_bytes());
+    put(&mut buf, f::ACCOUNT_ID, token.account_id.as_bytes());
+    put(&mut buf, f::OWNER_ID, token.owner_id.as_bytes());
+    for m in token.modules {
+        put(&mut buf, f::MODULES, m.as_bytes());
+    }
+    if !token.api_version.is_empty() {
+        put(&mut buf, f::API_VERSION, token.api_version.as_bytes());
+    }
+    let mut entry = Vec::new();
+    for (k, v) in token.metadata {
+        entry.clear();
+        put(&mut entry, map_entry::KEY, k.as_bytes());
+        put(&mut entry, map_entry::VALUE, v.as_bytes());
+        put(&mut buf, f::METADATA, &entry);
+    }
+    if let Some(t) = token.expires_at {
+        let ts = prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+        };
+        put(&mut buf, f::EXPIRES_AT, &ts.encode_to_vec());
+    }
+    buf.into_boxed_slice()
+}
 
 /// A Validate request: the token, already parsed, and the required modules.
 pub struct ValidateCall {
@@ -191,7 +269,7 @@ impl ValidateReply {
         };
         if let Some(entry) = &self.verified {
             // Our own well-formed encoding of the same message: cannot fail.
-            if let Err(e) = message.merge(entry.snapshot.wire()) {
+            if let Err(e) = message.merge(entry.snapshot.reply()) {
                 tracing::error!(error = %e, "cached ValidateResponse fields did not decode");
             }
         }
@@ -219,7 +297,7 @@ impl Message for ValidateReply {
             encoding::int32::encode(REASON, &self.reason, buf);
         }
         if let Some(entry) = &self.verified {
-            buf.put_slice(entry.snapshot.wire());
+            buf.put_slice(entry.snapshot.reply());
         }
     }
 
@@ -259,7 +337,7 @@ impl Message for ValidateReply {
             + self
                 .verified
                 .as_ref()
-                .map_or(0, |e| e.snapshot.wire().len())
+                .map_or(0, |e| e.snapshot.reply().len())
     }
 
     fn clear(&mut self) {
@@ -411,6 +489,48 @@ mod tests {
         let shown = format!("{call:?}");
         assert!(!shown.contains(&v.expose()), "{shown}");
         assert!(shown.contains("redacted"));
+    }
+
+    /// The proto's field numbers, by name, from the compiled descriptors.
+    fn proto_fields(message: &str) -> HashMap<String, u32> {
+        let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+        let m = set
+            .file
+            .iter()
+            .flat_map(|f| &f.message_type)
+            .find(|m| m.name() == message)
+            .unwrap();
+        m.field
+            .iter()
+            .map(|f| (f.name().to_owned(), f.number() as u32))
+            .collect()
+    }
+
+    #[test]
+    fn field_numbers_match_the_proto() {
+        use field::{request as q, response as r};
+        let request = proto_fields("ValidateRequest");
+        assert_eq!(request["token"], q::TOKEN);
+        assert_eq!(request["required_modules"], q::REQUIRED_MODULES);
+        let response = proto_fields("ValidateResponse");
+        for (name, number) in [
+            ("valid", r::VALID),
+            ("reason", r::REASON),
+            ("token_id", r::TOKEN_ID),
+            ("account_id", r::ACCOUNT_ID),
+            ("owner_id", r::OWNER_ID),
+            ("modules", r::MODULES),
+            ("api_version", r::API_VERSION),
+            ("metadata", r::METADATA),
+            ("expires_at", r::EXPIRES_AT),
+        ] {
+            assert_eq!(response[name], number, "ValidateResponse.{name}");
+        }
+        assert_eq!(
+            response.len(),
+            9,
+            "a new ValidateResponse field: encode it in encode_verified (see the module doc)"
+        );
     }
 
     #[test]

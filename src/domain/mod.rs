@@ -3,11 +3,13 @@
 //! - `token_value`: the token format (`<prefix>_<id>_<secret><checksum>`), parsing and generation.
 //! - `fields`: parse-don't-validate newtypes for every user-supplied field.
 //! - `state`: the Active / Disabled / Revoked state machine.
+//! - `identity`: a token's account, owner, modules and API version as shared plain values.
 //! - `privilege`: callers, their `tokens:*` privileges and what they may touch.
 //! - `token`: the token record as the rest of the service sees it.
 //! - `page`: opaque, filter-bound keyset page tokens.
 
 pub mod fields;
+pub mod identity;
 pub mod page;
 pub mod privilege;
 pub mod state;
@@ -15,7 +17,8 @@ pub mod token;
 pub mod token_value;
 
 pub use fields::FieldViolation;
-pub use privilege::{Caller, Principal, Privilege, Privileges};
+pub use identity::TokenIdentity;
+pub use privilege::{Caller, Privilege, Privileges};
 pub use state::TokenState;
 pub use token::{EventKind, NewEvent, Token};
 pub use token_value::{TokenId, TokenValue};

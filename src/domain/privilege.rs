@@ -12,9 +12,9 @@
 //! `platform` implies `admin`, which implies `self` (and validation within the
 //! account). A caller may only grant `tokens:*` modules it holds itself.
 
-use std::{fmt, sync::Arc};
+use std::fmt;
 
-use super::{FieldViolation, TokenId};
+use super::{FieldViolation, TokenId, TokenIdentity};
 
 /// Prefix reserved for tokend's own privilege modules.
 pub const PRIVILEGE_PREFIX: &str = "tokens:";
@@ -97,20 +97,14 @@ pub enum Scope {
     },
 }
 
-/// An authenticated caller.
+/// An authenticated caller: its credential's id, privileges and identity
+/// (plain values, shared with the cache entry that authenticated it, so
+/// authenticating a request copies no strings).
 #[derive(Clone)]
 pub struct Caller {
     pub token_id: TokenId,
     pub privileges: Privileges,
-    principal: Arc<dyn Principal>,
-}
-
-/// Where an authenticated caller's account and owner ids live. The validation
-/// cache's entry implements it, so authenticating a request (which every RPC
-/// does) copies no strings.
-pub trait Principal: Send + Sync {
-    fn account_id(&self) -> &str;
-    fn owner_id(&self) -> &str;
+    identity: TokenIdentity,
 }
 
 impl fmt::Debug for Caller {
@@ -125,20 +119,20 @@ impl fmt::Debug for Caller {
 }
 
 impl Caller {
-    pub fn new(token_id: TokenId, privileges: Privileges, principal: Arc<dyn Principal>) -> Self {
+    pub fn new(token_id: TokenId, privileges: Privileges, identity: TokenIdentity) -> Self {
         Self {
             token_id,
             privileges,
-            principal,
+            identity,
         }
     }
 
     pub fn account_id(&self) -> &str {
-        self.principal.account_id()
+        self.identity.account_id()
     }
 
     pub fn owner_id(&self) -> &str {
-        self.principal.owner_id()
+        self.identity.owner_id()
     }
 
     /// May this caller manage (get, update, disable, revoke, rotate, duplicate)
@@ -234,22 +228,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    struct Ids;
-
-    impl Principal for Ids {
-        fn account_id(&self) -> &str {
-            "acme"
-        }
-        fn owner_id(&self) -> &str {
-            "alice"
-        }
-    }
-
     fn caller(modules: &[&str]) -> Caller {
+        let owned: Vec<String> = modules.iter().map(|m| (*m).to_owned()).collect();
         Caller::new(
             TokenId::parse("0123456789abcdef").unwrap(),
             Privileges::from_modules(modules.iter().copied()),
-            Arc::new(Ids),
+            TokenIdentity::new("acme", "alice", &owned, ""),
         )
     }
 

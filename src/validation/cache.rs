@@ -37,7 +37,7 @@ use super::{
 };
 use crate::{
     domain::{
-        Principal, Privileges, TokenId, TokenState, TokenValue,
+        Privileges, TokenId, TokenIdentity, TokenState, TokenValue,
         token::{SecretHash, StoredVerifier, ValidationRecord, ValidationView},
     },
     telemetry::metrics::CountEvictions,
@@ -65,14 +65,13 @@ pub struct CacheConfig {
     pub failures_per_window: u32,
 }
 
-/// What Validate needs to judge a token. Up to a million of these live in
-/// memory, so the variable-length fields share one allocation, and that
-/// allocation is laid out as the protobuf encoding of the verified-token fields
-/// of `tokens.v1.ValidateResponse` (3-9: token_id, account_id, owner_id,
-/// modules, api_version, metadata, expires_at). A cache hit's response is
-/// then `valid` and `reason` followed by a copy of these bytes, with no
-/// per-request strings, map or encoder work (see `api::wire`). The accessors
-/// read the same bytes back.
+/// What Validate needs to judge a token, and the reply a hit sends. Up to a
+/// million of these live in memory, so the strings share allocations: the
+/// identity (account, owner, modules, version) is one shared string, and
+/// the reply's verified-token part is encoded once, when the entry is built,
+/// by the api layer (`ReplyEncoder`): a hit then sends `valid`, `reason` and
+/// a copy of those bytes, with no per-request strings, map or encoder work.
+/// The bytes are opaque here: only the api layer knows the wire format.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub id: TokenId,
@@ -81,171 +80,55 @@ pub struct Snapshot {
     /// What the token may do as a caller of this service, read once here
     /// rather than from its modules on every RPC it authenticates.
     pub privileges: Privileges,
-    wire: Box<[u8]>,
-    /// Where the module fields lie in `wire`, so the module check on every
-    /// Validate does not walk the fields before them.
-    modules: std::ops::Range<u32>,
+    pub identity: TokenIdentity,
+    reply: Box<[u8]>,
 }
 
-/// Field numbers in `tokens.v1.ValidateResponse` (proto/tokens/v1/token_service.proto).
-mod field {
-    pub const TOKEN_ID: u32 = 3;
-    pub const ACCOUNT_ID: u32 = 4;
-    pub const OWNER_ID: u32 = 5;
-    pub const MODULES: u32 = 6;
-    pub const API_VERSION: u32 = 7;
-    pub const METADATA: u32 = 8;
-    pub const EXPIRES_AT: u32 = 9;
-    /// Inside a map entry.
-    pub const KEY: u32 = 1;
-    pub const VALUE: u32 = 2;
-}
-
-/// Appends a length-delimited field (a string or an embedded message).
-fn put(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(bytes.len() as u64, buf);
-    buf.extend_from_slice(bytes);
-}
-
-/// The length-delimited fields of an encoded message, in order. Anything else
-/// ends the walk: only `Snapshot::of` writes these buffers.
-fn fields(mut rest: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
-    use prost::encoding::{WireType, decode_key, decode_varint};
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let (tag, wire_type) = decode_key(&mut rest).ok()?;
-        if wire_type != WireType::LengthDelimited {
-            return None;
-        }
-        let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-        let (value, after) = rest.split_at_checked(len)?;
-        rest = after;
-        Some((tag, value))
-    })
-}
-
-/// A position in a snapshot's wire bytes. The module fields come right after
-/// three ids of bounded length, so they always start and end far below 4 GiB.
-fn offset(position: usize) -> u32 {
-    u32::try_from(position).unwrap_or(u32::MAX)
-}
-
-/// Whole `&str`s went in, so every string field is valid UTF-8.
-fn text(bytes: &[u8]) -> &str {
-    std::str::from_utf8(bytes).unwrap_or_default()
-}
+/// Encodes the verified-token part of a Validate reply for a token (the api
+/// layer's `wire::encode_verified`); given to the cache at start-up.
+pub type ReplyEncoder = fn(&ValidationView<'_>) -> Box<[u8]>;
 
 impl Snapshot {
-    pub fn of(token: &ValidationView<'_>) -> Self {
-        let mut buf = Vec::with_capacity(128);
-        put(&mut buf, field::TOKEN_ID, token.id.as_str().as_bytes());
-        put(&mut buf, field::ACCOUNT_ID, token.account_id.as_bytes());
-        put(&mut buf, field::OWNER_ID, token.owner_id.as_bytes());
-        let modules_start = buf.len();
-        for m in token.modules {
-            put(&mut buf, field::MODULES, m.as_bytes());
-        }
-        let modules = offset(modules_start)..offset(buf.len());
-        if !token.api_version.is_empty() {
-            put(&mut buf, field::API_VERSION, token.api_version.as_bytes());
-        }
-        let mut entry = Vec::new();
-        for (k, v) in token.metadata {
-            entry.clear();
-            put(&mut entry, field::KEY, k.as_bytes());
-            put(&mut entry, field::VALUE, v.as_bytes());
-            put(&mut buf, field::METADATA, &entry);
-        }
-        if let Some(t) = token.expires_at {
-            let ts = prost_types::Timestamp {
-                seconds: t.timestamp(),
-                nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-            };
-            put(
-                &mut buf,
-                field::EXPIRES_AT,
-                &prost::Message::encode_to_vec(&ts),
-            );
-        }
+    pub fn of(token: &ValidationView<'_>, encode: ReplyEncoder) -> Self {
         Self {
             id: token.id,
             state: token.state,
             expires_at: token.expires_at.map(UnixMicros::of),
             privileges: Privileges::from_modules(token.modules.iter().map(String::as_str)),
-            wire: buf.into_boxed_slice(),
-            modules,
+            identity: TokenIdentity::new(
+                token.account_id,
+                token.owner_id,
+                token.modules,
+                token.api_version,
+            ),
+            reply: encode(token),
         }
     }
 
-    /// The protobuf encoding of `ValidateResponse` fields 3-9 for this token.
-    pub fn wire(&self) -> &[u8] {
-        &self.wire
-    }
-
-    fn all(&self, tag: u32) -> impl Iterator<Item = &[u8]> {
-        fields(&self.wire).filter_map(move |(t, v)| (t == tag).then_some(v))
-    }
-
-    fn one(&self, tag: u32) -> &str {
-        self.all(tag).next().map_or("", text)
+    /// The encoded verified-token part of a Validate reply (opaque here).
+    pub fn reply(&self) -> &[u8] {
+        &self.reply
     }
 
     pub fn account_id(&self) -> &str {
-        self.one(field::ACCOUNT_ID)
+        self.identity.account_id()
     }
 
     pub fn owner_id(&self) -> &str {
-        self.one(field::OWNER_ID)
+        self.identity.owner_id()
     }
 
     pub fn api_version(&self) -> &str {
-        self.one(field::API_VERSION)
+        self.identity.api_version()
     }
 
     pub fn modules(&self) -> impl Iterator<Item = &str> {
-        self.module_fields().map(text)
+        self.identity.modules()
     }
 
-    fn module_fields(&self) -> impl Iterator<Item = &[u8]> {
-        let (start, end) = (self.modules.start as usize, self.modules.end as usize);
-        fields(self.wire.get(start..end).unwrap_or_default()).map(|(_, m)| m)
-    }
-
-    pub fn metadata(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.all(field::METADATA).map(|entry| {
-            let (mut key, mut value) = ("", "");
-            for (tag, v) in fields(entry) {
-                match tag {
-                    field::KEY => key = text(v),
-                    field::VALUE => value = text(v),
-                    _ => {}
-                }
-            }
-            (key, value)
-        })
-    }
-
-    /// Runs on every Validate that names modules: walks only the module
-    /// fields and compares bytes.
+    /// Runs on every Validate that names modules.
     pub fn has_modules(&self, required: &[String]) -> bool {
-        required
-            .iter()
-            .all(|r| self.module_fields().any(|m| m == r.as_bytes()))
-    }
-}
-
-/// An authenticated caller's ids are read from its cache entry.
-impl Principal for Entry {
-    fn account_id(&self) -> &str {
-        self.snapshot.account_id()
-    }
-
-    fn owner_id(&self) -> &str {
-        self.snapshot.owner_id()
+        self.identity.has_modules(required)
     }
 }
 
@@ -356,6 +239,7 @@ impl Entry {
     fn build(
         token: &ValidationView<'_>,
         keyring: &Keyring,
+        encode: ReplyEncoder,
         carried: &[Slot],
         verified: Option<(Matched, Digest)>,
     ) -> Self {
@@ -376,7 +260,7 @@ impl Entry {
             None => {}
         }
         Self {
-            snapshot: Snapshot::of(token),
+            snapshot: Snapshot::of(token, encode),
             current,
             previous,
             last_recorded: AtomicI64::new(0),
@@ -467,6 +351,7 @@ impl Entry {
 
 pub struct VerifiedCache {
     keyring: Arc<Keyring>,
+    encode: ReplyEncoder,
     entries: Entries,
     failed: Cache<Digest, Instant>,
     unknown: Cache<TokenId, Instant>,
@@ -498,9 +383,10 @@ impl ChangedDuringLoad {
 }
 
 impl VerifiedCache {
-    pub fn new(config: CacheConfig, keyring: Arc<Keyring>) -> Self {
+    pub fn new(config: CacheConfig, keyring: Arc<Keyring>, encode: ReplyEncoder) -> Self {
         Self {
             keyring,
+            encode,
             entries: Entries::with(
                 config.capacity.max(16),
                 config.capacity.max(16) as u64,
@@ -596,7 +482,13 @@ impl VerifiedCache {
         generation: u64,
     ) -> Arc<Entry> {
         let carried = self.get(&token.id).map(|e| e.slots()).unwrap_or_default();
-        let entry = Arc::new(Entry::build(token, &self.keyring, &carried, verified));
+        let entry = Arc::new(Entry::build(
+            token,
+            &self.keyring,
+            self.encode,
+            &carried,
+            verified,
+        ));
         self.insert_if_unchanged(token.id, &entry, generation);
         entry
     }
@@ -628,6 +520,7 @@ impl VerifiedCache {
         let entry = Entry::build(
             token,
             &self.keyring,
+            self.encode,
             &carried,
             fresh.map(|d| (Matched::Current, d)),
         );
@@ -679,7 +572,7 @@ impl VerifiedCache {
         if changed(&token.id) || self.entries.get(&token.id).is_some() {
             return false;
         }
-        let entry = Entry::build(&token.view(), &self.keyring, &[], None);
+        let entry = Entry::build(&token.view(), &self.keyring, self.encode, &[], None);
         if entry.unverified(Matched::Current) {
             return false;
         }
@@ -790,8 +683,12 @@ pub(crate) mod tests {
         Arc::new(Keyring::parse(text).unwrap())
     }
 
+    fn with_keys(keys: &str) -> VerifiedCache {
+        VerifiedCache::new(config(), keyring(keys), crate::api::wire::encode_verified)
+    }
+
     pub(crate) fn cache() -> VerifiedCache {
-        VerifiedCache::new(config(), keyring(KEY_A))
+        with_keys(KEY_A)
     }
 
     fn check(cache: &VerifiedCache, id: &TokenId, v: &TokenValue, now: UnixMicros) -> Check {
@@ -800,38 +697,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn snapshot_packs_and_unpacks_every_field() {
+    fn a_snapshot_reads_its_identity_and_keeps_the_encoded_reply() {
         let v = TokenValue::generate("tk").unwrap();
         let mut t = token(v.id(), "h");
         t.modules = vec!["a:read".into(), "b/*".into()];
-        t.metadata = BTreeMap::from([
-            ("team".into(), "payments é".into()),
-            ("env".into(), String::new()),
-        ]);
-        let s = Snapshot::of(&t.validation());
+        let s = Snapshot::of(&t.validation(), |_| Box::new(*b"opaque"));
         assert_eq!(s.account_id(), "acme");
         assert_eq!(s.owner_id(), "alice");
         assert_eq!(s.api_version(), "v1");
         assert_eq!(s.modules().collect::<Vec<_>>(), vec!["a:read", "b/*"]);
-        assert_eq!(
-            s.metadata().collect::<Vec<_>>(),
-            vec![("env", ""), ("team", "payments é")]
-        );
-        assert!(s.has_modules(&["b/*".into()]));
         assert!(s.has_modules(&["b/*".into(), "a:read".into()]));
-        assert!(s.has_modules(&[]));
         assert!(!s.has_modules(&["c".into()]));
-        assert!(!s.has_modules(&["a:read".into(), "c".into()]));
-        // Other fields' text is not a module.
-        for other in ["acme", "alice", "v1", v.id().as_str()] {
-            assert!(!s.has_modules(&[other.into()]), "{other}");
-        }
-        t.modules.clear();
-        t.metadata.clear();
-        let empty = Snapshot::of(&t.validation());
-        assert_eq!(empty.modules().count(), 0);
-        assert!(!empty.has_modules(&["a:read".into()]));
-        assert_eq!(empty.metadata().count(), 0);
+        assert_eq!(s.reply(), b"opaque");
     }
 
     #[test]
@@ -913,8 +790,8 @@ pub(crate) mod tests {
 
     #[test]
     fn rows_under_an_older_key_match_and_are_rekeyed() {
-        let old = VerifiedCache::new(config(), keyring(KEY_A));
-        let cache = VerifiedCache::new(config(), keyring(&format!("{KEY_B}\n{KEY_A}")));
+        let old = with_keys(KEY_A);
+        let cache = with_keys(&format!("{KEY_B}\n{KEY_A}"));
         let v = TokenValue::generate("tk").unwrap();
         let mut t = token(v.id(), "h1");
         t.verifier = Some(old.keyring().seal(&v));
@@ -933,7 +810,7 @@ pub(crate) mod tests {
             Check::Match(Matched::Current, 0)
         );
         // A key nobody lists any more cannot settle anything.
-        let other = VerifiedCache::new(config(), keyring(KEY_B));
+        let other = with_keys(KEY_B);
         other.fill(&t.validation(), None, other.generation(&v.id()));
         assert_eq!(check(&other, &v.id(), &v, now), Check::Unverified);
     }
@@ -1044,6 +921,7 @@ pub(crate) mod tests {
                 ..config()
             },
             keyring(KEY_A),
+            crate::api::wire::encode_verified,
         );
         for _ in 0..1000 {
             let v = TokenValue::generate("tk").unwrap();

@@ -38,6 +38,7 @@ pub fn memory(n: usize) {
             failures_per_window: 5,
         },
         Arc::clone(&keyring),
+        tokend::api::wire::encode_verified,
     );
     let now = chrono::Utc::now();
     for i in 0..n {

@@ -113,6 +113,7 @@ async fn breakdown(target: &Target, n: usize) {
             failures_per_window: 5,
         },
         std::sync::Arc::new(keyring),
+        tokend::api::wire::encode_verified,
     );
     let started = Instant::now();
     let loaded = tokens.iter().filter(|t| cache.load(t)).count();
