@@ -1,7 +1,9 @@
 //! tokend: an API-token service over gRPC.
 //!
 //! Layout, outermost first:
-//! - `main.rs` / `cli`: the `tokend` binary (serve, migrate, bootstrap) and its configuration.
+//! - `main.rs` / `cli`: the `tokend` binary (serve, migrate, bootstrap, backup, restore, move,
+//!   events export) and its configuration.
+//! - `ops`: day-two operations: backup and restore, store moves, audit export and retention.
 //! - `startup`: `Application::build` binds, wires and runs the server until shutdown.
 //! - `api/`: the gRPC wire layer (handlers only); `pb`: generated protobuf types.
 //! - `manage`: token-management use-cases (authorise, apply domain rules, commit, update the cache).
@@ -16,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod manage;
+pub mod ops;
 pub mod pb;
 pub mod startup;
 pub mod store;

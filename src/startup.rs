@@ -155,6 +155,15 @@ impl Application {
             config.store_unhealthy_after,
             stop_background.clone(),
         ));
+        // Audit retention (ops::retention): only when a retention is set.
+        let pruner = config.event_retention.map(|retention| {
+            tokio::spawn(crate::ops::retention::run(
+                Arc::clone(&services.store),
+                retention,
+                config.event_prune_interval,
+                stop_background.clone(),
+            ))
+        });
 
         let drain = drain(
             shutdown,
@@ -181,6 +190,9 @@ impl Application {
 
         stop_background.cancel();
         let _ = tokio::join!(coherence, watcher);
+        if let Some(pruner) = pruner {
+            let _ = pruner.await;
+        }
         stop_flusher.cancel();
         if let Err(e) = flusher.await {
             tracing::error!(error = %e, "last-used flusher failed");

@@ -7,16 +7,24 @@
 //! - `tokens`: token reads, the transactional write paths and Search.
 //! - `events`: the audit-trail listing.
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
+//! - `audit`: audit retention (batched pruning) and export.
+//! - `copy`: store-to-store copy with verification (`tokend move`).
+//! - `sqlite_file`: SQLite files: online backup, soundness checks (`tokend backup`/`restore`).
+//! - `seed`: bulk loading for benchmarks.
 //!
 //! Every mutation commits in one transaction together with its audit event.
 //! Every call is bounded by the configured store timeout, so an unreachable
 //! database gives a prompt `UNAVAILABLE`, never a hang.
 
+mod audit;
 mod changes;
 mod convert;
+pub mod copy;
 pub mod entities;
 mod events;
 pub mod migration;
+mod seed;
+pub mod sqlite_file;
 mod tokens;
 
 use std::{
@@ -31,6 +39,7 @@ use std::{
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 
+pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeRow};
 pub use events::EventQuery;
 pub use tokens::{Change, SearchQuery};
