@@ -64,7 +64,7 @@ async fn client(app: &TestApp) -> Client {
 }
 
 /// Best-effort removal of a test database once its replicas are gone.
-async fn drop_database(url: &str) {
+pub(crate) async fn drop_database(url: &str) {
     let Ok(base) = std::env::var(helpers::PG_URL_ENV) else {
         return;
     };
