@@ -48,7 +48,7 @@ mod tests {
                 token_id: "JQQQavrtCuFCnPet".into(),
                 owner_id: "ops".into(),
             },
-            at: chrono::DateTime::from_timestamp_micros(1_795_420_424_855_787).unwrap(),
+            at: chrono::DateTime::from_timestamp_micros(1_795_334_024_855_787).unwrap(),
             detail: "leaked\nin logs".into(),
         };
         let line = event_json_line(&e);

@@ -619,32 +619,19 @@ where
             source_sum.add(&row_hash::<E>(row, &mut buf));
         }
         let n = rows.len() as u64;
-        let txn = target.db.begin().await?;
-        if target.backend() == DbBackend::Postgres {
-            // The progress row commits with its batch, so a crash loses both
-            // or neither: waiting for the WAL flush of each batch buys nothing.
-            txn.execute_unprepared("SET LOCAL synchronous_commit = off")
-                .await?;
-        }
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let part: Vec<E::ActiveModel> = rows.by_ref().take(chunk).map(Into::into).collect();
-            E::insert_many(part).exec_without_returning(&txn).await?;
-        }
         copied += n;
-        progress::Entity::insert(progress::ActiveModel {
-            table_name: sea_orm::ActiveValue::Set(table.name().to_owned()),
-            last_key: sea_orm::ActiveValue::Set(key_to_json(&tail_key)?),
-            rows: sea_orm::ActiveValue::Set(copied as i64),
-        })
-        .on_conflict(
-            OnConflict::column(progress::Column::TableName)
-                .update_columns([progress::Column::LastKey, progress::Column::Rows])
-                .to_owned(),
-        )
-        .exec_without_returning(&txn)
-        .await?;
-        txn.commit().await?;
+        let mark = progress::Model {
+            table_name: table.name().to_owned(),
+            last_key: key_to_json(&tail_key)?,
+            rows: copied as i64,
+        };
+        let copy_text = (target.backend() == DbBackend::Postgres)
+            .then(|| copy_text::<E>(&rows))
+            .flatten();
+        match copy_text {
+            Some(text) => write_batch_pg::<E>(target, &text, mark).await?,
+            None => write_batch::<E>(target, rows, chunk, mark).await?,
+        }
         last = Some(tail_key);
         if progress(CopyProgress { table, copied }).is_break() {
             return Err(Error::Unavailable(format!(
@@ -656,6 +643,132 @@ where
             return Ok((source_sum, resumed_rows));
         }
     }
+}
+
+/// Inserts one batch and its progress row in one transaction.
+async fn write_batch<E>(
+    target: &Store,
+    rows: Vec<E::Model>,
+    chunk: usize,
+    mark: progress::Model,
+) -> Result<()>
+where
+    E: EntityTrait,
+    E::ActiveModel: ActiveModelTrait<Entity = E> + From<E::Model> + Send,
+{
+    let txn = target.db.begin().await?;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let part: Vec<E::ActiveModel> = rows.by_ref().take(chunk).map(Into::into).collect();
+        E::insert_many(part).exec_without_returning(&txn).await?;
+    }
+    progress::Entity::insert(progress::ActiveModel::from(mark))
+        .on_conflict(
+            OnConflict::column(progress::Column::TableName)
+                .update_columns([progress::Column::LastKey, progress::Column::Rows])
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// PostgreSQL: the batch goes in with `COPY ... FROM STDIN` (text format),
+/// several times faster than multi-row INSERTs, in one transaction with its
+/// progress row. The progress row commits with its batch, so a crash loses
+/// both or neither: waiting for each batch's WAL flush buys nothing.
+async fn write_batch_pg<E: EntityTrait>(
+    target: &Store,
+    text: &str,
+    mark: progress::Model,
+) -> Result<()> {
+    use sea_orm::sqlx::{self, Acquire as _};
+    let failed = |e: sqlx::Error| Error::Database(sea_orm::DbErr::Custom(format!("COPY: {e}")));
+    let columns: Vec<String> = E::Column::iter()
+        .map(|c| format!("\"{}\"", c.as_str()))
+        .collect();
+    let statement = format!(
+        "COPY \"{}\" ({}) FROM STDIN",
+        E::default().table_name(),
+        columns.join(", ")
+    );
+    let mut conn = target
+        .db
+        .get_postgres_connection_pool()
+        .acquire()
+        .await
+        .map_err(failed)?;
+    let mut txn = conn.begin().await.map_err(failed)?;
+    sqlx::raw_sql("SET LOCAL synchronous_commit = off")
+        .execute(&mut *txn)
+        .await
+        .map_err(failed)?;
+    let mut copy = txn.copy_in_raw(&statement).await.map_err(failed)?;
+    if let Err(e) = copy.send(text.as_bytes()).await {
+        let _ = copy.abort("tokend move: sending failed").await;
+        return Err(failed(e));
+    }
+    copy.finish().await.map_err(failed)?;
+    sqlx::query(
+        "INSERT INTO tokend_move_progress (table_name, last_key, rows) VALUES ($1, $2, $3) \
+         ON CONFLICT (table_name) DO UPDATE SET last_key = EXCLUDED.last_key, rows = EXCLUDED.rows",
+    )
+    .bind(mark.table_name)
+    .bind(mark.last_key)
+    .bind(mark.rows)
+    .execute(&mut *txn)
+    .await
+    .map_err(failed)?;
+    txn.commit().await.map_err(failed)?;
+    Ok(())
+}
+
+/// The rows in PostgreSQL's COPY text format (tab-separated, `\N` for NULL,
+/// backslash escapes), columns in entity order; `None` when a value is of a
+/// type this encoder does not know (the batch then goes in as INSERTs).
+fn copy_text<E: EntityTrait>(rows: &[E::Model]) -> Option<String> {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(rows.len() * 512);
+    for row in rows {
+        for (i, column) in E::Column::iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            let value = row.get(column);
+            match &value {
+                v if is_null(v) => out.push_str("\\N"),
+                Value::String(Some(s)) => {
+                    for c in s.chars() {
+                        match c {
+                            '\\' => out.push_str("\\\\"),
+                            '\n' => out.push_str("\\n"),
+                            '\r' => out.push_str("\\r"),
+                            '\t' => out.push_str("\\t"),
+                            c => out.push(c),
+                        }
+                    }
+                }
+                Value::Bool(Some(b)) => out.push(if *b { 't' } else { 'f' }),
+                Value::TinyInt(Some(n)) => write!(out, "{n}").ok()?,
+                Value::SmallInt(Some(n)) => write!(out, "{n}").ok()?,
+                Value::Int(Some(n)) => write!(out, "{n}").ok()?,
+                Value::BigInt(Some(n)) => write!(out, "{n}").ok()?,
+                Value::ChronoDateTimeUtc(Some(t)) => {
+                    out.push_str(&t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                }
+                Value::Bytes(Some(b)) => {
+                    out.push_str("\\\\x");
+                    for byte in b {
+                        write!(out, "{byte:02x}").ok()?;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        out.push('\n');
+    }
+    Some(out)
 }
 
 /// A primary key as stored in the progress table: a JSON array of strings and
@@ -816,6 +929,28 @@ mod tests {
     fn derived_tables_include_their_shadow_tables() {
         assert!(!is_derived("tokens"));
         assert!(!is_derived("token_events"));
+    }
+
+    #[test]
+    fn copy_text_escapes_what_the_format_reserves() {
+        let at = chrono::DateTime::from_timestamp_micros(1_795_334_024_855_787).unwrap();
+        let row = token_event::Model {
+            id: 7,
+            token_id: "X1a2B3c4D5e6F7g8".into(),
+            account_id: "acme".into(),
+            owner_id: "o".into(),
+            kind: "updated".into(),
+            actor_token_id: "a".into(),
+            actor_owner_id: "b".into(),
+            at,
+            detail: "tab\there\nnew line\r \\N back\\slash".into(),
+        };
+        let text = copy_text::<token_event::Entity>(&[row]).unwrap();
+        assert_eq!(
+            text,
+            "7\tX1a2B3c4D5e6F7g8\tacme\to\tupdated\ta\tb\t2026-11-22T07:53:44.855787Z\t\
+             tab\\there\\nnew line\\r \\\\N back\\\\slash\n"
+        );
     }
 
     #[test]

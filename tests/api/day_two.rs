@@ -193,7 +193,9 @@ async fn populate(app: &TestApp, plain: usize) -> Vec<String> {
             &p,
             pb::IssueRequest {
                 owner_id: "alice".into(),
-                name: "expiring".into(),
+                name: "expiring \\ ü".into(),
+                // Text COPY's escape character and its NULL marker.
+                description: "not null: \\N, a back\\slash".into(),
                 expires_at: Some(helpers::ts(chrono::Utc::now() + chrono::Duration::days(30))),
                 ..Default::default()
             },

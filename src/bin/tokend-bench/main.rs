@@ -8,18 +8,26 @@
 //! framed by hand and sent with `-d`. Each phase is a module of its own:
 //!
 //! - `hot`: cache-hit Validate vs Health/Check, floods, miss cost;
-//! - `memory`: memory per cached token, in a child process.
+//! - `memory`: memory per cached token, in a child process;
+//! - `move`: `tokend move` of a large SQLite store into PostgreSQL, timed;
+//! - `backup`: `tokend backup` under Validate and write load, and its restore;
+//! - `seed`: the bulk-seeded stores those two start from.
 //!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
+//!        `target/release/tokend-bench move [TOKENS]`
+//!        `target/release/tokend-bench backup [TOKENS]`
 //!
 //! Every figure it prints is a measurement of this run; nothing is assumed.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod backup;
 mod hot;
 mod load;
 mod memory;
+mod r#move;
+mod seed;
 mod server;
 
 use std::process::ExitCode;
@@ -44,6 +52,15 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(hot::run(quick));
+    let count = |default: usize| {
+        args.get(1)
+            .and_then(|s| s.replace('_', "").parse().ok())
+            .unwrap_or(default)
+    };
+    match args.first().map(String::as_str) {
+        Some("move") => rt.block_on(r#move::run(count(1_000_000))),
+        Some("backup") => rt.block_on(backup::run(count(backup::DEFAULT_TOKENS))),
+        _ => rt.block_on(hot::run(quick)),
+    }
     ExitCode::SUCCESS
 }

@@ -57,11 +57,16 @@ pub fn bootstrap(dir: &Path) -> String {
 }
 
 pub async fn start_server(dir: &Path, name: &str) -> Server {
+    start_server_on(dir, name, &database_url(dir)).await
+}
+
+/// A server on the store at `url`, logging into `dir`.
+pub async fn start_server_on(dir: &Path, name: &str, url: &str) -> Server {
     let port = free_port();
     let log = dir.join(format!("{name}.log"));
     let mut child = Command::new(tokend_exe())
         .arg("serve")
-        .env("TOKEND_DATABASE_URL", database_url(dir))
+        .env("TOKEND_DATABASE_URL", url)
         .env("TOKEND_LISTEN", format!("127.0.0.1:{port}"))
         .env("TOKEND_MAX_TOKENS_PER_OWNER", "100000")
         .env("TOKEND_LOG", "info")
