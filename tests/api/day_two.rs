@@ -651,6 +651,36 @@ async fn an_interrupted_move_resumes_and_a_non_empty_target_is_refused() {
         assert_same_store(&target, &p, &expected, &events).await;
         target.stop().await;
     }
+    if first.starts_with("postgres") {
+        // The indexes set aside during the load are all back, and the
+        // mover's bookkeeping is gone.
+        use sea_orm::sqlx::{Connection, PgConnection, Row};
+        let mut conn = PgConnection::connect(&first).await.unwrap();
+        let names: Vec<String> = sea_orm::sqlx::query(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema()",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        for index in [
+            "idx_tokens_name_trgm",
+            "idx_tokens_account_owner_created",
+            "idx_token_events_at",
+            "idx_token_changes_at",
+        ] {
+            assert!(
+                names.iter().any(|n| n == index),
+                "{index} missing: {names:?}"
+            );
+        }
+        assert!(
+            !names.iter().any(|n| n.starts_with("tokend_move")),
+            "{names:?}"
+        );
+    }
 
     // Interrupted, then the source changes under the copied rows: resuming
     // would mix two states of the store, so it is refused.
