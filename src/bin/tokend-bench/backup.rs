@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 use crate::{
     load::{Load, WARM_UP_SECONDS, h2load, median, summary_line, validate_body},
     seed::seed,
-    server::{authed, database_url, start_server, start_server_on, tokend_exe},
+    server::{authed, database_url, start_server, start_server_on, tokend_exe, validate},
 };
 
 pub const DEFAULT_TOKENS: usize = 300_000;
@@ -261,17 +261,7 @@ pub async fn run(tokens: usize) {
         .find(|(_, s)| *s == TokenState::Active)
         .map(|(v, _)| v.clone())
         .expect("an active seeded token");
-    let first = client
-        .validate(authed(
-            &caller,
-            pb::ValidateRequest {
-                token: hot.clone(),
-                required_modules: vec!["billing:read".into()],
-            },
-        ))
-        .await
-        .expect("Validate")
-        .into_inner();
+    let first = validate(&mut client, &caller, &hot, &["billing:read"]).await;
     assert!(first.valid, "the hot token does not validate");
 
     // How long a backup takes with no load, to size each round.
@@ -402,18 +392,7 @@ pub async fn run(tokens: usize) {
     }
     let mut tally: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
     for (value, expected) in &checks {
-        let got = rc
-            .validate(authed(
-                &caller,
-                pb::ValidateRequest {
-                    token: value.clone(),
-                    required_modules: vec![],
-                },
-            ))
-            .await
-            .expect("Validate")
-            .into_inner()
-            .reason;
+        let got = validate(&mut rc, &caller, value, &[]).await.reason;
         let (label, want) = match expected {
             Some(TokenState::Active) => ("valid when it began", pb::Reason::Valid),
             Some(TokenState::Disabled) => ("disabled when it began", pb::Reason::Disabled),

@@ -19,7 +19,7 @@ use tokend::{domain::TokenState, pb};
 
 use crate::{
     seed::seed,
-    server::{authed, start_server_on, tokend_exe},
+    server::{start_server_on, tokend_exe, validate},
 };
 
 pub const TARGET_SECONDS: f64 = 300.0;
@@ -93,17 +93,7 @@ pub async fn run(tokens: usize) {
         tasks.push(tokio::spawn(async move {
             let mut wrong = 0usize;
             for (value, state) in part {
-                let r = c
-                    .validate(authed(
-                        &caller,
-                        pb::ValidateRequest {
-                            token: value,
-                            required_modules: vec![],
-                        },
-                    ))
-                    .await
-                    .expect("Validate")
-                    .into_inner();
+                let r = validate(&mut c, &caller, &value, &[]).await;
                 let expected = match state {
                     TokenState::Active => pb::Reason::Valid,
                     TokenState::Disabled => pb::Reason::Disabled,
