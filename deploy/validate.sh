@@ -8,7 +8,10 @@
 #   3. cross-object consistency (selectors, names, namespaces, labels, probes);
 #   4. compose.yaml parses and has the expected services and dependencies;
 #   5. the Dockerfile passes hadolint (skipped if hadolint can't be installed)
-#      and everything it COPYs exists.
+#      and everything it COPYs exists;
+#   6. the Prometheus alert rules pass `promtool check rules` (skipped, saying
+#      so, without promtool), the Grafana dashboard is valid JSON, and every
+#      tokend metric the rules and the dashboard use exists in the code.
 #
 # Usage: bash deploy/validate.sh            (from any directory)
 # Env:   KUBERNETES_MIN_VERSION  oldest Kubernetes to validate against (1.31)
@@ -100,6 +103,7 @@ for (kind, name), (fname, doc) in objs.items():
 get("Namespace", "tokend")
 cm = get("ConfigMap", "tokend-config")
 secret = get("Secret", "tokend-database")
+key_secret = get("Secret", "tokend-verifier-key")
 dep = get("Deployment", "tokend")
 job = get("Job", "tokend-migrate")
 svc = get("Service", "tokend")
@@ -116,8 +120,14 @@ if cm:
         err("TOKEND_DATABASE_URL belongs in the Secret, not the ConfigMap")
     if cm["data"].get("TOKEND_LISTEN") != "0.0.0.0:50051":
         err("ConfigMap TOKEND_LISTEN must be 0.0.0.0:50051")
+    if cm["data"].get("TOKEND_METRICS_LISTEN") != "0.0.0.0:9090":
+        err("ConfigMap TOKEND_METRICS_LISTEN must be 0.0.0.0:9090")
 if secret and "TOKEND_DATABASE_URL" not in (secret.get("stringData") or {}):
     err("Secret tokend-database must carry TOKEND_DATABASE_URL in stringData")
+if key_secret and "verifier.key" not in (key_secret.get("stringData") or {}):
+    err("Secret tokend-verifier-key must carry verifier.key in stringData")
+if cm and "TOKEND_VERIFIER_KEY_FILE" not in cm["data"]:
+    err("ConfigMap must set TOKEND_VERIFIER_KEY_FILE (PostgreSQL refuses to start without a key)")
 
 def check_pod(kind, spec, want_env_from=True):
     sc = spec.get("securityContext", {})
@@ -161,6 +171,12 @@ if dep:
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     if ports.get("grpc") != 50051:
         err("Deployment must expose containerPort 50051 named grpc")
+    if ports.get("metrics") != 9090:
+        err("Deployment must expose containerPort 9090 named metrics")
+    ann = spec["template"]["metadata"].get("annotations", {})
+    if ann.get("prometheus.io/scrape") != "true" or ann.get("prometheus.io/port") != str(ports.get("metrics")) \
+            or ann.get("prometheus.io/path") != "/metrics":
+        err("pod template must be annotated for scraping /metrics on the metrics port")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         g = c.get(probe, {}).get("grpc")
         if not g or g.get("port") != 50051:
@@ -170,6 +186,18 @@ if dep:
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
     if env.get("TOKEND_DRAIN_DELAY") != "10s":
         err("Deployment must set TOKEND_DRAIN_DELAY=10s")
+    key_file = (cm or {}).get("data", {}).get("TOKEND_VERIFIER_KEY_FILE", "")
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    key_vol = vols.get("verifier-key", {}).get("secret", {})
+    if key_vol.get("secretName") != "tokend-verifier-key":
+        err("Deployment must mount the tokend-verifier-key Secret as volume verifier-key")
+    elif not key_file.startswith(mounts.get("verifier-key", {}).get("mountPath", "?") + "/"):
+        err("TOKEND_VERIFIER_KEY_FILE must lie in the verifier-key volume's mountPath")
+    elif mounts["verifier-key"].get("readOnly") is not True:
+        err("the verifier-key volume must be mounted readOnly")
+    if key_vol.get("defaultMode", 0o644) & 0o007:
+        err("the verifier key file must not be world-readable (defaultMode)")
     grace = pod.get("terminationGracePeriodSeconds", 30)
     if grace <= 10:
         err("terminationGracePeriodSeconds must exceed TOKEND_DRAIN_DELAY")
@@ -182,6 +210,9 @@ if dep:
             err("Service port must be grpc/50051 with appProtocol grpc")
         if p.get("targetPort") not in ("grpc", 50051):
             err("Service targetPort must point at the grpc container port")
+        m = [q for q in svc["spec"]["ports"] if q.get("name") == "metrics"]
+        if not m or m[0].get("port") != 9090 or m[0].get("targetPort") not in ("metrics", 9090):
+            err("Service must expose the metrics port 9090")
     if pdb:
         psel = pdb["spec"]["selector"]["matchLabels"]
         if psel != sel:
@@ -258,6 +289,8 @@ for name in ("tokend-1", "tokend-2"):
         errors.append(f"{name} must set TOKEND_DRAIN_DELAY=2s")
     if env.get("TOKEND_LISTEN") != "0.0.0.0:50051":
         errors.append(f"{name} must listen on 0.0.0.0:50051")
+    if env.get("TOKEND_METRICS_LISTEN") != "0.0.0.0:9090":
+        errors.append(f"{name} must serve metrics on 0.0.0.0:9090")
     if not str(env.get("TOKEND_DATABASE_URL", "")).startswith("postgres://"):
         errors.append(f"{name} must use PostgreSQL")
     if "stop_grace_period" not in s:
@@ -286,6 +319,8 @@ for src in Cargo.toml Cargo.lock build.rs proto src; do
   [[ -e "$src" ]] || die "Dockerfile COPYs $src, which does not exist in the repo root"
 done
 grep -Eq -- 'cargo build .*--locked' deploy/Dockerfile || die "Dockerfile must build with --locked"
+grep -Eq -- 'TOKEND_METRICS_LISTEN=0\.0\.0\.0:9090' deploy/Dockerfile || die "Dockerfile must set TOKEND_METRICS_LISTEN"
+grep -Eq -- '^EXPOSE .*9090' deploy/Dockerfile || die "Dockerfile must EXPOSE the metrics port 9090"
 
 HADOLINT="skipped"
 if [[ "${SKIP_HADOLINT:-0}" != 1 ]]; then
@@ -304,4 +339,41 @@ if [[ "${SKIP_HADOLINT:-0}" != 1 ]]; then
   fi
 fi
 
-echo "validate.sh: OK — ${#MANIFESTS[@]} k8s manifests valid (strict) for Kubernetes ${LATEST} and ${MIN_VERSION}; kustomization ${RENDERED}; compose.yaml OK; hadolint ${HADOLINT}"
+# --- 6. alert rules and dashboard ----------------------------------------------
+log "checking deploy/prometheus and deploy/grafana"
+RULES=deploy/prometheus/alerts.yaml
+PROMTOOL="skipped (promtool not installed)"
+if command -v promtool >/dev/null 2>&1; then
+  promtool check rules "$RULES" || die "promtool check rules failed"
+  PROMTOOL="OK"
+else
+  log "promtool not installed: skipping promtool check rules ($RULES)"
+fi
+"$PY" - "$RULES" deploy/grafana/tokend-dashboard.json src/telemetry/metrics.rs <<'PY'
+import json, re, sys, yaml
+rules_path, dash_path, code_path = sys.argv[1:4]
+with open(rules_path) as f:
+    rules = yaml.safe_load(f)
+with open(dash_path) as f:
+    dash = json.load(f)
+with open(code_path) as f:
+    defined = set(re.findall(r'"(tokend_[a-z0-9_]+)"', f.read()))
+exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+errors = []
+for e in exprs:
+    for name in re.findall(r"tokend_[a-z0-9_]+", e):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if name not in defined and base not in defined:
+            errors.append(f"unknown metric {name} in: {e}")
+if not dash.get("panels"):
+    errors.append("the dashboard has no panels")
+if errors:
+    for e in errors:
+        print("  - " + e, file=sys.stderr)
+    sys.exit(f"{len(errors)} problem(s) in the rules or the dashboard")
+alerts = sum(len(g["rules"]) for g in rules["groups"])
+print(f"    {alerts} alert rules, {len(dash['panels'])} dashboard panels; every metric they use is defined")
+PY
+
+echo "validate.sh: OK — ${#MANIFESTS[@]} k8s manifests valid (strict) for Kubernetes ${LATEST} and ${MIN_VERSION}; kustomization ${RENDERED}; compose.yaml OK; hadolint ${HADOLINT}; alert rules ${PROMTOOL}"

@@ -2,15 +2,19 @@
 //! clap does the layering, so `--help` documents every setting with its
 //! environment variable and default.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
 
 use crate::{
     manage::Policy,
     store::StoreConfig,
-    validation::{cache::CacheConfig, coherence::CoherenceConfig, hasher::HasherConfig},
+    tls::TlsFiles,
+    validation::{
+        cache::CacheConfig, coherence::CoherenceConfig, hasher::HasherConfig, warm::WarmConfig,
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -60,11 +64,21 @@ pub enum Command {
     /// or PostgreSQL to PostgreSQL) and verify it. Rerun to resume.
     Move {
         /// The store to copy from (database URL).
-        #[arg(long, value_name = "URL", env = "TOKEND_MOVE_FROM", hide_env_values = true, value_parser = secret_url)]
-        from: SecretUrl,
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TOKEND_MOVE_FROM",
+            hide_env_values = true
+        )]
+        from: SecretString,
         /// The empty store to copy into (database URL).
-        #[arg(long, value_name = "URL", env = "TOKEND_MOVE_TO", hide_env_values = true, value_parser = secret_url)]
-        to: SecretUrl,
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TOKEND_MOVE_TO",
+            hide_env_values = true
+        )]
+        to: SecretString,
         /// Rows per committed batch.
         #[arg(long, default_value_t = 5000)]
         batch_rows: u64,
@@ -74,6 +88,13 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Print a new verifier key line for a key file (`--verifier-key-file`).
+    /// Put it first to make it current; keep the old line below it until
+    /// `tokend key-status` shows no token under the old key.
+    Keygen,
+    /// Show how many live tokens have their verifier under each key (and how
+    /// many have none yet), to know when a retired key can be dropped.
+    KeyStatus,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,21 +117,6 @@ pub enum EventsCommand {
     },
 }
 
-/// A database URL given for one command: it may hold a password, so its
-/// `Debug` is redacted.
-#[derive(Clone)]
-pub struct SecretUrl(pub String);
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretUrl(<redacted>)")
-    }
-}
-
-fn secret_url(s: &str) -> Result<SecretUrl, std::convert::Infallible> {
-    Ok(SecretUrl(s.to_owned()))
-}
-
 fn timestamp(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
 }
@@ -123,6 +129,12 @@ pub enum LogFormat {
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
+}
+
+/// Held as a secret from the moment it is parsed: a database URL may carry a
+/// password, and `Config`'s `Debug` must not show it.
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
 }
 
 fn default_workers() -> usize {
@@ -146,10 +158,11 @@ pub struct Config {
         long,
         env = "TOKEND_DATABASE_URL",
         default_value = "sqlite://tokend.db?mode=rwc",
+        value_parser = secret,
         global = true,
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Maximum database connections in the pool.
     #[arg(
         long,
@@ -253,6 +266,24 @@ pub struct Config {
     /// PostgreSQL: how long change-log rows are kept.
     #[arg(long, env = "TOKEND_CHANGE_RETENTION", default_value = "10m", value_parser = duration, global = true)]
     pub change_retention: Duration,
+    /// File of verifier keys, one `[<id>:]<64 hex digits>` line each (`tokend
+    /// keygen` makes one); the first is current, the others still verify. Not
+    /// in the database: back it up separately. Required on PostgreSQL; on
+    /// SQLite, `tokend.key` beside the database file is created when unset.
+    #[arg(long, env = "TOKEND_VERIFIER_KEY_FILE", global = true)]
+    pub verifier_key_file: Option<PathBuf>,
+    /// Load the Validate cache from the store at start-up, before reporting SERVING.
+    #[arg(long, env = "TOKEND_WARM_START", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub warm_start: bool,
+    /// Most tokens the warm start loads (default: the cache capacity).
+    #[arg(long, env = "TOKEND_WARM_START_MAX", global = true)]
+    pub warm_start_max: Option<usize>,
+    /// The warm start loads tokens used (or, never used, created) this recently.
+    #[arg(long, env = "TOKEND_WARM_START_LOOKBACK", default_value = "30d", value_parser = duration, global = true)]
+    pub warm_start_lookback: Duration,
+    /// Past this the warm start stops and the server reports SERVING with what it loaded.
+    #[arg(long, env = "TOKEND_WARM_START_TIMEOUT", default_value = "30s", value_parser = duration, global = true)]
+    pub warm_start_timeout: Duration,
     /// Health turns NOT_SERVING once the store has been unreachable this long.
     #[arg(long, env = "TOKEND_STORE_UNHEALTHY_AFTER", default_value = "3s", value_parser = duration, global = true)]
     pub store_unhealthy_after: Duration,
@@ -272,6 +303,25 @@ pub struct Config {
     /// How often the audit retention pruner looks for expired events.
     #[arg(long, env = "TOKEND_EVENT_PRUNE_INTERVAL", default_value = "1m", value_parser = duration, global = true)]
     pub event_prune_interval: Duration,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key).
+    /// Reloaded when the file changes. Without it, gRPC is plaintext.
+    #[arg(long, env = "TOKEND_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Reloaded when the file changes.
+    #[arg(long, env = "TOKEND_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: makes a client certificate signed by it mandatory (mTLS).
+    #[arg(
+        long,
+        env = "TOKEND_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        global = true
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Address of the Prometheus metrics listener (HTTP, path /metrics).
+    /// Off unless set.
+    #[arg(long, env = "TOKEND_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -319,6 +369,27 @@ impl Config {
         }
     }
 
+    pub fn warm(&self) -> WarmConfig {
+        WarmConfig {
+            enabled: self.warm_start,
+            max_tokens: self.warm_start_max.unwrap_or(self.cache_capacity),
+            lookback: self.warm_start_lookback,
+            timeout: self.warm_start_timeout,
+        }
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     pub fn policy(&self) -> Policy {
         Policy {
             prefix: self.token_prefix.clone(),
@@ -358,7 +429,45 @@ mod tests {
             "0.0.0.0:1",
         ]);
         assert!(matches!(cli.command, Some(Command::Bootstrap { .. })));
+        assert!(cli.config.tls().is_none());
+        assert!(cli.config.metrics_listen.is_none());
         assert_eq!(cli.config.max_rotate_grace, Duration::from_secs(3600));
         assert_eq!(cli.config.listen.port(), 1);
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password() {
+        let cli = Cli::parse_from([
+            "tokend",
+            "--database-url",
+            "postgres://tokend:hunter2-s3cret@db:5432/tokend",
+        ]);
+        let shown = format!("{:?}", cli.config);
+        assert!(!shown.contains("hunter2-s3cret"), "{shown}");
+        assert!(shown.contains("database_url"), "{shown}");
+        let store = format!("{:?}", cli.config.store());
+        assert!(!store.contains("hunter2-s3cret"), "{store}");
+        use secrecy::ExposeSecret;
+        assert!(cli.config.database_url.expose_secret().contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        assert!(Cli::try_parse_from(["tokend", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["tokend", "--tls-client-ca", "ca.pem"]).is_err());
+        let cli = Cli::parse_from([
+            "tokend",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-client-ca",
+            "ca.pem",
+            "--metrics-listen",
+            "0.0.0.0:9090",
+        ]);
+        let tls = cli.config.tls().unwrap();
+        assert_eq!(tls.client_ca.unwrap().to_str(), Some("ca.pem"));
+        assert_eq!(cli.config.metrics_listen.unwrap().port(), 9090);
     }
 }

@@ -27,6 +27,9 @@ pub enum Error {
     Database(#[from] sea_orm::DbErr),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Start-up configuration that cannot work (never a request's fault).
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -54,6 +57,16 @@ impl Error {
         match denied {
             Denied::NotFound => Self::token_not_found(id),
             Denied::Permission(why) => Self::PermissionDenied(why),
+        }
+    }
+
+    /// Whether this error means "cannot reach the store" rather than a bug
+    /// (the store error metric's `kind` label).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Database(e) => Self::db_is_unavailable(e),
+            _ => false,
         }
     }
 
@@ -115,7 +128,7 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "database error");
                 Status::internal("internal error")
             }
-            Error::Internal(m) => {
+            Error::Internal(m) | Error::Config(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error")
             }

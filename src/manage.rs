@@ -259,6 +259,7 @@ impl TokenManager {
         let value = TokenValue::generate(&self.policy.prefix)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let secret_hash = self.validator.hasher().hash(value.secret()).await?;
+        let verifier = Some(self.validator.cache().keyring().seal(&value));
         let token = Token {
             id: value.id(),
             account_id: t.account_id,
@@ -273,6 +274,7 @@ impl TokenManager {
             state: TokenState::Active,
             state_reason: String::new(),
             secret_hash,
+            verifier,
             previous_secret: None,
             hint: value.hint(),
             created_at: now,
@@ -502,6 +504,7 @@ impl TokenManager {
         let value = TokenValue::generate_for(&self.policy.prefix, id)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let new_hash = self.validator.hasher().hash(value.secret()).await?;
+        let new_verifier = self.validator.cache().keyring().seal(&value);
         let actor = actor(caller);
         let hint = value.hint();
         let token = self
@@ -513,12 +516,14 @@ impl TokenManager {
                 grant(caller, "modules", &token.modules)?;
                 let now = now();
                 let old = std::mem::replace(&mut token.secret_hash, new_hash);
+                let old_verifier = token.verifier.replace(new_verifier);
                 token.previous_secret = if grace > chrono::Duration::zero() {
                     let expires_at = now
                         .checked_add_signed(grace)
                         .ok_or_else(|| Error::invalid("grace_period", "is out of range"))?;
                     Some(PreviousSecret {
                         hash: old,
+                        verifier: old_verifier,
                         expires_at,
                     })
                 } else {

@@ -5,6 +5,12 @@
 //!
 //! The text format is coloured only when stderr is a terminal (and `NO_COLOR`
 //! is not set): files, pipes and log collectors get plain text.
+//!
+//! `metrics` holds every Prometheus metric and its recording helper; `rpc`
+//! is the tower layer that counts every RPC by method and gRPC code.
+
+pub mod metrics;
+pub mod rpc;
 
 use std::io::{IsTerminal, Write};
 

@@ -25,6 +25,7 @@ use crate::{
         UpdateInput,
     },
     pb::{self, token_service_server::TokenService},
+    telemetry::metrics,
 };
 
 pub use crate::pb::token_service_server::TokenServiceServer;
@@ -139,10 +140,12 @@ impl TokenApi {
         if let Ok(v) = value {
             record_token(v.id());
         }
+        let started = metrics::timer();
         let verdict = self
             .manager
             .validate(&caller, value, call.required_modules())
             .await?;
+        metrics::validate_outcome(verdict.reason, verdict.hit, started);
         Ok(ValidateReply::new(
             verdict.is_valid(),
             reason_to_pb(verdict.reason),

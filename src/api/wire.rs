@@ -275,17 +275,11 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     use super::*;
-    use crate::{
-        domain::TokenValue,
-        validation::cache::{
-            VerifiedCache,
-            tests::{config, token},
-        },
-    };
+    use crate::{domain::TokenValue, validation::cache::tests::token};
 
     fn entry_for(t: &crate::domain::Token) -> Arc<Entry> {
-        let cache = VerifiedCache::new(config());
-        cache.apply(t, Some([7; 16]));
+        let cache = crate::validation::cache::tests::cache();
+        cache.apply(t, Some([7; 32]));
         cache.get(&t.id).unwrap()
     }
 

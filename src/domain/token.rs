@@ -39,10 +39,29 @@ impl fmt::Debug for SecretHash {
     }
 }
 
+/// A keyed verifier of a token's secret as stored beside its hash: the id of
+/// the server-held key it was made under, and the 256-bit MAC. Without the key
+/// it proves nothing; its `Debug` shows the key id only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredVerifier {
+    pub key_id: String,
+    pub mac: [u8; 32],
+}
+
+impl fmt::Debug for StoredVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredVerifier")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The secret that was current before the last Rotate, valid until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreviousSecret {
     pub hash: SecretHash,
+    /// Its verifier, when one was made (tokens issued before verifiers have none).
+    pub verifier: Option<StoredVerifier>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -62,6 +81,9 @@ pub struct Token {
     pub state: TokenState,
     pub state_reason: String,
     pub secret_hash: SecretHash,
+    /// The keyed verifier of the current secret (none for tokens issued before
+    /// verifiers existed, until their first use writes one).
+    pub verifier: Option<StoredVerifier>,
     pub previous_secret: Option<PreviousSecret>,
     pub hint: String,
     pub created_at: DateTime<Utc>,
@@ -72,7 +94,94 @@ pub struct Token {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// What Validate needs of a token: the fields its cache entry is built from.
+/// The warm start reads only these from the store (a row of them decodes
+/// several times faster than a whole record, timestamps being the costly part).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationRecord {
+    pub id: TokenId,
+    pub account_id: String,
+    pub owner_id: String,
+    pub modules: Vec<String>,
+    pub api_version: String,
+    pub metadata: BTreeMap<String, String>,
+    pub state: TokenState,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub secret_hash: SecretHash,
+    pub verifier: Option<StoredVerifier>,
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// The same fields, borrowed from a `Token` or a `ValidationRecord`.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidationView<'a> {
+    pub id: TokenId,
+    pub account_id: &'a str,
+    pub owner_id: &'a str,
+    pub modules: &'a [String],
+    pub api_version: &'a str,
+    pub metadata: &'a BTreeMap<String, String>,
+    pub state: TokenState,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub secret_hash: &'a SecretHash,
+    pub verifier: Option<&'a StoredVerifier>,
+    pub previous_secret: Option<&'a PreviousSecret>,
+}
+
+impl ValidationView<'_> {
+    pub fn to_record(&self) -> ValidationRecord {
+        ValidationRecord {
+            id: self.id,
+            account_id: self.account_id.to_owned(),
+            owner_id: self.owner_id.to_owned(),
+            modules: self.modules.to_vec(),
+            api_version: self.api_version.to_owned(),
+            metadata: self.metadata.clone(),
+            state: self.state,
+            expires_at: self.expires_at,
+            secret_hash: self.secret_hash.clone(),
+            verifier: self.verifier.cloned(),
+            previous_secret: self.previous_secret.cloned(),
+        }
+    }
+}
+
+impl ValidationRecord {
+    pub fn view(&self) -> ValidationView<'_> {
+        ValidationView {
+            id: self.id,
+            account_id: &self.account_id,
+            owner_id: &self.owner_id,
+            modules: &self.modules,
+            api_version: &self.api_version,
+            metadata: &self.metadata,
+            state: self.state,
+            expires_at: self.expires_at,
+            secret_hash: &self.secret_hash,
+            verifier: self.verifier.as_ref(),
+            previous_secret: self.previous_secret.as_ref(),
+        }
+    }
+}
+
 impl Token {
+    /// The fields Validate needs.
+    pub fn validation(&self) -> ValidationView<'_> {
+        ValidationView {
+            id: self.id,
+            account_id: &self.account_id,
+            owner_id: &self.owner_id,
+            modules: &self.modules,
+            api_version: &self.api_version,
+            metadata: &self.metadata,
+            state: self.state,
+            expires_at: self.expires_at,
+            secret_hash: &self.secret_hash,
+            verifier: self.verifier.as_ref(),
+            previous_secret: self.previous_secret.as_ref(),
+        }
+    }
+
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }

@@ -15,6 +15,8 @@
 
 use std::{fs, path::Path, time::Instant};
 
+use secrecy::ExposeSecret;
+
 use super::{KEY_FILE_NOTICE, beside, commit_file, mib};
 use crate::{
     config::Config,
@@ -27,7 +29,7 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 fn store_file(config: &Config) -> Result<SqliteFile> {
-    SqliteFile::from_url(&config.database_url)?
+    SqliteFile::from_url(config.database_url.expose_secret())?
         .ok_or_else(|| Error::FailedPrecondition(POSTGRES_BACKUP_HINT.into()))
 }
 

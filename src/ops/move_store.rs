@@ -35,7 +35,7 @@ pub async fn move_store(
         )));
     }
     let config = |url: &str| StoreConfig {
-        url: url.to_owned(),
+        url: url.to_owned().into(),
         max_connections: 4,
         timeout,
     };

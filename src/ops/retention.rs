@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::{error::Result, store::Store};
 
 /// Events deleted per transaction.
 pub const BATCH: u64 = 500;
@@ -22,7 +22,7 @@ pub async fn run(
     retention: Duration,
     interval: Duration,
     stop: CancellationToken,
-) {
+) -> Result<()> {
     tracing::info!(
         ?retention,
         ?interval,
@@ -31,7 +31,7 @@ pub async fn run(
     loop {
         prune_once(&store, retention, &stop).await;
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return Ok(()),
             () = tokio::time::sleep(interval) => {}
         }
     }

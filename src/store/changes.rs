@@ -7,6 +7,7 @@ use std::time::Duration;
 use sea_orm::{
     ActiveValue::Set, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, Statement,
 };
+use secrecy::ExposeSecret;
 
 use super::{Store, entities::token_change};
 use crate::{
@@ -119,7 +120,8 @@ impl Store {
     /// never delays invalidations). PostgreSQL only.
     pub async fn listen(&self) -> Result<sea_orm::sqlx::postgres::PgListener> {
         let connect = async {
-            let mut listener = sea_orm::sqlx::postgres::PgListener::connect(&self.url).await?;
+            let mut listener =
+                sea_orm::sqlx::postgres::PgListener::connect(self.url.expose_secret()).await?;
             listener.listen(CHANNEL).await?;
             Ok::<_, sea_orm::sqlx::Error>(listener)
         };

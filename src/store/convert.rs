@@ -5,11 +5,16 @@ use std::collections::BTreeMap;
 
 use sea_orm::ActiveValue::Set;
 
-use super::entities::{HashColumn, token, token_event};
+use super::{
+    entities::{HashColumn, VerifierColumn, token, token_event},
+    verifiers::WarmRow,
+};
 use crate::{
     domain::{
         NewEvent, Token, TokenId, TokenState,
-        token::{Actor, Event, EventKind, PreviousSecret, SecretHash},
+        token::{
+            Actor, Event, EventKind, PreviousSecret, SecretHash, StoredVerifier, ValidationRecord,
+        },
     },
     error::{Error, Result},
 };
@@ -18,20 +23,91 @@ fn corrupt(what: &str, id: &str) -> Error {
     Error::Internal(format!("stored {what} of token {id} is unreadable"))
 }
 
-pub fn token_from_model(m: token::Model) -> Result<Token> {
-    let id = TokenId::parse(&m.id).ok_or_else(|| corrupt("id", &m.id))?;
-    let modules: Vec<String> =
-        serde_json::from_str(&m.modules).map_err(|_| corrupt("modules", &m.id))?;
+/// The columns every reader of a token decodes the same way.
+struct Parsed {
+    id: TokenId,
+    modules: Vec<String>,
+    metadata: BTreeMap<String, String>,
+    state: TokenState,
+    previous_secret: Option<PreviousSecret>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn parse(
+    id: &str,
+    modules: &str,
+    metadata: &str,
+    state: &str,
+    prev_hash: Option<HashColumn>,
+    prev_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    prev_key_id: Option<String>,
+    prev_verifier: Option<VerifierColumn>,
+) -> Result<Parsed> {
+    let parsed_id = TokenId::parse(id).ok_or_else(|| corrupt("id", id))?;
+    let modules: Vec<String> = serde_json::from_str(modules).map_err(|_| corrupt("modules", id))?;
     let metadata: BTreeMap<String, String> =
-        serde_json::from_str(&m.metadata).map_err(|_| corrupt("metadata", &m.id))?;
-    let state = TokenState::parse(&m.state).ok_or_else(|| corrupt("state", &m.id))?;
-    let previous_secret = match (m.prev_secret_hash, m.prev_secret_expires_at) {
+        serde_json::from_str(metadata).map_err(|_| corrupt("metadata", id))?;
+    let state = TokenState::parse(state).ok_or_else(|| corrupt("state", id))?;
+    let previous_secret = match (prev_hash, prev_expires_at) {
         (Some(hash), Some(expires_at)) => Some(PreviousSecret {
             hash: SecretHash::new(hash.0),
+            verifier: verifier_from_columns(prev_key_id, prev_verifier),
             expires_at,
         }),
         _ => None,
     };
+    Ok(Parsed {
+        id: parsed_id,
+        modules,
+        metadata,
+        state,
+        previous_secret,
+    })
+}
+
+pub fn validation_record_from_row(r: WarmRow) -> Result<ValidationRecord> {
+    let p = parse(
+        &r.id,
+        &r.modules,
+        &r.metadata,
+        &r.state,
+        r.prev_secret_hash,
+        r.prev_secret_expires_at,
+        r.prev_verifier_key_id,
+        r.prev_verifier,
+    )?;
+    Ok(ValidationRecord {
+        id: p.id,
+        account_id: r.account_id,
+        owner_id: r.owner_id,
+        modules: p.modules,
+        api_version: r.api_version,
+        metadata: p.metadata,
+        state: p.state,
+        expires_at: r.expires_at,
+        secret_hash: SecretHash::new(r.secret_hash.0),
+        verifier: verifier_from_columns(r.verifier_key_id, r.verifier),
+        previous_secret: p.previous_secret,
+    })
+}
+
+pub fn token_from_model(m: token::Model) -> Result<Token> {
+    let Parsed {
+        id,
+        modules,
+        metadata,
+        state,
+        previous_secret,
+    } = parse(
+        &m.id,
+        &m.modules,
+        &m.metadata,
+        &m.state,
+        m.prev_secret_hash,
+        m.prev_secret_expires_at,
+        m.prev_verifier_key_id,
+        m.prev_verifier,
+    )?;
     Ok(Token {
         id,
         account_id: m.account_id,
@@ -46,6 +122,7 @@ pub fn token_from_model(m: token::Model) -> Result<Token> {
         state,
         state_reason: m.state_reason,
         secret_hash: SecretHash::new(m.secret_hash.0),
+        verifier: verifier_from_columns(m.verifier_key_id, m.verifier),
         previous_secret,
         hint: m.hint,
         created_at: m.created_at,
@@ -55,6 +132,24 @@ pub fn token_from_model(m: token::Model) -> Result<Token> {
         disabled_at: m.disabled_at,
         revoked_at: m.revoked_at,
     })
+}
+
+/// A stored verifier, if both columns hold one of the right size. Anything
+/// else (a row from before verifiers, a damaged value) reads as none: the
+/// token is then verified by argon2, never trusted on a bad verifier.
+pub fn verifier_from_columns(
+    key_id: Option<String>,
+    mac: Option<VerifierColumn>,
+) -> Option<StoredVerifier> {
+    let mac: [u8; 32] = mac?.0.try_into().ok()?;
+    Some(StoredVerifier {
+        key_id: key_id?,
+        mac,
+    })
+}
+
+pub fn verifier_column(v: &StoredVerifier) -> VerifierColumn {
+    VerifierColumn(v.mac.to_vec())
 }
 
 pub fn token_to_active(t: &Token) -> Result<token::ActiveModel> {
@@ -78,6 +173,18 @@ pub fn token_to_active(t: &Token) -> Result<token::ActiveModel> {
             .as_ref()
             .map(|p| HashColumn(p.hash.as_phc().to_owned()))),
         prev_secret_expires_at: Set(t.previous_secret.as_ref().map(|p| p.expires_at)),
+        verifier_key_id: Set(t.verifier.as_ref().map(|v| v.key_id.clone())),
+        verifier: Set(t.verifier.as_ref().map(verifier_column)),
+        prev_verifier_key_id: Set(t
+            .previous_secret
+            .as_ref()
+            .and_then(|p| p.verifier.as_ref())
+            .map(|v| v.key_id.clone())),
+        prev_verifier: Set(t
+            .previous_secret
+            .as_ref()
+            .and_then(|p| p.verifier.as_ref())
+            .map(verifier_column)),
         hint: Set(t.hint.clone()),
         created_at: Set(t.created_at),
         updated_at: Set(t.updated_at),

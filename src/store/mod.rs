@@ -7,10 +7,11 @@
 //! - `tokens`: token reads, the transactional write paths and Search.
 //! - `events`: the audit-trail listing.
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
+//! - `import`: bulk import of tokens with their audit events.
+//! - `verifiers`: verifier write-behind, per-key counts, the warm-start read.
 //! - `audit`: audit retention (batched pruning) and export.
 //! - `copy`: store-to-store copy with verification (`tokend move`).
 //! - `sqlite_file`: SQLite files: online backup, soundness checks (`tokend backup`/`restore`).
-//! - `seed`: bulk loading for benchmarks.
 //!
 //! Every mutation commits in one transaction together with its audit event.
 //! Every call is bounded by the configured store timeout, so an unreachable
@@ -22,10 +23,11 @@ mod convert;
 pub mod copy;
 pub mod entities;
 mod events;
+mod import;
 pub mod migration;
-mod seed;
 pub mod sqlite_file;
 mod tokens;
+mod verifiers;
 
 use std::{
     future::Future,
@@ -38,19 +40,25 @@ use std::{
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
+use secrecy::{ExposeSecret, SecretString};
 
 pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeRow};
 pub use events::EventQuery;
 pub use tokens::{Change, SearchQuery};
+pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    telemetry::metrics,
+};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `sqlite://path?mode=rwc` or `postgres://...`. Never logged: it may hold a password.
-    pub url: String,
+    /// `sqlite://path?mode=rwc` or `postgres://...`. A secret: it may hold a
+    /// password, so it is never logged and `Debug` shows it redacted.
+    pub url: SecretString,
     pub max_connections: u32,
     /// Upper bound for acquiring a connection and for each store call.
     pub timeout: Duration,
@@ -59,7 +67,7 @@ pub struct StoreConfig {
 pub struct Store {
     db: DatabaseConnection,
     /// Kept for the LISTEN connection; never logged (it may hold a password).
-    url: String,
+    url: SecretString,
     /// Random id of this process, recorded with each change it makes.
     instance: String,
     /// SQLite allows one writer at a time; serialising our write transactions
@@ -74,7 +82,7 @@ impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Self> {
         use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
-        let mut options = ConnectOptions::new(config.url.clone());
+        let mut options = ConnectOptions::new(config.url.expose_secret());
         options
             .max_connections(config.max_connections)
             .min_connections(1)
@@ -146,6 +154,25 @@ impl Store {
         self.statements.load(Ordering::Relaxed)
     }
 
+    /// Whether other processes may share this store (PostgreSQL): a missing
+    /// verifier key there is an error, since replicas must share one.
+    pub fn is_shared(&self) -> bool {
+        self.backend() == DbBackend::Postgres
+    }
+
+    /// The database file of a SQLite URL (none for PostgreSQL or in-memory
+    /// SQLite): where `tokend.key` is kept beside it.
+    pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+        use std::str::FromStr;
+        if !url.starts_with("sqlite:") {
+            return None;
+        }
+        let options = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+        let path = options.get_filename();
+        let text = path.to_string_lossy();
+        (!text.is_empty() && !text.contains(":memory:")).then(|| path.to_path_buf())
+    }
+
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
@@ -156,15 +183,19 @@ impl Store {
         }
     }
 
-    /// Runs one store call under the store timeout.
+    /// Runs one store call under the store timeout, and records its time
+    /// and any error in the store metrics.
     async fn bounded<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let started = metrics::timer();
+        let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => result,
             Err(_) => Err(Error::Unavailable(format!(
                 "store call exceeded {:?}",
                 self.timeout
             ))),
-        }
+        };
+        metrics::store_call(started, result.as_ref().err());
+        result
     }
 
     async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {

@@ -30,7 +30,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Validator;
-use crate::{domain::TokenId, store::Store};
+use crate::{
+    domain::TokenId,
+    error::{Error, Result},
+    health::FollowerStatus,
+    store::Store,
+    telemetry::metrics::{self, Delivery},
+};
 
 /// Change rows read per poll; a full batch is followed by another at once.
 const BATCH: u64 = 10_000;
@@ -44,27 +50,48 @@ pub struct CoherenceConfig {
     pub retention: Duration,
 }
 
-/// Runs until `shutdown`; a no-op on SQLite (one replica only).
+/// Runs until `shutdown`; a no-op on SQLite (one replica only). `status`
+/// learns when the listener is connected and the log caught up (health).
+/// Returns an error if the listener or the poll stops before `shutdown`, so
+/// the supervisor restarts the follower.
 pub async fn run(
     store: Arc<Store>,
     validator: Arc<Validator>,
     config: CoherenceConfig,
     shutdown: CancellationToken,
-) {
+    status: Arc<FollowerStatus>,
+) -> Result<()> {
     if store.backend() != DbBackend::Postgres {
-        return;
+        return Ok(());
     }
     let kick = Arc::new(Notify::new());
     let seen = Arc::new(Seen::default());
-    let listener = tokio::spawn(listen(
+    let mut listener = tokio::spawn(listen(
         Arc::clone(&store),
         Arc::clone(&validator),
         Arc::clone(&kick),
         Arc::clone(&seen),
         shutdown.clone(),
+        Arc::clone(&status),
     ));
-    poll(store, validator, config, kick, seen, shutdown).await;
-    let _ = listener.await;
+    let mut poller = tokio::spawn(poll(
+        store,
+        validator,
+        config,
+        kick,
+        seen,
+        shutdown.clone(),
+        status,
+    ));
+    let stopped = tokio::select! {
+        r = &mut listener => { poller.abort(); ("change listener", r) }
+        r = &mut poller => { listener.abort(); ("change-log poll", r) }
+    };
+    match stopped {
+        _ if shutdown.is_cancelled() => Ok(()),
+        (what, Ok(())) => Err(Error::Internal(format!("{what} stopped"))),
+        (what, Err(e)) => Err(Error::Internal(format!("{what} failed: {e}"))),
+    }
 }
 
 /// Sequence numbers already applied, by whichever path (NOTIFY or poll) got
@@ -90,8 +117,10 @@ async fn listen(
     kick: Arc<Notify>,
     seen: Arc<Seen>,
     shutdown: CancellationToken,
+    status: Arc<FollowerStatus>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut connections = 0u64;
     loop {
         let mut listener = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -106,6 +135,11 @@ async fn listen(
             },
         };
         backoff = Duration::from_millis(100);
+        status.listener_up();
+        connections += 1;
+        if connections > 1 {
+            metrics::listener_reconnected();
+        }
         // Anything committed while we were not listening is in the log.
         kick.notify_one();
         tracing::debug!("change listener connected");
@@ -119,14 +153,19 @@ async fn listen(
                             && seen.first(seq)
                         {
                             validator.refresh(id).await;
+                            metrics::change_applied(seq, Delivery::Notify);
                         }
                     }
                     Ok(None) => {
-                        tracing::warn!("change listener lost its connection; catching up from the log");
-                        kick.notify_one();
+                        // Reconnect here rather than inside `try_recv`, so health
+                        // knows when the connection is back.
+                        tracing::warn!("change listener lost its connection; reconnecting, then catching up from the log");
+                        status.listener_down();
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "change listener failed; reconnecting");
+                        status.listener_down();
                         break;
                     }
                 },
@@ -142,6 +181,7 @@ async fn poll(
     kick: Arc<Notify>,
     seen: Arc<Seen>,
     shutdown: CancellationToken,
+    status: Arc<FollowerStatus>,
 ) {
     // Start from the log's current end: the cache is empty at start-up, so the
     // past needs no replay.
@@ -161,6 +201,7 @@ async fn poll(
     let mut last_ok = Instant::now();
     let mut last_prune = Instant::now();
     loop {
+        let ticket = status.poll_started();
         let wanted: Vec<i64> = gaps.keys().copied().collect();
         let mut more = false;
         match store.changes_since(high, &wanted, BATCH).await {
@@ -185,7 +226,12 @@ async fn poll(
                         && let Some(id) = TokenId::parse(&row.token_id)
                     {
                         validator.refresh(id).await;
+                        metrics::change_applied(row.seq, Delivery::Poll);
                     }
+                }
+                if !more {
+                    status.caught_up(ticket);
+                    metrics::changelog_caught_up(high);
                 }
                 gaps.retain(|_, at| at.elapsed() < config.lookback);
                 seen.forget_older_than(config.lookback * 2);

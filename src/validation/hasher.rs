@@ -22,6 +22,7 @@ use argon2::{
 use crate::{
     domain::token::SecretHash,
     error::{Error, Result},
+    telemetry::metrics,
 };
 
 /// argon2id cost parameters and pool size.
@@ -71,7 +72,10 @@ impl Hasher {
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => job(&argon),
+                            Ok(job) => {
+                                metrics::argon2_dequeued();
+                                job(&argon)
+                            }
                             Err(_) => return, // the Hasher was dropped
                         }
                     }
@@ -98,6 +102,7 @@ impl Hasher {
     pub async fn hash(&self, secret: &str) -> Result<SecretHash> {
         let secret = secret.to_owned();
         self.run(move |argon| {
+            metrics::argon2_hashed();
             let mut salt = [0u8; 16];
             rand::fill(&mut salt);
             let salt = SaltString::encode_b64(&salt)
@@ -136,11 +141,15 @@ impl Hasher {
             let _ = done.send(f(argon));
         });
         self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => Error::ResourceExhausted(
-                "token verification capacity is exhausted; retry shortly".into(),
-            ),
+            mpsc::TrySendError::Full(_) => {
+                metrics::argon2_refused();
+                Error::ResourceExhausted(
+                    "token verification capacity is exhausted; retry shortly".into(),
+                )
+            }
             mpsc::TrySendError::Disconnected(_) => Error::Internal("argon2 pool stopped".into()),
         })?;
+        metrics::argon2_queued();
         result
             .await
             .map_err(|_| Error::Internal("argon2 worker dropped a job".into()))

@@ -2,33 +2,47 @@
 //! so a cache hit must cost about as little as a no-op RPC:
 //!
 //! - hit: one keyed BLAKE3 digest, a constant-time compare, and the state,
-//!   expiry and module checks on an in-memory snapshot: no store access, no argon2;
-//! - miss: one store lookup and one argon2 verification per token id at a time
-//!   (singleflight), on the bounded argon2 pool;
+//!   expiry and module checks on an in-memory snapshot: no store access, no
+//!   argon2. A wrong secret for a cached token is answered the same way;
+//! - miss: one store read per token id at a time (singleflight); the row's
+//!   keyed verifier (`verifier`) settles the value with one BLAKE3 and fills
+//!   the cache, right or wrong. argon2 runs, on its bounded pool, only for a
+//!   row with no verifier under a configured key (issued before verifiers, or
+//!   after its key was retired); the verifier it proves is written behind
+//!   (`backfill`), so each such token pays argon2 once per deployment;
+//! - warm start (`warm`): at start-up the cache is loaded from the store, most
+//!   recently used first, before health reports SERVING;
 //! - floods: failed values and unknown ids are remembered briefly, and repeated
-//!   failures on one id throttle further argon2 work on it;
+//!   argon2 failures on one id throttle further argon2 work on it;
 //! - last use: recorded in memory and flushed in batches (`usage`).
 //!
 //! The caller-credential check of every RPC goes through the same path.
 
+pub mod backfill;
 pub mod cache;
 pub mod clock;
 pub mod coherence;
 pub mod hasher;
+pub mod key_file;
 pub mod usage;
+pub mod verifier;
+pub mod warm;
 
 use std::{fmt, sync::Arc};
 
 use self::{
-    cache::{Entry, Matched, VerifiedCache},
+    backfill::VerifierBackfill,
+    cache::{Check, Entry, Matched, VerifiedCache},
     clock::UnixMicros,
     hasher::Hasher,
     usage::UsageRecorder,
+    verifier::Digest,
 };
 use crate::{
     domain::{Token, TokenState, TokenValue},
     error::{Error, Result},
-    store::Store,
+    store::{Expected, Store},
+    telemetry::metrics,
 };
 
 /// Why a token is (not) valid. Mirrors the wire `Reason` enum.
@@ -62,6 +76,9 @@ impl fmt::Display for Reason {
 pub struct Verdict {
     pub reason: Reason,
     pub entry: Option<Arc<Entry>>,
+    /// Answered from memory, without the store or argon2 (the metrics'
+    /// hit/miss split).
+    pub hit: bool,
 }
 
 impl Verdict {
@@ -69,6 +86,7 @@ impl Verdict {
         Self {
             reason,
             entry: None,
+            hit: true,
         }
     }
 
@@ -88,11 +106,16 @@ fn judge(entry: &Entry, required_modules: &[String], now: UnixMicros) -> Reason 
     }
 }
 
+fn throttled() -> Error {
+    Error::ResourceExhausted("too many failed verifications for this token id; retry later".into())
+}
+
 pub struct Validator {
     store: Arc<Store>,
     hasher: Arc<Hasher>,
     cache: VerifiedCache,
     usage: Arc<UsageRecorder>,
+    backfill: Arc<VerifierBackfill>,
 }
 
 impl Validator {
@@ -101,12 +124,14 @@ impl Validator {
         hasher: Arc<Hasher>,
         cache: VerifiedCache,
         usage: Arc<UsageRecorder>,
+        backfill: Arc<VerifierBackfill>,
     ) -> Self {
         Self {
             store,
             hasher,
             cache,
             usage,
+            backfill,
         }
     }
 
@@ -116,6 +141,10 @@ impl Validator {
 
     pub fn hasher(&self) -> &Hasher {
         &self.hasher
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Judges a parsed token value, as a use of the token: a valid verdict
@@ -128,11 +157,18 @@ impl Validator {
         account: Option<&str>,
     ) -> Result<Verdict> {
         let now = UnixMicros::now();
-        let Some(entry) = self.verified(value, now).await? else {
-            return Ok(Verdict::rejected(Reason::Unknown));
+        let (found, hit) = self.verified(value, now).await?;
+        let Some(entry) = found else {
+            return Ok(Verdict {
+                hit,
+                ..Verdict::rejected(Reason::Unknown)
+            });
         };
         if account.is_some_and(|a| entry.snapshot.account_id() != a) {
-            return Ok(Verdict::rejected(Reason::Unknown));
+            return Ok(Verdict {
+                hit,
+                ..Verdict::rejected(Reason::Unknown)
+            });
         }
         let reason = judge(&entry, required_modules, now);
         if reason == Reason::Valid && entry.should_record_use(now.secs()) {
@@ -141,6 +177,7 @@ impl Validator {
         Ok(Verdict {
             reason,
             entry: Some(entry),
+            hit,
         })
     }
 
@@ -148,76 +185,160 @@ impl Validator {
     /// verifies (current, or previous within its grace), whatever its state.
     /// Searching for or revoking a leaked value must not make it look used.
     pub async fn possessed(&self, value: &TokenValue) -> Result<Option<Arc<Entry>>> {
-        self.verified(value, UnixMicros::now()).await
+        Ok(self.verified(value, UnixMicros::now()).await?.0)
     }
 
-    /// The cached entry whose verified digest matches `value`, verifying on a miss.
-    async fn verified(&self, value: &TokenValue, now: UnixMicros) -> Result<Option<Arc<Entry>>> {
+    /// The cached entry whose verified digest matches `value`, verifying on a
+    /// miss; and whether memory answered (no store read).
+    async fn verified(
+        &self,
+        value: &TokenValue,
+        now: UnixMicros,
+    ) -> Result<(Option<Arc<Entry>>, bool)> {
         let digest = self.cache.digest(value);
-        if let Some(entry) = self.hit(value, &digest, now) {
-            return Ok(Some(entry));
+        if let Some(settled) = self.hit(value, &digest, now) {
+            metrics::cache_hit();
+            return Ok((settled, true));
         }
         // Floods of known-bad values end here, without touching the slow path.
         if self.cache.recently_failed(&digest) || self.cache.recently_unknown(&value.id()) {
-            return Ok(None);
+            return Ok((None, true));
         }
+        metrics::cache_miss();
         // Boxed: the miss path's state (store read, argon2) is large, and the
         // hit path should not carry and move it on every call.
-        Box::pin(self.miss(value, digest, now)).await
+        Ok((Box::pin(self.miss(value, digest, now)).await?, false))
     }
 
+    /// What the cache alone can say: `Some(Some(entry))` for a match,
+    /// `Some(None)` for a wrong secret, `None` when it cannot tell.
     fn hit(
         &self,
         value: &TokenValue,
-        digest: &cache::Digest,
+        digest: &Digest,
         now: UnixMicros,
-    ) -> Option<Arc<Entry>> {
+    ) -> Option<Option<Arc<Entry>>> {
         let entry = self.cache.get(&value.id())?;
-        entry.matches(digest, now).map(|_| entry)
+        self.settle(&entry, value, digest, now)
+            .map(|matched| matched.then_some(entry))
+    }
+
+    /// `Some(true)` if `value` matches `entry`, `Some(false)` if it certainly
+    /// does not, `None` if only argon2 can tell. A match under an older key
+    /// (a row written before a key rotation) is re-keyed: the cache entry at
+    /// once, the stored verifier behind.
+    fn settle(
+        &self,
+        entry: &Entry,
+        value: &TokenValue,
+        digest: &Digest,
+        now: UnixMicros,
+    ) -> Option<bool> {
+        match self.cache.check(entry, value, digest, now) {
+            Check::Match(slot, key) => {
+                if key != 0 {
+                    self.rekey(entry, value, slot, key, *digest);
+                }
+                Some(true)
+            }
+            Check::Mismatch => Some(false),
+            Check::Unverified => None,
+        }
+    }
+
+    fn rekey(&self, entry: &Entry, value: &TokenValue, slot: Matched, key: u8, digest: Digest) {
+        let id = value.id();
+        self.cache.rekey(id, entry, slot, digest);
+        let keyring = self.cache.keyring();
+        if let Some(old) = keyring.seal_under(key, value) {
+            self.backfill
+                .record(id, slot, Expected::Verifier(old), keyring.seal(value));
+        }
     }
 
     /// The slow path: at most one per token id at a time.
     async fn miss(
         &self,
         value: &TokenValue,
-        digest: cache::Digest,
+        digest: Digest,
         now: UnixMicros,
     ) -> Result<Option<Arc<Entry>>> {
         let id = value.id();
         let _flight = self.cache.flight(&id).await;
-        // Whoever held the flight before us may have settled this value already.
-        if let Some(entry) = self.hit(value, &digest, now) {
-            return Ok(Some(entry));
+        // Whoever held the flight before us may have settled this id already.
+        if let Some(settled) = self.hit(value, &digest, now) {
+            return Ok(settled);
         }
         if self.cache.recently_failed(&digest) || self.cache.recently_unknown(&id) {
             return Ok(None);
         }
+        // Only argon2 failures count towards the throttle, so a throttled id
+        // is one that argon2 must check: refuse before any work.
         if self.cache.throttled(&id) {
-            return Err(Error::ResourceExhausted(
-                "too many failed verifications for this token id; retry later".into(),
-            ));
+            return Err(throttled());
         }
         let generation = self.cache.generation(&id);
         let Some(token) = self.store.find_token(id).await? else {
             self.cache.remember_unknown(id, generation);
             return Ok(None);
         };
-        let matched = if self
-            .hasher
-            .verify(value.secret(), &token.secret_hash)
-            .await?
-        {
-            Some(Matched::Current)
-        } else {
-            match token.live_previous_secret(now.to_datetime()) {
-                Some(previous) if self.hasher.verify(value.secret(), &previous.hash).await? => {
-                    Some(Matched::Previous)
-                }
-                _ => None,
+        // The row's verifiers settle the value, right or wrong, and the entry
+        // is cached either way: further values for this id are answered from
+        // memory, whatever they are.
+        let entry = self.cache.fill(&token, None, generation);
+        match self.settle(&entry, value, &digest, now) {
+            Some(true) => return Ok(Some(entry)),
+            Some(false) => {
+                self.cache.remember_failed_value(digest);
+                return Ok(None);
             }
-        };
+            None => {}
+        }
+        self.argon2(value, &token, &entry, digest, generation, now)
+            .await
+    }
+
+    /// The last resort, for a slot with no verifier under any configured key:
+    /// argon2 against the stored hash. A success caches the digest and writes
+    /// the verifier behind, so this token never needs argon2 again.
+    async fn argon2(
+        &self,
+        value: &TokenValue,
+        token: &Token,
+        entry: &Entry,
+        digest: Digest,
+        generation: u64,
+        now: UnixMicros,
+    ) -> Result<Option<Arc<Entry>>> {
+        let id = value.id();
+        let mut matched = None;
+        if entry.unverified(Matched::Current)
+            && self
+                .hasher
+                .verify(value.secret(), &token.secret_hash)
+                .await?
+        {
+            matched = Some((Matched::Current, &token.secret_hash));
+        } else if entry.unverified(Matched::Previous)
+            && let Some(previous) = token.live_previous_secret(now.to_datetime())
+            && self.hasher.verify(value.secret(), &previous.hash).await?
+        {
+            matched = Some((Matched::Previous, &previous.hash));
+        }
         match matched {
-            Some(m) => Ok(Some(self.cache.fill(&token, m, digest, generation))),
+            Some((slot, hash)) => {
+                self.backfill.record(
+                    id,
+                    slot,
+                    Expected::Hash(hash.clone()),
+                    self.cache.keyring().seal(value),
+                );
+                Ok(Some(self.cache.fill(
+                    token,
+                    Some((slot, digest)),
+                    generation,
+                )))
+            }
             None => {
                 self.cache.remember_failure(id, digest);
                 Ok(None)

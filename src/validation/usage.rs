@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::{domain::TokenId, store::Store};
+use super::backfill::VerifierBackfill;
+use crate::{domain::TokenId, store::Store, telemetry::metrics};
 
 const SHARDS: usize = 16;
 /// Rows per UPDATE statement (bounded by SQL parameter limits).
@@ -67,41 +68,53 @@ impl UsageRecorder {
 
     /// Writes everything pending; a failed batch is kept for the next attempt.
     pub async fn flush(&self, store: &Store) -> usize {
+        let started = metrics::timer();
         let pending = self.drain();
         let mut written = 0;
         for (n, batch) in pending.chunks(BATCH_ROWS).enumerate() {
             match store.record_last_used(batch).await {
                 Ok(()) => written += batch.len(),
                 Err(e) => {
+                    metrics::last_used_flush_failed();
                     tracing::warn!(error = %e, pending = pending.len() - n * BATCH_ROWS, "last-used flush failed; will retry");
                     self.restore(&pending[n * BATCH_ROWS..]);
                     break;
                 }
             }
         }
+        if !pending.is_empty() {
+            metrics::last_used_flushed(started);
+        }
         written
     }
 }
 
-/// Flushes every `interval` until `shutdown`, then once more.
+/// Flushes last-used times and written-behind verifiers every `interval`
+/// until `shutdown`, then once more.
 pub async fn run_flusher(
     usage: Arc<UsageRecorder>,
+    backfill: Arc<VerifierBackfill>,
     store: Arc<Store>,
     interval: Duration,
     shutdown: CancellationToken,
-) {
+) -> crate::error::Result<()> {
     // The first flush is one interval after start, not at once: an immediate
     // tick would race the first Validates and write a lone row early.
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => { usage.flush(&store).await; }
+            _ = ticker.tick() => {
+                usage.flush(&store).await;
+                backfill.flush(&store).await;
+            }
             () = shutdown.cancelled() => break,
         }
     }
     let written = usage.flush(&store).await;
+    backfill.flush(&store).await;
     tracing::debug!(written, "final last-used flush");
+    Ok(())
 }
 
 #[cfg(test)]

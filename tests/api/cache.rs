@@ -21,7 +21,7 @@ use tokend::{
 };
 use tonic::{Code, Status, transport::Channel};
 
-use crate::helpers::{self, TestApp, authed, spawn_app_with};
+use crate::helpers::{self, SharedDb, TestApp, authed, spawn_app_with};
 
 // ---------------------------------------------------------------------------
 // Harness for this file
@@ -31,32 +31,6 @@ use crate::helpers::{self, TestApp, authed, spawn_app_with};
 /// nothing pending), so every statement counted is one the test caused.
 fn quiet(c: &mut Config) {
     c.last_used_flush_interval = Duration::from_secs(3600);
-}
-
-/// One SQLite file shared by several server instances started in turn, e.g. a
-/// "restarted" server whose cache is cold.
-struct SharedDb {
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-impl SharedDb {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("tokend.db").display()
-        );
-        Self { _dir: dir, url }
-    }
-
-    /// A server on this database (each start bootstraps its own platform
-    /// token, which is therefore warm in that instance's cache).
-    async fn spawn(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let mut config = helpers::test_config(self.url.clone());
-        adjust(&mut config);
-        helpers::start(config, None).await
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,13 +280,15 @@ async fn rotate_and_duplicate_prewarm_the_new_value() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn a_miss_costs_one_lookup_and_one_verification_then_hits() {
+async fn a_miss_costs_one_lookup_and_no_argon2_then_hits() {
     let db = SharedDb::new();
     let first = db.spawn(quiet).await;
     let (id, value) = first.token_for("acme", "alice", &["billing:read"]).await;
+    let (other_id, _) = first.token_for("acme", "bob", &[]).await;
 
-    // A second instance on the same database: its cache has never seen the value.
-    let cold = db.spawn(quiet).await;
+    // A second instance on the same database, without warm start: its cache
+    // has never seen the value. The stored verifier settles it.
+    let cold = db.spawn_cold(quiet).await;
     let mut client = cold.client().await;
     let before = cost(&cold);
     let r = validate(&mut client, &cold.platform, &value, &["billing:read"])
@@ -325,9 +301,9 @@ async fn a_miss_costs_one_lookup_and_one_verification_then_hits() {
         cost_since(&cold, before),
         Cost {
             statements: 1,
-            verifications: 1
+            verifications: 0
         },
-        "first Validate on a cold instance: one lookup, one argon2"
+        "first Validate on a cold instance: one lookup, no argon2"
     );
 
     let before = cost(&cold);
@@ -338,6 +314,85 @@ async fn a_miss_costs_one_lookup_and_one_verification_then_hits() {
         assert_valid(&r, &id);
     }
     assert_eq!(cost_since(&cold, before), FREE, "later Validates are hits");
+
+    // A wrong secret for a cold id costs one lookup, then nothing: the row's
+    // verifier is cached and answers every further value.
+    let before = cost(&cold);
+    for _ in 0..5 {
+        assert_unknown(
+            &validate(
+                &mut client,
+                &cold.platform,
+                &wrong_value_for(&other_id),
+                &[],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    assert_eq!(
+        cost_since(&cold, before),
+        Cost {
+            statements: 1,
+            verifications: 0
+        },
+        "five different wrong values for one cold id"
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_a_known_verifier_costs_argon2_once_per_deployment() {
+    let db = SharedDb::new();
+    let first = db.spawn(quiet).await;
+    let (id, value) = first.token_for("acme", "alice", &["billing:read"]).await;
+    drop(first);
+
+    // To an instance with another key the token has no usable verifier.
+    let legacy = db.spawn_legacy(quiet).await;
+    let mut client = legacy.client().await;
+    let before = cost(&legacy);
+    assert_valid(
+        &validate(&mut client, &legacy.platform, &value, &[])
+            .await
+            .unwrap(),
+        &id,
+    );
+    assert_eq!(
+        cost_since(&legacy, before),
+        Cost {
+            statements: 1,
+            verifications: 1
+        },
+        "one lookup, one argon2"
+    );
+    let before = cost(&legacy);
+    assert_valid(
+        &validate(&mut client, &legacy.platform, &value, &[])
+            .await
+            .unwrap(),
+        &id,
+    );
+    assert_eq!(cost_since(&legacy, before), FREE, "then a hit");
+    // Stopping flushes the verifier it proved, under its own key...
+    legacy.stop().await;
+    // ...so the next instance with that key needs no argon2.
+    let next = db.spawn_legacy(quiet).await;
+    let mut client = next.client().await;
+    let before = cost(&next);
+    assert_valid(
+        &validate(&mut client, &next.platform, &value, &[])
+            .await
+            .unwrap(),
+        &id,
+    );
+    assert_eq!(
+        cost_since(&next, before),
+        Cost {
+            statements: 1,
+            verifications: 0
+        },
+        "the verifier written behind settles it"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -346,35 +401,26 @@ async fn a_miss_costs_one_lookup_and_one_verification_then_hits() {
 
 #[tokio::test]
 async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
-    let app = spawn_app_with(|c| {
+    let ttls = |c: &mut Config| {
         quiet(c);
         c.negative_ttl = Duration::from_millis(400);
         c.unknown_ttl = Duration::from_millis(400);
-    })
-    .await;
+    };
+    let db = SharedDb::new();
+    let app = db.spawn(ttls).await;
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
     let mut client = app.client().await;
-    validate(&mut client, &validator, &value, &[])
-        .await
-        .unwrap();
 
-    let wrong = wrong_value_for(&id);
+    // Wrong values for a cached token: its verifier answers, nothing else runs.
     let before = cost(&app);
     for _ in 0..10 {
-        let r = validate(&mut client, &validator, &wrong, &[])
+        let r = validate(&mut client, &validator, &wrong_value_for(&id), &[])
             .await
             .unwrap();
         assert_unknown(&r);
     }
-    assert_eq!(
-        cost_since(&app, before),
-        Cost {
-            statements: 1,
-            verifications: 1
-        },
-        "ten identical wrong values"
-    );
+    assert_eq!(cost_since(&app, before), FREE, "ten wrong values");
 
     let unknown = unknown_value();
     let before = cost(&app);
@@ -392,26 +438,9 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
         },
         "ten Validates of an unknown id"
     );
-
-    // The real value is unaffected by the remembered failure on its id.
-    let before = cost(&app);
-    assert_valid(
-        &validate(&mut client, &validator, &value, &[])
-            .await
-            .unwrap(),
-        &id,
-    );
-    assert_eq!(cost_since(&app, before), FREE);
-
-    // After the TTLs both are looked at again, once.
     tokio::time::sleep(Duration::from_millis(450)).await;
     let before = cost(&app);
     for _ in 0..3 {
-        assert_unknown(
-            &validate(&mut client, &validator, &wrong, &[])
-                .await
-                .unwrap(),
-        );
         assert_unknown(
             &validate(&mut client, &validator, &unknown, &[])
                 .await
@@ -421,11 +450,58 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
     assert_eq!(
         cost_since(&app, before),
         Cost {
-            statements: 2,
+            statements: 1,
+            verifications: 0
+        },
+        "after the TTL the unknown id is looked up again, once"
+    );
+    drop(app);
+
+    // Where only argon2 can tell (no usable verifier), a rejected value is
+    // remembered: argon2 once per value and TTL.
+    let app = db.spawn_legacy(ttls).await;
+    let mut client = app.client().await;
+    let wrong = wrong_value_for(&id);
+    let before = cost(&app);
+    for _ in 0..10 {
+        let r = validate(&mut client, &app.platform, &wrong, &[])
+            .await
+            .unwrap();
+        assert_unknown(&r);
+    }
+    assert_eq!(
+        cost_since(&app, before),
+        Cost {
+            statements: 1,
             verifications: 1
         },
-        "after the TTLs: one lookup + argon2 for the wrong value, one lookup for the unknown id"
+        "ten identical wrong values without a verifier"
     );
+
+    // The real value is unaffected by the remembered failure on its id.
+    let before = cost(&app);
+    assert_valid(
+        &validate(&mut client, &app.platform, &value, &[])
+            .await
+            .unwrap(),
+        &id,
+    );
+    assert_eq!(
+        cost_since(&app, before),
+        Cost {
+            statements: 1,
+            verifications: 1
+        },
+        "the real value: one lookup (for the hash) and argon2"
+    );
+    // Once proven, wrong values are settled by the proven digest.
+    let before = cost(&app);
+    assert_unknown(
+        &validate(&mut client, &app.platform, &wrong_value_for(&id), &[])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(cost_since(&app, before), FREE);
 }
 
 // ---------------------------------------------------------------------------
@@ -435,19 +511,21 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
 #[tokio::test]
 async fn repeated_failures_on_one_id_throttle_argon2_until_the_window_ends() {
     let window = Duration::from_millis(800);
-    let app = spawn_app_with(|c| {
-        quiet(c);
-        c.failures_per_window = 3;
-        c.failure_window = window;
-    })
-    .await;
-    let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
-    let (id, value) = app.token_for("acme", "alice", &[]).await;
-    let (other_id, other_value) = app.token_for("acme", "bob", &[]).await;
+    let db = SharedDb::new();
+    let first = db.spawn(quiet).await;
+    let (id, value) = first.token_for("acme", "alice", &[]).await;
+    let (other_id, other_value) = first.token_for("acme", "bob", &[]).await;
+    drop(first);
+    // Only tokens argon2 must check (no usable verifier) can be throttled.
+    let app = db
+        .spawn_legacy(|c| {
+            quiet(c);
+            c.failures_per_window = 3;
+            c.failure_window = window;
+        })
+        .await;
+    let validator = app.platform.clone();
     let mut client = app.client().await;
-    validate(&mut client, &validator, &value, &[])
-        .await
-        .unwrap();
 
     let started = Instant::now();
     let first_wrong = wrong_value_for(&id);
@@ -485,13 +563,6 @@ async fn repeated_failures_on_one_id_throttle_argon2_until_the_window_ends() {
             .await
             .unwrap(),
     );
-    // The real value is a hit and still validates.
-    assert_valid(
-        &validate(&mut client, &validator, &value, &[])
-            .await
-            .unwrap(),
-        &id,
-    );
     // Other ids are not throttled.
     let r = validate(&mut client, &validator, &wrong_value_for(&other_id), &[])
         .await
@@ -503,20 +574,26 @@ async fn repeated_failures_on_one_id_throttle_argon2_until_the_window_ends() {
             .unwrap(),
         &other_id,
     );
-    assert_eq!(cost_since(&app, before).verifications, 1);
+    assert_eq!(cost_since(&app, before).verifications, 2);
     assert!(
         started.elapsed() < window,
         "test too slow for its window; results above may be meaningless"
     );
 
-    // Once the window has passed, verification resumes.
+    // Once the window has passed, verification resumes: the real value validates.
     tokio::time::sleep(window.saturating_sub(started.elapsed()) + Duration::from_millis(50)).await;
     let before = cost(&app);
     let r = validate(&mut client, &validator, &wrong_value_for(&id), &[])
         .await
         .unwrap();
     assert_unknown(&r);
-    assert_eq!(cost_since(&app, before).verifications, 1);
+    assert_valid(
+        &validate(&mut client, &validator, &value, &[])
+            .await
+            .unwrap(),
+        &id,
+    );
+    assert_eq!(cost_since(&app, before).verifications, 2);
 }
 
 // ---------------------------------------------------------------------------
@@ -553,34 +630,40 @@ async fn concurrent_misses_of_one_value_share_one_verification() {
     let first = db.spawn(quiet).await;
     let (id, value) = first.token_for("acme", "alice", &[]).await;
     let (other_id, _) = first.token_for("acme", "bob", &[]).await;
-
-    let cold = db.spawn(quiet).await;
-    let before = cost(&cold);
-    for r in validate_concurrently(&cold, 50, &cold.platform, &value).await {
-        assert_valid(&r.unwrap(), &id);
-    }
-    assert_eq!(
-        cost_since(&cold, before),
-        Cost {
-            statements: 1,
-            verifications: 1
-        },
-        "50 concurrent cold Validates of one value"
-    );
-
     let wrong = wrong_value_for(&other_id);
-    let before = cost(&cold);
-    for r in validate_concurrently(&cold, 20, &cold.platform, &wrong).await {
-        assert_unknown(&r.unwrap());
+
+    for (legacy, verifications) in [(false, 0), (true, 1)] {
+        let cold = if legacy {
+            db.spawn_legacy(quiet).await
+        } else {
+            db.spawn_cold(quiet).await
+        };
+        let before = cost(&cold);
+        for r in validate_concurrently(&cold, 50, &cold.platform, &value).await {
+            assert_valid(&r.unwrap(), &id);
+        }
+        assert_eq!(
+            cost_since(&cold, before),
+            Cost {
+                statements: 1,
+                verifications
+            },
+            "50 concurrent cold Validates of one value (legacy: {legacy})"
+        );
+
+        let before = cost(&cold);
+        for r in validate_concurrently(&cold, 20, &cold.platform, &wrong).await {
+            assert_unknown(&r.unwrap());
+        }
+        assert_eq!(
+            cost_since(&cold, before),
+            Cost {
+                statements: 1,
+                verifications
+            },
+            "20 concurrent cold Validates of one wrong value (legacy: {legacy})"
+        );
     }
-    assert_eq!(
-        cost_since(&cold, before),
-        Cost {
-            statements: 1,
-            verifications: 1
-        },
-        "20 concurrent cold Validates of one wrong value"
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -621,9 +704,10 @@ async fn the_cache_stays_bounded_and_evicted_tokens_still_validate() {
     }
     let spent = cost_since(&app, before);
     assert!(
-        spent.verifications >= (500 - CAPACITY - CAPACITY / 10) as u64,
+        spent.statements >= (500 - CAPACITY - CAPACITY / 10) as u64,
         "500 tokens through a cache of {CAPACITY}: only {spent:?} misses"
     );
+    assert_eq!(spent.verifications, 0, "misses are settled by verifiers");
     let len = app.manager.validator().cache().len();
     assert!(len <= CAPACITY + CAPACITY / 10, "cache holds {len} entries");
     // And wrong values for evicted tokens are still rejected.
@@ -1124,8 +1208,27 @@ async fn the_previous_value_is_a_hit_during_the_grace_and_unknown_after_it() {
         "both values are hits during the grace"
     );
 
-    // A cold instance: the old value needs both hashes once, then is a hit.
-    let cold = db.spawn(quiet).await;
+    // A cold instance with the tokens' key: the stored verifiers settle it.
+    let same_key = db.spawn_cold(quiet).await;
+    let mut on_same_key = same_key.client().await;
+    let before = cost(&same_key);
+    assert_valid(
+        &validate(&mut on_same_key, &same_key.platform, &old, &[])
+            .await
+            .unwrap(),
+        &id,
+    );
+    assert_eq!(
+        cost_since(&same_key, before),
+        Cost {
+            statements: 1,
+            verifications: 0
+        },
+        "the old value matches the previous verifier"
+    );
+
+    // One without their key: the old value needs both hashes once, then is a hit.
+    let cold = db.spawn_legacy(quiet).await;
     let mut on_cold = cold.client().await;
     let before = cost(&cold);
     assert_valid(
@@ -1154,7 +1257,11 @@ async fn the_previous_value_is_a_hit_during_the_grace_and_unknown_after_it() {
 
     let wait = (grace_end - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(20)).await;
-    for (app, client) in [(&warm, &mut on_warm), (&cold, &mut on_cold)] {
+    for (app, client) in [
+        (&warm, &mut on_warm),
+        (&cold, &mut on_cold),
+        (&same_key, &mut on_same_key),
+    ] {
         assert_unknown(&validate(client, &app.platform, &old, &[]).await.unwrap());
         assert_valid(
             &validate(client, &app.platform, &new, &[]).await.unwrap(),
@@ -1177,7 +1284,7 @@ async fn a_cold_miss_racing_set_state_never_caches_the_old_state() {
         })
         .await;
     let tokens = issue_many(&first, "alice", &[], 12).await;
-    let cold = db.spawn(quiet).await;
+    let cold = db.spawn_legacy(quiet).await;
     let channel = cold.channel().await;
     for (id, value) in &tokens {
         let mut racer = TokenServiceClient::new(channel.clone());
@@ -1235,7 +1342,7 @@ async fn a_burst_of_cold_misses_is_refused_at_once_beyond_the_argon2_queue() {
     let tokens = issue_many(&first, "alice", &[], N).await;
     drop(first);
     let cold = db
-        .spawn(|c| {
+        .spawn_legacy(|c| {
             expensive_argon2(c);
             c.hash_workers = 1;
             c.hash_queue = 1;

@@ -64,23 +64,50 @@ pub fn captured_logs() -> String {
 
 pub struct TestApp {
     pub port: u16,
+    /// The metrics listener, when the config set `metrics_listen`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub endpoint: String,
     /// A `tokens:platform` token for account `acme`, owner `ops`.
     pub platform: String,
     pub store: Arc<Store>,
     pub services_usage: Arc<tokend::validation::usage::UsageRecorder>,
     pub manager: Arc<tokend::manage::TokenManager>,
+    /// The SQLite database's folder, when this app owns one.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// What the server's health reports.
+    pub health: tokend::health::Health,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<tokend::error::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
 }
 
+/// One verifier key file for every PostgreSQL server this test binary starts:
+/// replicas of one store must share their key, as in production. (SQLite
+/// servers use the default: `tokend.key` created beside the database.)
+pub static PG_KEY_FILE: LazyLock<(tempfile::TempDir, std::path::PathBuf)> = LazyLock::new(|| {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifier.key");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n",
+            tokend::validation::verifier::Keyring::generate_line()
+        ),
+    )
+    .unwrap();
+    (dir, path)
+});
+
 /// Settings for tests: cheap argon2 (the real cost is exercised by the
 /// benchmark), random port, fast flushes.
 pub fn test_config(database_url: String) -> Config {
+    let verifier_key_file = database_url
+        .starts_with("postgres")
+        .then(|| PG_KEY_FILE.1.clone());
     Config {
+        verifier_key_file,
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url,
+        database_url: database_url.into(),
         argon2_memory_kib: 256,
         argon2_iterations: 1,
         hash_workers: 2,
@@ -105,6 +132,75 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = test_config(url);
     adjust(&mut config);
     start(config, Some(dir)).await
+}
+
+/// One SQLite file shared by several server instances started in turn, e.g. a
+/// "restarted" server whose cache is cold.
+pub struct SharedDb {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl SharedDb {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("tokend.db").display()
+        );
+        Self { dir, url }
+    }
+
+    /// A server on this database (each start bootstraps its own platform
+    /// token, which is therefore warm in that instance's cache).
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// A key file in this database's folder with the given lines (keys).
+    pub fn key_file(&self, name: &str, keys: &[&str]) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, keys.join("\n") + "\n").unwrap();
+        path
+    }
+
+    pub async fn spawn(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config(self.url.clone());
+        adjust(&mut config);
+        start(config, None).await
+    }
+
+    /// A server on this database with a cold cache: no warm start, so every
+    /// first Validate of a token is a miss.
+    pub async fn spawn_cold(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        self.spawn(|c| {
+            c.warm_start = false;
+            adjust(c);
+        })
+        .await
+    }
+
+    /// A cold server whose verifier key is not the one the tokens were issued
+    /// under: to it they are like tokens issued before verifiers existed (or
+    /// after their key was retired), which only argon2 can check.
+    pub async fn spawn_legacy(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let key = self.dir.path().join("legacy.key");
+        if !key.exists() {
+            std::fs::write(
+                &key,
+                format!(
+                    "{}\n",
+                    tokend::validation::verifier::Keyring::generate_line()
+                ),
+            )
+            .unwrap();
+        }
+        self.spawn_cold(|c| {
+            c.verifier_key_file = Some(key);
+            adjust(c);
+        })
+        .await
+    }
 }
 
 /// A fresh PostgreSQL database for one test, or `None` (after printing that
@@ -148,14 +244,27 @@ fn uuid_like() -> String {
 }
 
 pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
+    let app = start_unready(config, dir).await;
+    tokio::time::timeout(Duration::from_secs(60), app.health.until_serving())
+        .await
+        .expect("the server did not report SERVING within 60 s");
+    app
+}
+
+/// Starts the server and returns at once, while its health may still say
+/// NOT_SERVING (e.g. during its warm start).
+pub async fn start_unready(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
     let app = Application::build(&config)
         .await
         .expect("build application");
     let port = app.port();
+    let health = app.health();
+    let metrics_addr = app.metrics_addr();
     let Services {
         store,
         usage,
         manager,
+        ..
     } = app.services();
     let (store, usage, manager) = (Arc::clone(store), Arc::clone(usage), Arc::clone(manager));
     let platform = manager
@@ -170,11 +279,14 @@ pub async fn start(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
     }));
     TestApp {
         port,
+        metrics_addr,
         endpoint: format!("http://127.0.0.1:{port}"),
         platform,
         store,
         services_usage: usage,
         manager,
+        data_dir: dir.as_ref().map(|d| d.path().to_path_buf()),
+        health,
         shutdown: Some(tx),
         server: Some(server),
         _dir: dir,

@@ -1,5 +1,6 @@
-//! Log hygiene: after a full session at TRACE level, no token value, secret or
-//! argon2 hash appears in the captured logs, while the token ids do.
+//! Log hygiene: after a full session at TRACE level, no token value, secret,
+//! argon2 hash, verifier or verifier key appears in the captured logs, while
+//! the token ids do.
 
 use tokend::{
     domain::{TokenId, TokenValue},
@@ -27,6 +28,31 @@ async fn hashes(app: &TestApp, id: &str) -> Vec<String> {
         out.push(prev.hash.as_phc().to_owned());
     }
     out
+}
+
+/// The stored verifier MACs of a token, as hex and as a byte list.
+async fn verifiers(app: &TestApp, id: &str) -> Vec<String> {
+    let token = app
+        .store
+        .find_token(TokenId::parse(id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut macs = vec![token.verifier.unwrap().mac];
+    macs.extend(
+        token
+            .previous_secret
+            .and_then(|p| p.verifier)
+            .map(|v| v.mac),
+    );
+    macs.iter()
+        .flat_map(|m| {
+            [
+                hex::encode(m),
+                format!("{:?}", &m[..8]).trim_end_matches(']').to_owned(),
+            ]
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -227,6 +253,20 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
         phc.extend(hashes(&app, id).await);
     }
     assert_eq!(phc.len(), 5, "the rotated token has a previous hash");
+    let mut macs = Vec::new();
+    for id in [&ids[0], &validator_id, &a, &d] {
+        macs.extend(verifiers(&app, id).await);
+    }
+    assert_eq!(macs.len(), 10, "the rotated token has a previous verifier");
+    let key_file = app.data_dir.as_ref().unwrap().join("tokend.key");
+    let key_lines: Vec<String> = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(':').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(key_lines.len(), 1);
+    assert_eq!(key_lines[0].len(), 64);
     app.stop().await;
 
     let logs = captured_logs();
@@ -246,6 +286,19 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
         );
         let secret = secret_of(value);
         assert!(!logs.contains(&secret), "a secret reached the logs");
+    }
+    for key in &key_lines {
+        assert!(
+            !logs.contains(key.as_str()),
+            "the verifier key reached the logs"
+        );
+        assert!(
+            !logs.contains(&key[..16]),
+            "part of the verifier key reached the logs"
+        );
+    }
+    for mac in &macs {
+        assert!(!logs.contains(mac.as_str()), "a verifier reached the logs");
     }
     for hash in &phc {
         assert!(hash.starts_with("$argon2"), "not a PHC string");

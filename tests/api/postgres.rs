@@ -35,10 +35,10 @@ use tonic_health::pb::{
 
 use crate::helpers::{self, TestApp, authed, id_of, ts};
 
-type Client = TokenServiceClient<Channel>;
+pub(crate) type Client = TokenServiceClient<Channel>;
 
 /// The service name health reports the token service under.
-const SERVICE: &str = "tokens.v1.TokenService";
+pub(crate) const SERVICE: &str = "tokens.v1.TokenService";
 
 // ---------------------------------------------------------------------------
 // Harness: replicas, clients, direct SQL, PostgreSQL server control, figures.
@@ -53,13 +53,13 @@ fn pg_config(url: &str) -> Config {
 }
 
 /// Starts one more replica on the database `url`.
-async fn replica(url: &str, adjust: impl FnOnce(&mut Config)) -> TestApp {
+pub(crate) async fn replica(url: &str, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let mut c = pg_config(url);
     adjust(&mut c);
     helpers::start(c, None).await
 }
 
-async fn client(app: &TestApp) -> Client {
+pub(crate) async fn client(app: &TestApp) -> Client {
     TokenServiceClient::new(app.channel().await)
 }
 
@@ -80,20 +80,20 @@ pub(crate) async fn drop_database(url: &str) {
     }
 }
 
-async fn sql_conn(url: &str) -> PgConnection {
+pub(crate) async fn sql_conn(url: &str) -> PgConnection {
     PgConnection::connect(url)
         .await
         .expect("connect to PostgreSQL")
 }
 
-async fn exec(conn: &mut PgConnection, sql: &str) {
+pub(crate) async fn exec(conn: &mut PgConnection, sql: &str) {
     sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
         .execute(&mut *conn)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-async fn query_strings(conn: &mut PgConnection, sql: &str) -> Vec<String> {
+pub(crate) async fn query_strings(conn: &mut PgConnection, sql: &str) -> Vec<String> {
     sqlx::query(AssertSqlSafe(sql.to_owned()))
         .fetch_all(&mut *conn)
         .await
@@ -103,12 +103,12 @@ async fn query_strings(conn: &mut PgConnection, sql: &str) -> Vec<String> {
         .collect()
 }
 
-fn database_name(url: &str) -> String {
+pub(crate) fn database_name(url: &str) -> String {
     url.rsplit_once('/').unwrap().1.to_owned()
 }
 
 /// Number of sessions of this database currently LISTENing (their last statement).
-async fn listen_sessions(conn: &mut PgConnection, db: &str) -> usize {
+pub(crate) async fn listen_sessions(conn: &mut PgConnection, db: &str) -> usize {
     query_strings(
         conn,
         &format!(
@@ -121,7 +121,7 @@ async fn listen_sessions(conn: &mut PgConnection, db: &str) -> usize {
 }
 
 /// Terminates this database's LISTEN sessions; returns how many.
-async fn kill_listeners(conn: &mut PgConnection, db: &str) -> usize {
+pub(crate) async fn kill_listeners(conn: &mut PgConnection, db: &str) -> usize {
     query_strings(
         conn,
         &format!(
@@ -154,7 +154,7 @@ async fn issue(c: &mut Client, caller: &str, req: pb::IssueRequest) -> (pb::Toke
 }
 
 /// Issues a `svc:read` token; each name gets its own owner (per-owner limit).
-async fn issue_named(c: &mut Client, caller: &str, name: &str) -> (String, String) {
+pub(crate) async fn issue_named(c: &mut Client, caller: &str, name: &str) -> (String, String) {
     let (t, v) = issue(
         c,
         caller,
@@ -186,7 +186,12 @@ async fn validate(
     .map(tonic::Response::into_inner)
 }
 
-async fn reason(c: &mut Client, caller: &str, token: &str, required: &[&str]) -> pb::Reason {
+pub(crate) async fn reason(
+    c: &mut Client,
+    caller: &str,
+    token: &str,
+    required: &[&str],
+) -> pb::Reason {
     validate(c, caller, token, &modules(required))
         .await
         .expect("Validate")
@@ -212,7 +217,7 @@ async fn set_state(
     .map(|r| r.into_inner().token.unwrap())
 }
 
-async fn revoke_id(c: &mut Client, caller: &str, id: &str) -> Result<pb::Token, Status> {
+pub(crate) async fn revoke_id(c: &mut Client, caller: &str, id: &str) -> Result<pb::Token, Status> {
     c.revoke(authed(
         caller,
         pb::RevokeRequest {
@@ -266,7 +271,7 @@ async fn update(
     .map(|r| r.into_inner().token.unwrap())
 }
 
-async fn health(channel: Channel) -> Result<ServingStatus, Status> {
+pub(crate) async fn health(channel: Channel) -> Result<ServingStatus, Status> {
     HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: SERVICE.into(),
@@ -277,7 +282,7 @@ async fn health(channel: Channel) -> Result<ServingStatus, Status> {
 
 /// Polls `probe` every `every` until it returns true; the elapsed time since
 /// `from`, or `None` after `limit`.
-async fn until<F, Fut>(
+pub(crate) async fn until<F, Fut>(
     from: Instant,
     limit: Duration,
     every: Duration,

@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 use crate::{
     load::{Load, WARM_UP_SECONDS, h2load, median, summary_line, validate_body},
     seed::seed,
-    server::{authed, database_url, start_server, start_server_on, tokend_exe, validate},
+    server::{authed, database_url, start_server_on, tokend_exe, validate},
 };
 
 pub const DEFAULT_TOKENS: usize = 300_000;
@@ -245,14 +245,24 @@ pub async fn run(tokens: usize) {
     println!(
         "== Backup under load: {VALIDATE_RPS} Validate/s + {WRITES_PER_SECOND} writes/s, {tokens} seeded tokens"
     );
-    let seeded = seed(&database_url(&dir), tokens, (tokens / 100 / 20).max(1)).await;
+    let seeded = seed(
+        &database_url(&dir),
+        &dir.join("tokend.key"),
+        tokens,
+        (tokens / 100 / 20).max(1),
+    )
+    .await;
+    let key_env = [(
+        "TOKEND_VERIFIER_KEY_FILE",
+        seeded.key_file.display().to_string(),
+    )];
     let size = fs::metadata(dir.join("bench.db")).map_or(0, |m| m.len());
     println!(
         "store: SQLite file of {:.0} MiB",
         size as f64 / (1024.0 * 1024.0)
     );
 
-    let server = start_server(&dir, "server").await;
+    let server = start_server_on(&dir, "server", &database_url(&dir), &key_env).await;
     let caller = seeded.caller.clone();
     let mut client = server.client().await;
     let hot = seeded
@@ -294,10 +304,10 @@ pub async fn run(tokens: usize) {
         let seconds = (BEFORE_SECONDS as f64 + unloaded * 4.0 + 3.0).ceil() as u32;
         let h2_started = now_micros();
         let h2 = {
-            let (port, caller, load, dir) =
-                (server.port, caller.clone(), load.clone(), dir.clone());
+            let (url, caller, load, dir) =
+                (server.url(), caller.clone(), load.clone(), dir.clone());
             tokio::task::spawn_blocking(move || {
-                h2load(port, &caller, &[load], seconds, &dir, "backup")
+                h2load(&url, &caller, &[load], seconds, &dir, "backup")
             })
         };
         tokio::time::sleep(Duration::from_secs(
@@ -371,7 +381,14 @@ pub async fn run(tokens: usize) {
         "tokend restore failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let restored = start_server_on(&restored_dir, "restored", &database_url(&restored_dir)).await;
+    // The same key file: it is not in the backup (README, "Day two").
+    let restored = start_server_on(
+        &restored_dir,
+        "restored",
+        &database_url(&restored_dir),
+        &key_env,
+    )
+    .await;
     let mut rc = restored.client().await;
     let mut by_token: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
     for w in &log {

@@ -1,19 +1,21 @@
-//! The hot path: cache-hit Validate against Health/Check in interleaved
-//! rounds, the wrong-secret and mixed floods, and the cost of a miss after a
-//! restart.
+//! The whole run: cache-hit Validate against Health/Check in interleaved
+//! rounds and the wrong-secret and mixed floods (here), then the restart
+//! phase (`restart`), the TLS phase (`tls`) and memory per cached token
+//! (`memory`), and one summary.
 
 use std::{fs, io::Write, time::Instant};
 
-use tokend::{domain::TokenValue, pb};
+use tokend::domain::TokenValue;
 
 use crate::{
     HOT_TOKENS, LOAD_PROCESSES, STREAMS,
     load::{
-        FLOOD_ROUNDS, Load, ROUNDS, WARM_UP_SECONDS, combine, disturbed_pair, frame, h2load, show,
-        summary_line, validate_body,
+        FLOOD_ROUNDS, Load, ROUNDS, WARM_UP_SECONDS, combine, disturbed_pair,
+        health_and_validate_loads, interleaved, show, summary_line, validate_body,
     },
     memory::memory_in_child,
-    server::{authed, bootstrap, start_server},
+    server::{bootstrap, issue_caller, issue_tokens, start_server, warm},
+    tls,
 };
 
 pub async fn run(quick: bool) {
@@ -23,8 +25,7 @@ pub async fn run(quick: bool) {
     } else {
         (ROUNDS, FLOOD_ROUNDS)
     };
-    let dir_buf = std::env::temp_dir().join(format!("tokend-bench-{}", std::process::id()));
-    fs::create_dir_all(&dir_buf).expect("temp dir");
+    let dir_buf = crate::scratch_dir();
     let dir = dir_buf.as_path();
     println!(
         "tokend-bench: {seconds} s per measurement (+{WARM_UP_SECONDS} s warm-up), {LOAD_PROCESSES} h2load processes x 1 connection x {STREAMS} streams"
@@ -39,122 +40,30 @@ pub async fn run(quick: bool) {
     let platform = bootstrap(dir);
     let server = start_server(dir, "server").await;
     let mut client = server.client().await;
-    let issue = |name: String, modules: Vec<String>| pb::IssueRequest {
-        owner_id: "svc".into(),
-        name,
-        modules,
-        ..Default::default()
-    };
-
-    let caller = client
-        .issue(authed(
-            &platform,
-            issue("gateway".into(), vec!["tokens:validate".into()]),
-        ))
-        .await
-        .expect("issue caller")
-        .into_inner()
-        .secret;
+    let caller = issue_caller(&mut client, &platform).await;
     let started = Instant::now();
-    let mut hot = Vec::with_capacity(HOT_TOKENS);
-    let mut tasks = Vec::new();
-    for chunk in 0..8 {
-        let mut c = client.clone();
-        let platform = platform.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for i in 0..HOT_TOKENS / 8 {
-                let r = pb::IssueRequest {
-                    owner_id: format!("user-{chunk}-{i}"),
-                    name: format!("hot {chunk}-{i}"),
-                    modules: vec!["billing:read".into()],
-                    ..Default::default()
-                };
-                out.push(
-                    c.issue(authed(&platform, r))
-                        .await
-                        .expect("issue")
-                        .into_inner()
-                        .secret,
-                );
-            }
-            out
-        }));
-    }
-    for t in tasks {
-        hot.extend(t.await.expect("issue task"));
-    }
+    let hot = issue_tokens(&client, &platform, HOT_TOKENS).await;
     println!(
         "issued {} tokens with the default argon2id cost in {:.1} s",
         hot.len(),
         started.elapsed().as_secs_f64()
     );
-    for value in &hot {
-        let v = client
-            .validate(authed(
-                &caller,
-                pb::ValidateRequest {
-                    token: value.clone(),
-                    required_modules: vec!["billing:read".into()],
-                },
-            ))
-            .await
-            .expect("validate")
-            .into_inner();
-        assert!(v.valid, "a hot token does not validate");
-    }
+    warm(&mut client, &caller, &hot).await;
     println!("all {} hot tokens validated once (cache warm)", hot.len());
 
-    let health = Load {
-        path: "/grpc.health.v1.Health/Check",
-        body: frame(&tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        }),
-        rps: None,
-        streams: STREAMS,
-    };
-    let validate_loads: Vec<Load> = (0..LOAD_PROCESSES)
-        .map(|i| Load {
-            path: "/tokens.v1.TokenService/Validate",
-            body: validate_body(&hot[i * 97]),
-            rps: None,
-            streams: STREAMS,
-        })
-        .collect();
-    let health_loads = vec![health; LOAD_PROCESSES];
-
+    let (health_loads, validate_loads) = health_and_validate_loads(&hot, 97);
     println!(
         "\n== Validate (cache hit) vs Health/Check, same server, same h2load settings, {rounds} interleaved rounds"
     );
-    let mut ratios = Vec::new();
-    for round in 1..=rounds {
-        // Alternate which goes first, so a drift in the machine's speed (it is
-        // a shared VM) does not always favour the same side.
-        let first_health = !round.is_multiple_of(2);
-        let run = |loads: &[Load]| {
-            combine(
-                &h2load(server.port, &caller, loads, seconds, dir, "main"),
-                dir,
-                "main",
-                0,
-            )
-        };
-        let (h, v) = if first_health {
-            let h = run(&health_loads);
-            (h, run(&validate_loads))
-        } else {
-            let v = run(&validate_loads);
-            (run(&health_loads), v)
-        };
-        show(&format!("round {round}: Health/Check"), &h);
-        show(&format!("round {round}: Validate"), &v);
-        println!(
-            "round {round}: Validate/Health throughput ratio {:.3}, p99 ratio {:.3}",
-            v.rps / h.rps,
-            v.p99_ms / h.p99_ms
-        );
-        ratios.push((v.rps / h.rps, v.p99_ms / h.p99_ms));
-    }
+    let ratios = interleaved(
+        &server,
+        &caller,
+        &health_loads,
+        &validate_loads,
+        rounds,
+        seconds,
+        dir,
+    );
 
     println!(
         "\n== Wrong-secret flood on one token id ({LOAD_PROCESSES} distinct wrong values, 2,500 req/s each) during Validate load"
@@ -237,62 +146,13 @@ pub async fn run(quick: bool) {
         );
         mix_ratios.push(valid.rps / undisturbed.rps);
     }
+    println!("{}", server.metrics_line());
     println!("server: {}", server.stop());
 
-    println!(
-        "\n== Cache-miss cost: first Validate per token after a restart (cold cache), sequential"
-    );
-    let server = start_server(dir, "cold").await;
-    let mut client = server.client().await;
-    let sample = if quick { 20 } else { 100 };
-    let mut first = Vec::new();
-    let mut second = Vec::new();
-    // Warm the caller credential itself first (it is one miss too).
-    client
-        .validate(authed(
-            &caller,
-            pb::ValidateRequest {
-                token: hot[0].clone(),
-                required_modules: vec![],
-            },
-        ))
-        .await
-        .expect("validate");
-    for value in hot.iter().skip(1).take(sample) {
-        for times in [&mut first, &mut second] {
-            let t = Instant::now();
-            let v = client
-                .validate(authed(
-                    &caller,
-                    pb::ValidateRequest {
-                        token: value.clone(),
-                        required_modules: vec![],
-                    },
-                ))
-                .await
-                .expect("validate")
-                .into_inner();
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-            assert!(v.valid);
-        }
-    }
-    let summary = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        (
-            v.iter().sum::<f64>() / v.len() as f64,
-            v[v.len() / 2],
-            v[(v.len() * 99 / 100).min(v.len() - 1)],
-        )
-    };
-    let (m1, p1, q1) = summary(&mut first);
-    let (m2, p2, q2) = summary(&mut second);
-    println!(
-        "first Validate (miss: 1 store read + 1 argon2id):  mean {m1:.2} ms  p50 {p1:.2} ms  p99 {q1:.2} ms  (n={sample})"
-    );
-    println!(
-        "second Validate (hit):                             mean {m2:.3} ms  p50 {p2:.3} ms  p99 {q2:.3} ms"
-    );
-    println!("server: {}", server.stop());
+    let restart = crate::restart::run(quick, dir).await;
+
+    let tls_rounds = if quick { 2 } else { tls::TLS_ROUNDS };
+    let tls_ratios = tls::run(dir, tls_rounds, seconds).await;
 
     println!("\n== Memory: 1,000,000 cached tokens, in a fresh process");
     let per_token = memory_in_child();
@@ -312,10 +172,12 @@ pub async fn run(quick: bool) {
         &mix_ratios,
         "(no target)",
     );
+    tls::summary(&tls_ratios);
     println!(
         "{:<56} {per_token:.0}  target <= 512",
         "bytes per cached token (RSS growth / entries)"
     );
+    crate::restart::summarise(&restart);
     let _ = std::io::stdout().flush();
     let _ = fs::remove_dir_all(dir);
 }

@@ -11,7 +11,7 @@ use std::{
 use prost::Message;
 use tokend::pb;
 
-use crate::server::Server;
+use crate::{LOAD_PROCESSES, STREAMS, server::Server};
 
 /// A gRPC length-prefixed message, as h2load must send it.
 pub fn frame(message: &impl Message) -> Vec<u8> {
@@ -44,7 +44,7 @@ pub struct Outcome {
 /// `tag` names the per-request log files, so runs that alternate do not read
 /// each other's latencies.
 pub fn h2load(
-    port: u16,
+    url: &str,
     caller: &str,
     loads: &[Load],
     seconds: u32,
@@ -81,7 +81,7 @@ pub fn h2load(
         .arg("-d")
         .arg(&body)
         .arg(format!("--log-file={}", log.display()))
-        .arg(format!("http://127.0.0.1:{port}{}", load.path))
+        .arg(format!("{url}{}", load.path))
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
         if let Some(rps) = load.rps {
@@ -187,7 +187,7 @@ pub fn disturbed_pair(
         .is_multiple_of(2);
     let alone = || {
         combine(
-            &h2load(server.port, caller, valid, seconds, dir, "alone"),
+            &h2load(&server.url(), caller, valid, seconds, dir, "alone"),
             dir,
             "alone",
             0,
@@ -197,12 +197,76 @@ pub fn disturbed_pair(
         let u = alone();
         (
             u,
-            h2load(server.port, caller, disturbed, seconds, dir, "disturbed"),
+            h2load(&server.url(), caller, disturbed, seconds, dir, "disturbed"),
         )
     } else {
-        let d = h2load(server.port, caller, disturbed, seconds, dir, "disturbed");
+        let d = h2load(&server.url(), caller, disturbed, seconds, dir, "disturbed");
         (alone(), d)
     }
+}
+
+/// `rounds` rounds of Health/Check and Validate, back to back in alternating
+/// order (a drift in the machine's speed then favours neither), each round
+/// printed; returns (throughput ratio, p99 ratio) per round.
+pub fn interleaved(
+    server: &Server,
+    caller: &str,
+    health: &[Load],
+    validate: &[Load],
+    rounds: usize,
+    seconds: u32,
+    dir: &Path,
+) -> Vec<(f64, f64)> {
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let first_health = !round.is_multiple_of(2);
+        let run = |loads: &[Load]| {
+            combine(
+                &h2load(&server.url(), caller, loads, seconds, dir, "main"),
+                dir,
+                "main",
+                0,
+            )
+        };
+        let (h, v) = if first_health {
+            let h = run(health);
+            (h, run(validate))
+        } else {
+            let v = run(validate);
+            (run(health), v)
+        };
+        show(&format!("round {round}: Health/Check"), &h);
+        show(&format!("round {round}: Validate"), &v);
+        println!(
+            "round {round}: Validate/Health throughput ratio {:.3}, p99 ratio {:.3}",
+            v.rps / h.rps,
+            v.p99_ms / h.p99_ms
+        );
+        ratios.push((v.rps / h.rps, v.p99_ms / h.p99_ms));
+    }
+    ratios
+}
+
+/// The Health/Check load and one Validate load per h2load process, each
+/// process validating its own token of `hot` (every `stride`-th).
+pub fn health_and_validate_loads(hot: &[String], stride: usize) -> (Vec<Load>, Vec<Load>) {
+    let health = Load {
+        path: "/grpc.health.v1.Health/Check",
+        body: frame(&tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }),
+        rps: None,
+        streams: STREAMS,
+    };
+    let validate = (0..LOAD_PROCESSES)
+        .map(|i| Load {
+            path: "/tokens.v1.TokenService/Validate",
+            body: validate_body(&hot[(i * stride) % hot.len()]),
+            rps: None,
+            streams: STREAMS,
+        })
+        .collect();
+    (vec![health; LOAD_PROCESSES], validate)
 }
 
 pub fn median(values: &[f64]) -> f64 {

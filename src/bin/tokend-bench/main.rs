@@ -7,16 +7,26 @@
 //! `nghttp2-client`), an independent HTTP/2 load generator: gRPC bodies are
 //! framed by hand and sent with `-d`. Each phase is a module of its own:
 //!
-//! - `hot`: cache-hit Validate vs Health/Check, floods, miss cost;
+//! - `hot`: cache-hit Validate vs Health/Check and floods (and the whole run);
+//! - `restart`: Validate through restarts, miss latency, start-up with a
+//!   million tokens (`startup`), a flood on a cold id;
+//! - `tls`: the Validate vs Health/Check comparison over TLS;
 //! - `memory`: memory per cached token, in a child process;
 //! - `move`: `tokend move` of a large SQLite store into PostgreSQL, timed;
 //! - `backup`: `tokend backup` under Validate and write load, and its restore;
 //! - `seed`: the bulk-seeded stores those two start from.
 //!
+//! Every server it starts has its Prometheus listener on.
+//!
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
+//!        `target/release/tokend-bench restart [--quick]`
+//!        `target/release/tokend-bench startup [TOKENS]`
+//!        `target/release/tokend-bench tls [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
 //!        `target/release/tokend-bench move [TOKENS]`
 //!        `target/release/tokend-bench backup [TOKENS]`
+//! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
+//! adds the PostgreSQL figures: a fresh database is made beside that one.
 //!
 //! Every figure it prints is a measurement of this run; nothing is assumed.
 
@@ -27,8 +37,11 @@ mod hot;
 mod load;
 mod memory;
 mod r#move;
+mod restart;
 mod seed;
 mod server;
+mod startup;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -60,7 +73,33 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("move") => rt.block_on(r#move::run(count(1_000_000))),
         Some("backup") => rt.block_on(backup::run(count(backup::DEFAULT_TOKENS))),
+        Some("startup") => rt.block_on(async {
+            let n = args
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1_000_000);
+            let dir = scratch_dir();
+            let figures = startup::run(&dir, n).await;
+            println!("\n== Summary");
+            startup::summarise(&figures);
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+        Some("restart") => rt.block_on(async {
+            let dir = scratch_dir();
+            let figures = restart::run(quick, &dir).await;
+            println!("\n== Summary");
+            restart::summarise(&figures);
+            let _ = std::fs::remove_dir_all(&dir);
+        }),
+        Some("tls") => rt.block_on(tls::alone(quick)),
         _ => rt.block_on(hot::run(quick)),
     }
     ExitCode::SUCCESS
+}
+
+/// A fresh folder for this run's databases and logs.
+fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokend-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }

@@ -53,7 +53,7 @@ pub async fn run(tokens: usize) {
 
     println!("== Move: {tokens} tokens, SQLite -> PostgreSQL (tokend move)");
     let blocks = (tokens / 100 / 100).max(1);
-    let seeded = seed(&sqlite, tokens, blocks).await;
+    let seeded = seed(&sqlite, &dir.join("tokend.key"), tokens, blocks).await;
     let size = std::fs::metadata(dir.join("source.db")).map_or(0, |m| m.len());
     println!(
         "source: SQLite file of {:.0} MiB",
@@ -81,7 +81,12 @@ pub async fn run(tokens: usize) {
     );
 
     // Validate a sample on PostgreSQL.
-    let server = start_server_on(&dir, "pg-server", &target).await;
+    // PostgreSQL replicas need the store's key (README, "Day two").
+    let key_env = [(
+        "TOKEND_VERIFIER_KEY_FILE",
+        seeded.key_file.display().to_string(),
+    )];
+    let server = start_server_on(&dir, "pg-server", &target, &key_env).await;
     let client = server.client().await;
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -1,28 +1,35 @@
 //! A large store, quickly: tokens written straight through the store's bulk
-//! path (`Store::insert_tokens_bulk`, batches of 5,000 with their audit
-//! events, change-log rows and owner counts), not through the API.
+//! import (`Store::import_tokens`, batches of 5,000 with their audit events
+//! and owner counts), not through the API.
 //!
 //! Every seeded token shares ONE secret, hashed ONCE with a cheap argon2id
 //! (m=256 KiB, t=1): argon2 per row at the default cost would take hours for
 //! a million tokens. Their values differ (each has its own id and checksum)
-//! and all validate; verifying one costs that cheap argon2 on a cache miss.
+//! and each carries a real keyed verifier under the key file written here, so
+//! a server given that key validates them without argon2 (and without the
+//! key, through that one cheap hash).
 
 use std::{collections::BTreeMap, time::Instant};
 
 use chrono::Duration as Span;
 use tokend::{
     domain::{
-        EventKind, NewEvent, Token, TokenState, TokenValue,
+        Token, TokenState, TokenValue,
         token::{Actor, SecretHash},
     },
     store::{Store, StoreConfig},
-    validation::hasher::{Hasher, HasherConfig},
+    validation::{
+        hasher::{Hasher, HasherConfig},
+        verifier::Keyring,
+    },
 };
 
 /// What a seeded store holds that a benchmark needs to know.
 pub struct Seeded {
     /// A `tokens:platform` token (the first one seeded).
     pub caller: String,
+    /// The verifier key file the seeded verifiers are under.
+    pub key_file: std::path::PathBuf,
     /// Values of one block of 100 consecutive tokens in every
     /// `sample_every` blocks (so 1% revoked and 1% disabled among them too),
     /// with the state each was given.
@@ -30,10 +37,14 @@ pub struct Seeded {
 }
 
 /// Seeds `n` tokens (1% revoked, 1% disabled, the rest active) into the
-/// store at `url`, which is migrated first.
-pub async fn seed(url: &str, n: usize, sample_every: usize) -> Seeded {
+/// store at `url`, which is migrated first; writes a new verifier key file
+/// at `key_file`.
+pub async fn seed(url: &str, key_file: &std::path::Path, n: usize, sample_every: usize) -> Seeded {
+    let line = Keyring::generate_line();
+    std::fs::write(key_file, format!("{line}\n")).expect("write the key file");
+    let keyring = Keyring::parse(&line).expect("a generated key parses");
     let store = Store::connect(&StoreConfig {
-        url: url.to_owned(),
+        url: url.to_owned().into(),
         max_connections: 2,
         timeout: std::time::Duration::from_secs(60),
     })
@@ -52,11 +63,16 @@ pub async fn seed(url: &str, n: usize, sample_every: usize) -> Seeded {
     let hash: SecretHash = hasher.hash(shared.secret()).await.expect("argon2");
     println!("seed: one argon2id hash (m=256 KiB, t=1) shared by all {n} seeded tokens");
 
+    let actor = Actor {
+        token_id: "tokend-bench".into(),
+        owner_id: "ops".into(),
+    };
     let started = Instant::now();
     // At the store's precision (microseconds), as the service writes times.
     let now = tokend::manage::now();
     let mut seeded = Seeded {
         caller: String::new(),
+        key_file: key_file.to_owned(),
         sample: Vec::new(),
     };
     let mut batch = Vec::with_capacity(5000);
@@ -92,6 +108,7 @@ pub async fn seed(url: &str, n: usize, sample_every: usize) -> Seeded {
             state,
             state_reason: String::new(),
             secret_hash: hash.clone(),
+            verifier: Some(keyring.seal(&value)),
             previous_secret: None,
             hint: value.hint(),
             created_at: created,
@@ -101,17 +118,12 @@ pub async fn seed(url: &str, n: usize, sample_every: usize) -> Seeded {
             disabled_at: (state == TokenState::Disabled).then_some(created),
             revoked_at: (state == TokenState::Revoked).then_some(created),
         };
-        let event = NewEvent {
-            kind: EventKind::Issued,
-            actor: Actor {
-                token_id: "bench".into(),
-                owner_id: "ops".into(),
-            },
-            detail: "seeded".into(),
-        };
-        batch.push((token, event));
+        batch.push(token);
         if batch.len() == 5000 || i + 1 == n {
-            store.insert_tokens_bulk(&batch).await.expect("bulk insert");
+            store
+                .import_tokens(&batch, &actor, "seeded")
+                .await
+                .expect("bulk import");
             batch.clear();
         }
         if (i + 1) % 200_000 == 0 {
@@ -123,7 +135,7 @@ pub async fn seed(url: &str, n: usize, sample_every: usize) -> Seeded {
         }
     }
     println!(
-        "seed: {n} tokens (with their events, change-log rows and owner counts) in {:.1} s",
+        "seed: {n} tokens (with their verifiers, audit events and owner counts) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     store.close().await;

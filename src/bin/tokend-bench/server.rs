@@ -1,5 +1,7 @@
 //! The server under test: the release `tokend` binary, started as a child
-//! process on a fresh database, and a generated client for it.
+//! process on a fresh database (plaintext, or TLS with a certificate made for
+//! the run), always with its Prometheus listener on, and a generated client
+//! for it.
 
 use std::{
     fs,
@@ -8,13 +10,45 @@ use std::{
     time::Duration,
 };
 
-use tokend::pb::token_service_client::TokenServiceClient;
-use tonic::{Request, transport::Channel};
+use tokend::{
+    pb::{self, token_service_client::TokenServiceClient},
+    tls::test_pki::TestCa,
+};
+use tonic::{
+    Request,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 
 pub struct Server {
     child: Child,
     pub port: u16,
+    /// The CA the server's certificate comes from, when it serves TLS.
+    ca_pem: Option<String>,
+    metrics_port: u16,
     log: PathBuf,
+    /// From spawning the process to health reporting SERVING.
+    pub ready_after: Duration,
+}
+
+/// TLS files for a server: a CA made for this run and a certificate for
+/// 127.0.0.1 signed by it.
+pub struct TlsFiles {
+    pub ca_pem: String,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+pub fn tls_files(dir: &Path) -> TlsFiles {
+    let ca = TestCa::new("tokend-bench CA").expect("CA");
+    let server = ca.server(&["127.0.0.1", "localhost"]).expect("certificate");
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    fs::write(&cert, &server.cert_pem).expect("write certificate");
+    fs::write(&key, &server.key_pem).expect("write key");
+    TlsFiles {
+        ca_pem: ca.cert_pem().to_owned(),
+        cert,
+        key,
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -42,10 +76,16 @@ pub fn database_url(dir: &Path) -> String {
 }
 
 pub fn bootstrap(dir: &Path) -> String {
+    bootstrap_on(&database_url(dir), &[])
+}
+
+/// `tokend bootstrap` on the store at `url`: a platform token.
+pub fn bootstrap_on(url: &str, env: &[(&str, String)]) -> String {
     let out = Command::new(tokend_exe())
         .args(["bootstrap", "--account", "bench", "--owner", "ops"])
-        .env("TOKEND_DATABASE_URL", database_url(dir))
+        .env("TOKEND_DATABASE_URL", url)
         .env("TOKEND_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stderr(Stdio::inherit())
         .output()
         .expect("run tokend bootstrap");
@@ -57,45 +97,111 @@ pub fn bootstrap(dir: &Path) -> String {
 }
 
 pub async fn start_server(dir: &Path, name: &str) -> Server {
-    start_server_on(dir, name, &database_url(dir)).await
+    start(dir, name, &database_url(dir), &[], None).await
 }
 
-/// A server on the store at `url`, logging into `dir`.
-pub async fn start_server_on(dir: &Path, name: &str, url: &str) -> Server {
+pub async fn start_tls_server(dir: &Path, name: &str, tls: &TlsFiles) -> Server {
+    start(dir, name, &database_url(dir), &[], Some(tls)).await
+}
+
+/// Starts `tokend serve` on the store at `url` with extra environment.
+pub async fn start_server_on(dir: &Path, name: &str, url: &str, env: &[(&str, String)]) -> Server {
+    start(dir, name, url, env, None).await
+}
+
+/// Starts the server and waits (up to 5 minutes) until its health reports
+/// SERVING, i.e. after its warm start; `Server::ready_after` is how long
+/// that took.
+async fn start(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    env: &[(&str, String)],
+    tls: Option<&TlsFiles>,
+) -> Server {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let port = free_port();
+    let metrics_port = free_port();
     let log = dir.join(format!("{name}.log"));
-    let mut child = Command::new(tokend_exe())
-        .arg("serve")
+    let started = std::time::Instant::now();
+    let mut cmd = Command::new(tokend_exe());
+    cmd.arg("serve")
         .env("TOKEND_DATABASE_URL", url)
         .env("TOKEND_LISTEN", format!("127.0.0.1:{port}"))
+        // Metrics on, as in production: the targets must hold with them.
+        .env("TOKEND_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
         .env("TOKEND_MAX_TOKENS_PER_OWNER", "100000")
         .env("TOKEND_LOG", "info")
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start tokend");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if let Ok(channel) = Channel::from_shared(endpoint.clone())
-            .expect("uri")
-            .connect()
-            .await
-            && tonic_health::pb::health_client::HealthClient::new(channel)
-                .check(tonic_health::pb::HealthCheckRequest {
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(fs::File::create(&log).expect("log file"));
+    if let Some(tls) = tls {
+        cmd.env("TOKEND_TLS_CERT", &tls.cert)
+            .env("TOKEND_TLS_KEY", &tls.key);
+    }
+    let mut child = cmd.spawn().expect("start tokend");
+    let base = base_url(port, tls.is_some());
+    let ca = tls.map(|t| t.ca_pem.as_str());
+    while started.elapsed() < Duration::from_secs(300) {
+        if let Ok(channel) = connect(&base, ca).await {
+            let mut health = HealthClient::new(channel);
+            while let Ok(r) = health
+                .check(HealthCheckRequest {
                     service: String::new(),
                 })
                 .await
-                .is_ok()
-        {
-            return Server { child, port, log };
+            {
+                if r.get_ref().status == ServingStatus::Serving as i32 {
+                    return Server {
+                        child,
+                        port,
+                        ca_pem: tls.map(|t| t.ca_pem.clone()),
+                        metrics_port,
+                        log,
+                        ready_after: started.elapsed(),
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("tokend exited ({status}); see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("tokend did not become healthy; see {}", log.display());
+    panic!("tokend did not report SERVING; see {}", log.display());
 }
 
 impl Server {
+    /// The server process's resident set size, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// The server's log so far (colour codes removed).
+    pub fn log(&self) -> String {
+        strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// A number the server printed in its final stats line, e.g.
+    /// `argon2_verifications`, from a line `stop` returned.
+    pub fn stat(line: &str, name: &str) -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {line:?}"))
+    }
+
     /// SIGTERM, wait, and return the server's final stats line.
     pub fn stop(mut self) -> String {
         let _ = Command::new("kill")
@@ -110,13 +216,70 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// The gRPC base URL, as h2load and the client use it.
+    pub fn url(&self) -> String {
+        base_url(self.port, self.ca_pem.is_some())
+    }
+
     pub async fn client(&self) -> TokenServiceClient<Channel> {
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
-        TokenServiceClient::new(channel)
+        TokenServiceClient::new(
+            connect(&self.url(), self.ca_pem.as_deref())
+                .await
+                .expect("connect"),
+        )
+    }
+
+    /// The server's `/metrics` page.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .expect("connect to the metrics listener");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read /metrics");
+        text.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
+    /// One line saying the metrics were on: Validate requests the server
+    /// counted, by cache path, for the reason `valid`.
+    pub fn metrics_line(&self) -> String {
+        let page = self.scrape();
+        let count = |cache: &str| {
+            let series =
+                format!(r#"tokend_validate_requests_total{{reason="valid",cache="{cache}"}} "#);
+            page.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .unwrap_or("?")
+                .to_owned()
+        };
+        format!(
+            "metrics on: /metrics counted {} valid Validates from the cache and {} from the store ({} lines)",
+            count("hit"),
+            count("miss"),
+            page.lines().count()
+        )
+    }
+}
+
+fn base_url(port: u16, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://127.0.0.1:{port}")
+}
+
+/// A channel to `url`, over TLS trusting `ca_pem` when given.
+async fn connect(url: &str, ca_pem: Option<&str>) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Channel::from_shared(url.to_owned()).expect("uri");
+    match ca_pem {
+        Some(ca) => {
+            endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
+                .connect()
+                .await
+        }
+        None => endpoint.connect().await,
     }
 }
 
@@ -164,4 +327,78 @@ pub async fn validate(
         .await
         .expect("Validate")
         .into_inner()
+}
+
+/// A `tokens:validate` caller credential for the load generator.
+pub async fn issue_caller(client: &mut TokenServiceClient<Channel>, platform: &str) -> String {
+    client
+        .issue(authed(
+            platform,
+            pb::IssueRequest {
+                owner_id: "svc".into(),
+                name: "gateway".into(),
+                modules: vec!["tokens:validate".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("issue caller")
+        .into_inner()
+        .secret
+}
+
+/// Issues `n` `billing:read` tokens from 8 concurrent tasks; their values.
+pub async fn issue_tokens(
+    client: &TokenServiceClient<Channel>,
+    platform: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for chunk in 0..8 {
+        let mut c = client.clone();
+        let platform = platform.to_owned();
+        let count = n / 8 + usize::from(chunk < n % 8);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..count {
+                let r = pb::IssueRequest {
+                    owner_id: format!("user-{chunk}-{i}"),
+                    name: format!("hot {chunk}-{i}"),
+                    modules: vec!["billing:read".into()],
+                    ..Default::default()
+                };
+                out.push(
+                    c.issue(authed(&platform, r))
+                        .await
+                        .expect("issue")
+                        .into_inner()
+                        .secret,
+                );
+            }
+            out
+        }));
+    }
+    let mut values = Vec::with_capacity(n);
+    for t in tasks {
+        values.extend(t.await.expect("issue task"));
+    }
+    values
+}
+
+/// Validates each value once as `caller` (so the cache is warm).
+pub async fn warm(client: &mut TokenServiceClient<Channel>, caller: &str, values: &[String]) {
+    for value in values {
+        let v = client
+            .validate(authed(
+                caller,
+                pb::ValidateRequest {
+                    token: value.clone(),
+                    required_modules: vec!["billing:read".into()],
+                },
+            ))
+            .await
+            .expect("validate")
+            .into_inner();
+        assert!(v.valid, "a hot token does not validate");
+    }
 }

@@ -20,3 +20,13 @@ impl fmt::Debug for HashColumn {
         f.write_str("HashColumn(<redacted>)")
     }
 }
+
+/// A keyed verifier MAC as stored: redacted in `Debug` like the hash.
+#[derive(Clone, PartialEq, Eq, DeriveValueType)]
+pub struct VerifierColumn(pub Vec<u8>);
+
+impl fmt::Debug for VerifierColumn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VerifierColumn(<redacted>)")
+    }
+}

@@ -2,7 +2,7 @@
 
 use sea_orm::entity::prelude::*;
 
-use super::HashColumn;
+use super::{HashColumn, VerifierColumn};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "tokens")]
@@ -26,6 +26,12 @@ pub struct Model {
     pub secret_hash: HashColumn,
     pub prev_secret_hash: Option<HashColumn>,
     pub prev_secret_expires_at: Option<DateTimeUtc>,
+    /// Id of the server-held key the verifier was made under.
+    pub verifier_key_id: Option<String>,
+    /// Keyed MAC of the token's id and secret (`validation::verifier`).
+    pub verifier: Option<VerifierColumn>,
+    pub prev_verifier_key_id: Option<String>,
+    pub prev_verifier: Option<VerifierColumn>,
     pub hint: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -1,0 +1,736 @@
+//! Prometheus metrics: every metric name, its labels and its recording helper
+//! live here, so a call site elsewhere is one line
+//! (`metrics::cache_hit()`, `metrics::validate_outcome(reason, hit, started)`
+//! with `started = metrics::timer()`).
+//!
+//! Recording is split from exporting, so the hot path pays for neither a
+//! registry nor a lock:
+//!
+//! - counters and gauges are plain atomics in statics. Counters touched on
+//!   every call (Validate outcomes, cache hits, RPCs by method and code) are
+//!   *sharded*: each thread adds to its own cache line, so two cores never
+//!   fight over one. No label is hashed and nothing is allocated per call;
+//!   a label set is an index into a fixed table.
+//! - at scrape time (`render`), the atomics are summed and published into
+//!   the `metrics-exporter-prometheus` recorder (`Counter::absolute`,
+//!   `Gauge::set`), the per-process sources (cache sizes, pending last-used
+//!   entries, ...) are read, and the recorder renders the text format.
+//! - histograms (latencies) go straight to the recorder's lock-free buckets,
+//!   through handles registered once when the recorder is installed. Without
+//!   `--metrics-listen` no recorder exists, and they cost one atomic load.
+//!
+//! The counters are process-wide: several servers in one process (the tests)
+//! share them.
+
+use std::{
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use metrics::{Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    error::{Error, Result},
+    validation::Reason,
+};
+
+/// Metric names. Each is documented (HELP text) in `describe` and listed with
+/// its meaning in the README.
+pub mod name {
+    pub const BUILD_INFO: &str = "tokend_build_info";
+    pub const VALIDATE_REQUESTS: &str = "tokend_validate_requests_total";
+    pub const VALIDATE_DURATION: &str = "tokend_validate_duration_seconds";
+    pub const GRPC_REQUESTS: &str = "tokend_grpc_requests_total";
+    pub const CACHE_ENTRIES: &str = "tokend_cache_entries";
+    pub const CACHE_HITS: &str = "tokend_cache_hits_total";
+    pub const CACHE_MISSES: &str = "tokend_cache_misses_total";
+    pub const CACHE_EVICTIONS: &str = "tokend_cache_evictions_total";
+    pub const NEGATIVE_CACHE_ENTRIES: &str = "tokend_negative_cache_entries";
+    pub const ARGON2_VERIFICATIONS: &str = "tokend_argon2_verifications_total";
+    pub const ARGON2_HASHES: &str = "tokend_argon2_hashes_total";
+    pub const ARGON2_QUEUE_DEPTH: &str = "tokend_argon2_queue_depth";
+    pub const ARGON2_REFUSALS: &str = "tokend_argon2_refusals_total";
+    pub const STORE_STATEMENTS: &str = "tokend_store_statements_total";
+    pub const STORE_ERRORS: &str = "tokend_store_errors_total";
+    pub const STORE_CALL_DURATION: &str = "tokend_store_call_duration_seconds";
+    pub const HEALTH_SERVING: &str = "tokend_health_serving";
+    pub const CHANGELOG_SEEN: &str = "tokend_changelog_seen_sequence";
+    pub const CHANGELOG_APPLIED: &str = "tokend_changelog_applied_sequence";
+    pub const CHANGELOG_LAG: &str = "tokend_changelog_lag_seconds";
+    pub const CHANGELOG_DELIVERIES: &str = "tokend_changelog_deliveries_total";
+    pub const CHANGELOG_RECONNECTS: &str = "tokend_changelog_listener_reconnects_total";
+    pub const LAST_USED_PENDING: &str = "tokend_last_used_pending";
+    pub const LAST_USED_FLUSH_DURATION: &str = "tokend_last_used_flush_duration_seconds";
+    pub const LAST_USED_FLUSH_FAILURES: &str = "tokend_last_used_flush_failures_total";
+    pub const TASK_RUNNING: &str = "tokend_task_running";
+    pub const TASK_RESTARTS: &str = "tokend_task_restarts_total";
+    pub const TLS_RELOADS: &str = "tokend_tls_reloads_total";
+}
+
+// ---------------------------------------------------------------------------
+// Sharded counters
+// ---------------------------------------------------------------------------
+
+/// Shards per counter table: more than the cores of most nodes tokend runs on;
+/// threads beyond that share shards (still correct, only less spread).
+const SHARDS: usize = 16;
+
+/// One thread's row of a counter table, alone on its cache lines.
+#[repr(align(128))]
+struct Row<const N: usize>([AtomicU64; N]);
+
+/// `N` counters, each split over `SHARDS` rows; a thread only writes its own row.
+pub struct Sharded<const N: usize>([Row<N>; SHARDS]);
+
+impl<const N: usize> Sharded<N> {
+    const fn new() -> Self {
+        Self([const { Row([const { AtomicU64::new(0) }; N]) }; SHARDS])
+    }
+
+    #[inline]
+    fn add(&self, i: usize) {
+        if let Some(c) = self.0[shard()].0.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn sum(&self, i: usize) -> u64 {
+        self.0
+            .iter()
+            .map(|row| row.0.get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
+            .sum()
+    }
+}
+
+/// This thread's shard, assigned round-robin on first use.
+#[inline]
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+// ---------------------------------------------------------------------------
+// Label tables
+// ---------------------------------------------------------------------------
+
+const REASONS: [(Reason, &str); 7] = [
+    (Reason::Valid, "valid"),
+    (Reason::Malformed, "malformed"),
+    (Reason::Unknown, "unknown"),
+    (Reason::Disabled, "disabled"),
+    (Reason::Revoked, "revoked"),
+    (Reason::Expired, "expired"),
+    (Reason::MissingModules, "missing_modules"),
+];
+
+fn reason_index(reason: Reason) -> usize {
+    match reason {
+        Reason::Valid => 0,
+        Reason::Malformed => 1,
+        Reason::Unknown => 2,
+        Reason::Disabled => 3,
+        Reason::Revoked => 4,
+        Reason::Expired => 5,
+        Reason::MissingModules => 6,
+    }
+}
+
+/// The RPCs this server serves, as (service, method); anything else is "other".
+pub const METHODS: [(&str, &str); 14] = [
+    ("tokens.v1.TokenService", "Issue"),
+    ("tokens.v1.TokenService", "Validate"),
+    ("tokens.v1.TokenService", "Get"),
+    ("tokens.v1.TokenService", "Update"),
+    ("tokens.v1.TokenService", "SetState"),
+    ("tokens.v1.TokenService", "Revoke"),
+    ("tokens.v1.TokenService", "Rotate"),
+    ("tokens.v1.TokenService", "Duplicate"),
+    ("tokens.v1.TokenService", "Search"),
+    ("tokens.v1.TokenService", "ListEvents"),
+    ("grpc.health.v1.Health", "Check"),
+    ("grpc.health.v1.Health", "Watch"),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+];
+const OTHER_METHOD: usize = METHODS.len();
+
+/// gRPC status codes 0..=16, as the gRPC specification names them.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The row of `METHODS` for a request path, by comparing the path with the
+/// known ones (no hashing); `OTHER_METHOD` if none.
+pub fn method_index(path: &str) -> usize {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return OTHER_METHOD;
+    };
+    METHODS
+        .iter()
+        .position(|(s, m)| *m == method && *s == service)
+        .unwrap_or(OTHER_METHOD)
+}
+
+/// Where a store error came from, for `tokend_store_errors_total{kind}`.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreErrorKind {
+    /// The call exceeded the store timeout.
+    Timeout,
+    /// The database could not be reached (connection, pool).
+    Unavailable,
+    /// The database answered with an error.
+    Database,
+    /// Anything else (a bug, a conversion).
+    Other,
+}
+
+const STORE_ERROR_KINDS: [&str; 4] = ["timeout", "unavailable", "database", "other"];
+
+/// How a change-log entry reached this replica.
+#[derive(Debug, Clone, Copy)]
+pub enum Delivery {
+    Notify,
+    Poll,
+}
+
+// ---------------------------------------------------------------------------
+// The statics
+// ---------------------------------------------------------------------------
+
+/// Validate outcomes: reason x (hit, miss).
+static VALIDATE: Sharded<14> = Sharded::new();
+/// RPCs: (method or other) x code.
+static GRPC: Sharded<{ (METHODS.len() + 1) * 17 }> = Sharded::new();
+/// 0 hits, 1 misses.
+static CACHE: Sharded<2> = Sharded::new();
+
+/// Counters off the hot path: plain atomics.
+struct Counters {
+    cache_evictions: AtomicU64,
+    argon2_hashes: AtomicU64,
+    argon2_refusals: AtomicU64,
+    store_errors: [AtomicU64; 4],
+    deliveries: [AtomicU64; 2],
+    reconnects: AtomicU64,
+    flush_failures: AtomicU64,
+    tls_reloads: [AtomicU64; 2],
+    argon2_queue: AtomicI64,
+    changelog_seen: AtomicI64,
+    changelog_applied: AtomicI64,
+    /// Microseconds since `EPOCH` when the follower last proved it had applied
+    /// everything in the log; 0 = never.
+    changelog_caught_up_us: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    cache_evictions: AtomicU64::new(0),
+    argon2_hashes: AtomicU64::new(0),
+    argon2_refusals: AtomicU64::new(0),
+    store_errors: [const { AtomicU64::new(0) }; 4],
+    deliveries: [const { AtomicU64::new(0) }; 2],
+    reconnects: AtomicU64::new(0),
+    flush_failures: AtomicU64::new(0),
+    tls_reloads: [const { AtomicU64::new(0) }; 2],
+    argon2_queue: AtomicI64::new(0),
+    changelog_seen: AtomicI64::new(0),
+    changelog_applied: AtomicI64::new(0),
+    changelog_caught_up_us: AtomicU64::new(0),
+};
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Histogram handles, registered once when the recorder is installed.
+struct Histograms {
+    /// [hit, miss]
+    validate: [Histogram; 2],
+    store_call: Histogram,
+    flush: Histogram,
+}
+
+static HISTOGRAMS: OnceLock<Histograms> = OnceLock::new();
+
+// ---------------------------------------------------------------------------
+// Recording helpers (the one-line call sites)
+// ---------------------------------------------------------------------------
+
+/// A start time for a measured call, taken only when a recorder is installed.
+#[inline]
+pub fn timer() -> Option<Instant> {
+    HISTOGRAMS.get().map(|_| Instant::now())
+}
+
+/// One Validate RPC answered with `reason`; `hit` when it was answered from
+/// memory (no store read, no argon2). `started` comes from `timer()`.
+#[inline]
+pub fn validate_outcome(reason: Reason, hit: bool, started: Option<Instant>) {
+    let miss = usize::from(!hit);
+    VALIDATE.add(reason_index(reason) * 2 + miss);
+    if let (Some(h), Some(t)) = (HISTOGRAMS.get(), started) {
+        h.validate[miss].record(t.elapsed().as_secs_f64());
+    }
+}
+
+/// One RPC on `method` (from `method_index`) finished with gRPC `code`.
+#[inline]
+pub fn rpc_finished(method: usize, code: i32) {
+    let code = usize::try_from(code)
+        .ok()
+        .filter(|c| *c < CODES.len())
+        .unwrap_or(2);
+    GRPC.add(method.min(OTHER_METHOD) * CODES.len() + code);
+}
+
+/// A Validate-cache lookup that found a verified entry.
+#[inline]
+pub fn cache_hit() {
+    CACHE.add(0);
+}
+
+/// A Validate-cache lookup that had to go to the store.
+#[inline]
+pub fn cache_miss() {
+    CACHE.add(1);
+}
+
+/// The cache dropped an entry to stay within its capacity.
+pub fn cache_eviction() {
+    COUNTERS.cache_evictions.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn argon2_hashed() {
+    COUNTERS.argon2_hashes.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A job entered the argon2 queue.
+pub fn argon2_queued() {
+    COUNTERS.argon2_queue.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A worker took a job off the argon2 queue.
+pub fn argon2_dequeued() {
+    COUNTERS.argon2_queue.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The argon2 queue was full and a caller got RESOURCE_EXHAUSTED.
+pub fn argon2_refused() {
+    COUNTERS.argon2_refusals.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One store call took `elapsed`; `error` is set when it failed.
+pub fn store_call(started: Option<Instant>, error: Option<&Error>) {
+    if let (Some(h), Some(t)) = (HISTOGRAMS.get(), started) {
+        h.store_call.record(t.elapsed().as_secs_f64());
+    }
+    if let Some(e) = error {
+        let kind = match e {
+            Error::Unavailable(m) if m.contains("exceeded") || m.contains("timed out") => {
+                StoreErrorKind::Timeout
+            }
+            Error::Unavailable(_) => StoreErrorKind::Unavailable,
+            Error::Database(_) if e.is_unavailable() => StoreErrorKind::Unavailable,
+            Error::Database(_) => StoreErrorKind::Database,
+            _ => StoreErrorKind::Other,
+        };
+        COUNTERS.store_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The change-log follower learned that change `seq` exists.
+pub fn change_seen(seq: i64) {
+    COUNTERS.changelog_seen.fetch_max(seq, Ordering::Relaxed);
+}
+
+/// The change-log follower applied change `seq`, brought by `via`.
+pub fn change_applied(seq: i64, via: Delivery) {
+    change_seen(seq);
+    COUNTERS.changelog_applied.fetch_max(seq, Ordering::Relaxed);
+    COUNTERS.deliveries[via as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+/// A poll of the change log found nothing more to apply: this replica is
+/// up to date as of now.
+pub fn changelog_caught_up(high: i64) {
+    change_seen(high);
+    COUNTERS
+        .changelog_applied
+        .fetch_max(high, Ordering::Relaxed);
+    let us = u64::try_from(epoch().elapsed().as_micros()).unwrap_or(u64::MAX);
+    COUNTERS
+        .changelog_caught_up_us
+        .store(us.max(1), Ordering::Relaxed);
+}
+
+/// The change listener connected again after losing its connection.
+pub fn listener_reconnected() {
+    COUNTERS.reconnects.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One last-used flush took `elapsed`.
+pub fn last_used_flushed(started: Option<Instant>) {
+    if let (Some(h), Some(t)) = (HISTOGRAMS.get(), started) {
+        h.flush.record(t.elapsed().as_secs_f64());
+    }
+}
+
+/// A last-used batch could not be written (it is kept for the next flush).
+pub fn last_used_flush_failed() {
+    COUNTERS.flush_failures.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A TLS certificate reload was tried.
+pub fn tls_reload(ok: bool) {
+    COUNTERS.tls_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Health of `service` ("" is the whole server) changed.
+pub fn health(service: &'static str, serving: bool) {
+    if HISTOGRAMS.get().is_some() {
+        metrics::gauge!(name::HEALTH_SERVING, "service" => service)
+            .set(f64::from(u8::from(serving)));
+    }
+}
+
+/// A supervised task started (`running`) or stopped; `restart` counts a restart.
+pub fn task(task: &'static str, running: bool, restart: bool) {
+    if HISTOGRAMS.get().is_some() {
+        metrics::gauge!(name::TASK_RUNNING, "task" => task).set(f64::from(u8::from(running)));
+        let restarts = metrics::counter!(name::TASK_RESTARTS, "task" => task);
+        if restart {
+            restarts.increment(1);
+        } else {
+            restarts.increment(0);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Installing and rendering
+// ---------------------------------------------------------------------------
+
+/// Latency buckets, in seconds: 50 µs to 10 s.
+const BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// Installs the process-wide recorder (once; later calls return the same
+/// handle) and registers the histogram handles.
+pub fn install() -> Result<PrometheusHandle> {
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut slot = HANDLE
+        .lock()
+        .map_err(|_| Error::Internal("metrics recorder lock poisoned".into()))?;
+    if let Some(h) = slot.as_ref() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| Error::Internal(format!("cannot install the metrics recorder: {e}")))?;
+    describe();
+    let _ = HISTOGRAMS.set(Histograms {
+        validate: [
+            metrics::histogram!(name::VALIDATE_DURATION, "cache" => "hit"),
+            metrics::histogram!(name::VALIDATE_DURATION, "cache" => "miss"),
+        ],
+        store_call: metrics::histogram!(name::STORE_CALL_DURATION),
+        flush: metrics::histogram!(name::LAST_USED_FLUSH_DURATION),
+    });
+    metrics::gauge!(name::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    epoch();
+    *slot = Some(handle.clone());
+    Ok(handle)
+}
+
+fn describe() {
+    use name::*;
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label is the running tokend's version"
+    );
+    describe_counter!(
+        VALIDATE_REQUESTS,
+        "Validate RPCs answered, by reason and by whether the cache answered (hit) or the store was read (miss)"
+    );
+    describe_histogram!(
+        VALIDATE_DURATION,
+        Unit::Seconds,
+        "Time to judge a Validate request (caller check excluded), hit and miss separately"
+    );
+    describe_counter!(
+        GRPC_REQUESTS,
+        "RPCs finished, by service, method and gRPC status code"
+    );
+    describe_gauge!(CACHE_ENTRIES, "Verified tokens held in the Validate cache");
+    describe_counter!(
+        CACHE_HITS,
+        "Validate-cache lookups (tokens and callers) answered from memory"
+    );
+    describe_counter!(
+        CACHE_MISSES,
+        "Validate-cache lookups that went to the store"
+    );
+    describe_counter!(
+        CACHE_EVICTIONS,
+        "Entries dropped from the Validate cache to stay within its capacity"
+    );
+    describe_gauge!(
+        NEGATIVE_CACHE_ENTRIES,
+        "Entries in the negative caches: failed values, unknown ids, failure windows"
+    );
+    describe_counter!(ARGON2_VERIFICATIONS, "argon2id verifications performed");
+    describe_counter!(ARGON2_HASHES, "argon2id hashes computed (new secrets)");
+    describe_gauge!(ARGON2_QUEUE_DEPTH, "argon2 jobs waiting for a worker");
+    describe_counter!(
+        ARGON2_REFUSALS,
+        "argon2 jobs refused with RESOURCE_EXHAUSTED because the queue was full"
+    );
+    describe_counter!(STORE_STATEMENTS, "SQL statements executed");
+    describe_counter!(
+        STORE_ERRORS,
+        "Store calls that failed, by kind (timeout, unavailable, database, other)"
+    );
+    describe_histogram!(
+        STORE_CALL_DURATION,
+        Unit::Seconds,
+        "Time per store call (a query or a transaction)"
+    );
+    describe_gauge!(
+        HEALTH_SERVING,
+        "1 while grpc.health.v1 reports SERVING for the service (\"\" is the whole server), else 0"
+    );
+    describe_gauge!(
+        CHANGELOG_SEEN,
+        "PostgreSQL: highest change-log sequence number this replica knows of"
+    );
+    describe_gauge!(
+        CHANGELOG_APPLIED,
+        "PostgreSQL: highest change-log sequence number applied to this replica's cache"
+    );
+    describe_gauge!(
+        CHANGELOG_LAG,
+        "PostgreSQL: seconds since the change-log follower last found nothing left to apply"
+    );
+    describe_counter!(
+        CHANGELOG_DELIVERIES,
+        "PostgreSQL: changes applied, by the path that brought them first (notify, poll)"
+    );
+    describe_counter!(
+        CHANGELOG_RECONNECTS,
+        "PostgreSQL: times the LISTEN connection was re-established"
+    );
+    describe_gauge!(LAST_USED_PENDING, "Last-used times waiting to be written");
+    describe_histogram!(
+        LAST_USED_FLUSH_DURATION,
+        Unit::Seconds,
+        "Time per last-used flush"
+    );
+    describe_counter!(
+        LAST_USED_FLUSH_FAILURES,
+        "Last-used batches whose write failed (kept and retried)"
+    );
+    describe_gauge!(
+        TASK_RUNNING,
+        "1 while the supervised background task is running, 0 while it waits to restart"
+    );
+    describe_counter!(
+        TASK_RESTARTS,
+        "Restarts of a supervised background task after a failure"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "TLS certificate reloads after a change on disk, by result (ok, error)"
+    );
+}
+
+/// Per-server values read at scrape time (cache sizes, pending writes, ...).
+pub type Source = Box<dyn Fn() + Send + Sync>;
+
+/// What one server's `/metrics` renders.
+pub struct Scrape {
+    handle: PrometheusHandle,
+    sources: Vec<Source>,
+    process: metrics_process::Collector,
+}
+
+impl Scrape {
+    pub fn new(handle: PrometheusHandle, sources: Vec<Source>) -> Arc<Self> {
+        let process = metrics_process::Collector::default();
+        process.describe();
+        Arc::new(Self {
+            handle,
+            sources,
+            process,
+        })
+    }
+
+    /// Publishes the atomics and sources into the recorder and renders it.
+    pub fn render(&self) -> String {
+        publish();
+        for source in &self.sources {
+            source();
+        }
+        self.process.collect();
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; run every few seconds so
+    /// an unscraped server does not accumulate samples.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn publish() {
+    use metrics::{counter, gauge};
+    use name::*;
+    for (r, (_, reason)) in REASONS.iter().enumerate() {
+        for (m, cache) in ["hit", "miss"].iter().enumerate() {
+            counter!(VALIDATE_REQUESTS, "reason" => *reason, "cache" => *cache)
+                .absolute(VALIDATE.sum(r * 2 + m));
+        }
+    }
+    let methods = METHODS.iter().copied().chain([("other", "other")]);
+    for (m, (service, method)) in methods.enumerate() {
+        for (c, code) in CODES.iter().enumerate() {
+            let n = GRPC.sum(m * CODES.len() + c);
+            // Only codes that occurred, plus OK, so the page stays readable.
+            if n > 0 || c == 0 {
+                counter!(GRPC_REQUESTS, "service" => service, "method" => method, "code" => *code)
+                    .absolute(n);
+            }
+        }
+    }
+    counter!(CACHE_HITS).absolute(CACHE.sum(0));
+    counter!(CACHE_MISSES).absolute(CACHE.sum(1));
+    let c = &COUNTERS;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    counter!(CACHE_EVICTIONS).absolute(load(&c.cache_evictions));
+    counter!(ARGON2_HASHES).absolute(load(&c.argon2_hashes));
+    counter!(ARGON2_REFUSALS).absolute(load(&c.argon2_refusals));
+    gauge!(ARGON2_QUEUE_DEPTH).set(c.argon2_queue.load(Ordering::Relaxed).max(0) as f64);
+    for (i, kind) in STORE_ERROR_KINDS.iter().enumerate() {
+        counter!(STORE_ERRORS, "kind" => *kind).absolute(load(&c.store_errors[i]));
+    }
+    for (i, via) in ["notify", "poll"].iter().enumerate() {
+        counter!(CHANGELOG_DELIVERIES, "via" => *via).absolute(load(&c.deliveries[i]));
+    }
+    counter!(CHANGELOG_RECONNECTS).absolute(load(&c.reconnects));
+    counter!(LAST_USED_FLUSH_FAILURES).absolute(load(&c.flush_failures));
+    for (i, result) in ["ok", "error"].iter().enumerate() {
+        counter!(TLS_RELOADS, "result" => *result).absolute(load(&c.tls_reloads[i]));
+    }
+    let caught_up = load(&c.changelog_caught_up_us);
+    if caught_up > 0 {
+        gauge!(CHANGELOG_SEEN).set(c.changelog_seen.load(Ordering::Relaxed) as f64);
+        gauge!(CHANGELOG_APPLIED).set(c.changelog_applied.load(Ordering::Relaxed) as f64);
+        let now = epoch().elapsed();
+        let lag = now.saturating_sub(Duration::from_micros(caught_up));
+        gauge!(CHANGELOG_LAG).set(lag.as_secs_f64());
+    }
+}
+
+/// Gauges and counters of one server's own parts, read at scrape time.
+pub fn cache_entries(entries: usize, failed: usize, unknown: usize, failures: usize) {
+    use metrics::gauge;
+    gauge!(name::CACHE_ENTRIES).set(entries as f64);
+    gauge!(name::NEGATIVE_CACHE_ENTRIES, "kind" => "failed_value").set(failed as f64);
+    gauge!(name::NEGATIVE_CACHE_ENTRIES, "kind" => "unknown_id").set(unknown as f64);
+    gauge!(name::NEGATIVE_CACHE_ENTRIES, "kind" => "failure_window").set(failures as f64);
+}
+
+pub fn argon2_verifications(n: u64) {
+    metrics::counter!(name::ARGON2_VERIFICATIONS).absolute(n);
+}
+
+pub fn store_statements(n: u64) {
+    metrics::counter!(name::STORE_STATEMENTS).absolute(n);
+}
+
+pub fn last_used_pending(n: usize) {
+    metrics::gauge!(name::LAST_USED_PENDING).set(n as f64);
+}
+
+/// Counts evictions from a quick_cache (the Validate cache's positive entries).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountEvictions;
+
+impl<K, V> quick_cache::Lifecycle<K, V> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: K, _val: V) {
+        cache_eviction();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn method_paths_map_to_their_rows() {
+        assert_eq!(method_index("/tokens.v1.TokenService/Issue"), 0);
+        assert_eq!(method_index("/tokens.v1.TokenService/Validate"), 1);
+        assert_eq!(method_index("/grpc.health.v1.Health/Check"), 10);
+        assert_eq!(method_index("/tokens.v1.TokenService/Nope"), OTHER_METHOD);
+        assert_eq!(method_index("garbage"), OTHER_METHOD);
+        assert_eq!(method_index("/"), OTHER_METHOD);
+    }
+
+    #[test]
+    fn sharded_counters_sum_over_threads() {
+        static T: Sharded<3> = Sharded::new();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        T.add(1);
+                    }
+                });
+            }
+        });
+        assert_eq!(T.sum(1), 4000);
+        assert_eq!(T.sum(0), 0);
+        T.add(7); // out of range: ignored, no panic
+    }
+
+    #[test]
+    fn every_reason_has_its_own_label() {
+        for (i, (reason, _)) in REASONS.iter().enumerate() {
+            assert_eq!(reason_index(*reason), i);
+        }
+    }
+}
