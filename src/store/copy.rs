@@ -733,7 +733,7 @@ where
         }
         last = Some(tail_key);
         if progress(CopyProgress { table, copied }).is_break() {
-            return Err(Error::Unavailable(format!(
+            return Err(Error::FailedPrecondition(format!(
                 "move interrupted after {copied} rows of table {}; run the same command again to resume",
                 table.name()
             )));
@@ -785,7 +785,7 @@ async fn write_batch_pg<E: EntityTrait>(
     mark: progress::Model,
 ) -> Result<()> {
     use sea_orm::sqlx::{self, Acquire as _};
-    let failed = |e: sqlx::Error| Error::Database(sea_orm::DbErr::Custom(format!("COPY: {e}")));
+    let failed = Error::from;
     let columns: Vec<String> = E::Column::iter()
         .map(|c| format!("\"{}\"", c.as_str()))
         .collect();

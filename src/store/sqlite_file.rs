@@ -22,7 +22,7 @@ use sea_orm::sqlx::{
 };
 
 use super::migration::Migrator;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreFault};
 
 /// A SQLite store file.
 #[derive(Debug, Clone)]
@@ -50,7 +50,10 @@ pub const POSTGRES_BACKUP_HINT: &str = "on PostgreSQL, back up with pg_dump / pg
      work on SQLite stores";
 
 fn sqlite_error(what: &str, path: &Path, e: sqlx::Error) -> Error {
-    Error::Unavailable(format!("{what} {}: {e}", path.display()))
+    Error::Unavailable(
+        StoreFault::Unreachable,
+        format!("{what} {}: {e}", path.display()),
+    )
 }
 
 impl SqliteFile {
