@@ -89,6 +89,16 @@ pub struct SearchInput {
     pub last_used_after: Option<DateTime<Utc>>,
     pub page_size: u64,
     pub page_token: Option<String>,
+    /// Also count every match of the filters (ignoring paging).
+    pub include_total: bool,
+}
+
+/// One page of a Search.
+pub struct SearchPage {
+    pub tokens: Vec<Token>,
+    pub next_page_token: Option<String>,
+    /// Every match of the filters, when asked for.
+    pub total: Option<u64>,
 }
 
 pub struct EventsInput {
@@ -582,11 +592,7 @@ impl TokenManager {
             .await
     }
 
-    pub async fn search(
-        &self,
-        caller: &Caller,
-        input: SearchInput,
-    ) -> Result<(Vec<Token>, Option<String>)> {
+    pub async fn search(&self, caller: &Caller, input: SearchInput) -> Result<SearchPage> {
         let scope = caller.listing_scope().map_err(|d| Error::denied(d, ""))?;
         if let (Some(a), Some(b)) = (input.created_after, input.created_before)
             && a >= b
@@ -628,7 +634,11 @@ impl TokenManager {
             Some(TextQuery::Value(value)) => {
                 // A token value matches exactly its token, and only if its secret verifies.
                 if self.validator.possessed(value).await?.is_none() {
-                    return Ok((Vec::new(), None));
+                    return Ok(SearchPage {
+                        tokens: Vec::new(),
+                        next_page_token: None,
+                        total: input.include_total.then_some(0),
+                    });
                 }
                 query.id = Some(value.id());
                 query_key = format!("id:{}", value.id());
@@ -663,7 +673,16 @@ impl TokenManager {
         } else {
             None
         };
-        Ok((tokens, next))
+        let total = if input.include_total {
+            Some(self.store.count_tokens(&query).await?)
+        } else {
+            None
+        };
+        Ok(SearchPage {
+            tokens,
+            next_page_token: next,
+            total,
+        })
     }
 
     pub async fn list_events(

@@ -315,12 +315,14 @@ impl TokenApi {
             last_used_after: opt_timestamp("last_used_after", r.last_used_after.as_ref())?,
             page_size: page::page_size("page_size", r.page_size)?,
             page_token: (!r.page_token.is_empty()).then_some(r.page_token),
+            include_total: r.include_total,
         };
-        let (tokens, next) = self.manager.search(&caller, input).await?;
+        let page = self.manager.search(&caller, input).await?;
         let now = manage::now();
         Ok(pb::SearchResponse {
-            tokens: tokens.iter().map(|t| token_to_pb(t, now)).collect(),
-            next_page_token: next.unwrap_or_default(),
+            tokens: page.tokens.iter().map(|t| token_to_pb(t, now)).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            total_size: page.total.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
         })
     }
 

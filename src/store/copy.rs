@@ -66,7 +66,13 @@ use crate::error::{Error, Result};
 /// Tables that triggers on the copied tables maintain (see the module doc):
 /// never copied, rebuilt by the target's triggers. A SQLite FTS5 table's
 /// shadow tables (`<name>_data`, `<name>_idx`, ...) count as the table's own.
-pub const DERIVED: &[&str] = &[];
+pub const DERIVED: &[&str] = &[
+    // m20261201_000004_search_indexes: SQLite's FTS5 name index (external
+    // content over `tokens`, with its shadow tables) and the per-module rows
+    // of both backends, all maintained by triggers on `tokens`.
+    "tokens_name_fts",
+    "token_modules",
+];
 
 /// The mover's own progress table on the target (dropped after a verified move).
 pub const PROGRESS_TABLE: &str = "tokend_move_progress";
@@ -1030,6 +1036,10 @@ mod tests {
     fn derived_tables_include_their_shadow_tables() {
         assert!(!is_derived("tokens"));
         assert!(!is_derived("token_events"));
+        assert!(is_derived("token_modules"));
+        assert!(is_derived("tokens_name_fts"));
+        assert!(is_derived("tokens_name_fts_data"));
+        assert!(is_derived("tokens_name_fts_docsize"));
     }
 
     #[test]

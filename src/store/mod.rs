@@ -4,7 +4,8 @@
 //! - `entities/`: one sea-orm entity per table.
 //! - `migration/`: schema migrations.
 //! - `convert`: entity models <-> domain types.
-//! - `tokens`: token reads, the transactional write paths and Search.
+//! - `tokens`: token reads and the transactional write paths.
+//! - `search`: Search and its total, served from indexes; `fold`: its case folding.
 //! - `events`: the audit-trail listing.
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
 //! - `import`: bulk import of tokens with their audit events.
@@ -24,8 +25,10 @@ pub mod copy;
 pub mod entities;
 mod error;
 mod events;
+pub mod fold;
 mod import;
 pub mod migration;
+mod search;
 pub mod sqlite_file;
 mod tokens;
 mod verifiers;
@@ -46,7 +49,8 @@ use secrecy::{ExposeSecret, SecretString};
 pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
-pub use tokens::{Change, SearchQuery};
+pub use search::{FTS_DRIVE_MAX, SearchPlans, SearchQuery};
+pub use tokens::Change;
 pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 
 use crate::{
@@ -77,6 +81,9 @@ pub struct Store {
     write_lock: Option<tokio::sync::Mutex<()>>,
     timeout: Duration,
     statements: Arc<AtomicU64>,
+    /// SQLite: the most name matches a Search looks up through the FTS index
+    /// (`search::FTS_DRIVE_MAX` unless a test or benchmark changes it).
+    fts_drive_max: AtomicU64,
 }
 
 impl Store {
@@ -98,6 +105,9 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(5))
+                    // An INSERT OR REPLACE then fires the delete triggers that
+                    // keep the search indexes in step (migration 000004).
+                    .pragma("recursive_triggers", "ON")
             });
         let mut db = tokio::time::timeout(config.timeout, Database::connect(options))
             .await
@@ -135,6 +145,7 @@ impl Store {
             write_lock,
             timeout: config.timeout,
             statements,
+            fts_drive_max: AtomicU64::new(search::FTS_DRIVE_MAX),
         })
     }
 

@@ -1,12 +1,12 @@
-//! Token queries: lookups, the transactional write paths (each commits the
-//! change, its audit event and the owner's live-token count together) and Search.
+//! Token queries: lookups and the transactional write paths (each commits the
+//! change, its audit event and the owner's live-token count together).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
-    sea_query::{CaseStatement, Expr, ExprTrait, Func, LikeExpr, OnConflict},
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QuerySelect,
+    TransactionTrait,
+    sea_query::{CaseStatement, Expr, ExprTrait, OnConflict},
 };
 
 use super::{
@@ -15,7 +15,7 @@ use super::{
     entities::{owner_quota, token, token_event},
 };
 use crate::{
-    domain::{NewEvent, Token, TokenId, TokenState, page::TokenCursor, privilege::Scope},
+    domain::{NewEvent, Token, TokenId},
     error::{Error, Result},
 };
 
@@ -30,50 +30,6 @@ pub enum Change {
         event: NewEvent,
         live_delta: i64,
     },
-}
-
-/// A Search, already authorised and validated.
-#[derive(Debug, Clone, Default)]
-pub struct SearchQuery {
-    pub scope: Option<Scope>,
-    pub account_id: Option<String>,
-    pub name_contains: Option<String>,
-    pub id: Option<TokenId>,
-    pub states: Vec<TokenState>,
-    pub owner_id: Option<String>,
-    pub created_by: Option<String>,
-    pub module: Option<String>,
-    pub created_after: Option<DateTime<Utc>>,
-    pub created_before: Option<DateTime<Utc>>,
-    pub last_used_before: Option<DateTime<Utc>>,
-    pub last_used_after: Option<DateTime<Utc>>,
-    pub after: Option<TokenCursor>,
-    pub limit: u64,
-}
-
-/// Escapes LIKE wildcards so user text matches literally (escape character `\`).
-fn like_literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn scope_condition(scope: &Scope) -> Condition {
-    match scope {
-        Scope::Everything => Condition::all(),
-        Scope::Account(a) => Condition::all().add(token::Column::AccountId.eq(a.as_str())),
-        Scope::Owner {
-            account_id,
-            owner_id,
-        } => Condition::all()
-            .add(token::Column::AccountId.eq(account_id.as_str()))
-            .add(token::Column::OwnerId.eq(owner_id.as_str())),
-    }
 }
 
 impl Store {
@@ -181,79 +137,6 @@ impl Store {
         .await
     }
 
-    /// One page of tokens, newest first (`limit` rows at most).
-    pub async fn search_tokens(&self, q: &SearchQuery) -> Result<Vec<Token>> {
-        use token::Column as C;
-        let mut cond = Condition::all();
-        if let Some(scope) = &q.scope {
-            cond = cond.add(scope_condition(scope));
-        }
-        if let Some(a) = &q.account_id {
-            cond = cond.add(C::AccountId.eq(a.as_str()));
-        }
-        if let Some(id) = q.id {
-            cond = cond.add(C::Id.eq(id.to_string()));
-        }
-        if let Some(text) = &q.name_contains {
-            let pattern = format!("%{}%", like_literal(&text.to_lowercase()));
-            cond = cond.add(
-                Expr::expr(Func::lower(Expr::col(C::Name)))
-                    .like(LikeExpr::new(pattern).escape('\\')),
-            );
-        }
-        if !q.states.is_empty() {
-            cond = cond.add(C::State.is_in(q.states.iter().map(|s| s.as_str())));
-        }
-        if let Some(o) = &q.owner_id {
-            cond = cond.add(C::OwnerId.eq(o.as_str()));
-        }
-        if let Some(c) = &q.created_by {
-            cond = cond.add(C::CreatedBy.eq(c.as_str()));
-        }
-        if let Some(m) = &q.module {
-            // Modules are a JSON array of names whose characters need no JSON escaping.
-            let pattern = format!("%\"{}\"%", like_literal(m));
-            cond = cond.add(Expr::col(C::Modules).like(LikeExpr::new(pattern).escape('\\')));
-        }
-        if let Some(t) = q.created_after {
-            cond = cond.add(C::CreatedAt.gte(t));
-        }
-        if let Some(t) = q.created_before {
-            cond = cond.add(C::CreatedAt.lt(t));
-        }
-        if let Some(t) = q.last_used_before {
-            // "Stale": not used since `t`, including never used.
-            cond = cond.add(
-                Condition::any()
-                    .add(C::LastUsedAt.is_null())
-                    .add(C::LastUsedAt.lt(t)),
-            );
-        }
-        if let Some(t) = q.last_used_after {
-            cond = cond.add(C::LastUsedAt.gte(t));
-        }
-        if let Some(after) = &q.after {
-            cond = cond.add(
-                Condition::any().add(C::CreatedAt.lt(after.created_at)).add(
-                    Condition::all()
-                        .add(C::CreatedAt.eq(after.created_at))
-                        .add(C::Id.lt(after.id.to_string())),
-                ),
-            );
-        }
-        self.bounded(async {
-            let models = token::Entity::find()
-                .filter(cond)
-                .order_by_desc(C::CreatedAt)
-                .order_by_desc(C::Id)
-                .limit(q.limit)
-                .all(&self.db)
-                .await?;
-            models.into_iter().map(token_from_model).collect()
-        })
-        .await
-    }
-
     /// Writes a batch of last-used times in one statement; a time never moves
     /// backwards (several replicas may flush the same token).
     pub async fn record_last_used(&self, batch: &[(TokenId, DateTime<Utc>)]) -> Result<()> {
@@ -291,15 +174,4 @@ async fn insert_event(conn: &impl ConnectionTrait, token: &Token, event: &NewEve
         .exec_without_returning(conn)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::like_literal;
-
-    #[test]
-    fn like_wildcards_are_escaped() {
-        assert_eq!(like_literal("50%_off\\"), "50\\%\\_off\\\\");
-        assert_eq!(like_literal("plain"), "plain");
-    }
 }

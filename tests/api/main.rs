@@ -17,6 +17,7 @@ mod postgres;
 mod privileges;
 mod reasons;
 mod search;
+mod search_index;
 mod smoke;
 mod tls;
 mod verifier;

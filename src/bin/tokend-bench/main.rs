@@ -12,6 +12,8 @@
 //!   million tokens (`startup`), a flood on a cold id;
 //! - `tls`: the Validate vs Health/Check comparison over TLS;
 //! - `memory`: memory per cached token, in a child process;
+//! - `search`: Search at a million tokens (SQLite, and PostgreSQL with
+//!   `--postgres URL`) and the write cost of the search indexes.
 //! - `move`: `tokend move` of a large SQLite store into PostgreSQL, timed;
 //! - `backup`: `tokend backup` under Validate and write load, and its restore;
 //! - `seed`: the bulk-seeded stores those two start from.
@@ -25,6 +27,7 @@
 //!        `target/release/tokend-bench memory [ENTRIES]`
 //!        `target/release/tokend-bench move [TOKENS]`
 //!        `target/release/tokend-bench backup [TOKENS]`
+//!        `target/release/tokend-bench search [--postgres URL]` (or the variable below)
 //! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
 //! adds the PostgreSQL figures: a fresh database is made beside that one.
 //!
@@ -38,6 +41,7 @@ mod load;
 mod memory;
 mod r#move;
 mod restart;
+mod search;
 mod seed;
 mod server;
 mod startup;
@@ -57,6 +61,20 @@ fn main() -> ExitCode {
             .and_then(|s| s.parse().ok())
             .unwrap_or(1_000_000);
         memory::memory(n);
+        return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("search") {
+        let postgres = args
+            .iter()
+            .position(|a| a == "--postgres")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| std::env::var("TOKEND_BENCH_POSTGRES_URL").ok());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(search::run(postgres));
         return ExitCode::SUCCESS;
     }
     let quick = args.iter().any(|a| a == "--quick");

@@ -277,7 +277,7 @@ pub async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
 }
 
 /// A new private key file, as `tokend keygen > FILE && chmod 600 FILE` makes.
-fn write_key_file(path: &Path) {
+pub fn write_key_file(path: &Path) {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)

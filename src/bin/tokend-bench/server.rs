@@ -302,6 +302,16 @@ async fn connect(url: &str, ca_pem: Option<&str>) -> Result<Channel, tonic::tran
     }
 }
 
+impl Drop for Server {
+    /// A benchmark that fails midway leaves no server behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::new();
     let mut chars = s.chars();
