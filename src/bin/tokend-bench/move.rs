@@ -49,7 +49,6 @@ pub async fn run(tokens: usize) {
         .rsplit_once('/')
         .expect("postgres URL ends with /database");
     let target = format!("{prefix}/{name}");
-    admin(&base, format!("CREATE DATABASE {name}")).await;
 
     println!("== Move: {tokens} tokens, SQLite -> PostgreSQL (tokend move)");
     let blocks = (tokens / 100 / 100).max(1);
@@ -60,6 +59,9 @@ pub async fn run(tokens: usize) {
         size as f64 / (1024.0 * 1024.0)
     );
 
+    // Made just before the move (other processes on a shared server may
+    // tidy up idle benchmark databases while the seed runs).
+    admin(&base, format!("CREATE DATABASE {name}")).await;
     let started = Instant::now();
     let out = Command::new(tokend_exe())
         .args(["move", "--from", &sqlite])
