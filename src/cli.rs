@@ -1,5 +1,6 @@
 //! The `tokend` command line: `serve` (default), `migrate`, `bootstrap`,
-//! `keygen`, `key-status`.
+//! `keygen`, `key-status`, and the day-two commands `backup`, `restore`, `move`,
+//! `events export` (`ops`).
 
 use std::process::ExitCode;
 
@@ -7,18 +8,19 @@ use clap::Parser;
 use secrecy::ExposeSecret;
 
 use crate::{
-    config::{Cli, Command, Config},
+    config::{Cli, Command, Config, EventsCommand},
     domain::fields,
     error::{Error, Result},
+    ops,
     startup::{Application, Services, shutdown_signal},
-    store::{KeyUsage, Store},
+    store::{EventRange, KeyUsage, Store, sqlite_file::SqliteFile},
     telemetry,
     validation::{key_file, verifier::Keyring},
 };
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.config.log_format, &cli.config.log, std::io::stderr);
+    telemetry::init_stderr(cli.config.log_format, &cli.config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,6 +57,39 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bootstrap { account, owner } => bootstrap(&cli.config, &account, &owner).await,
+        Command::Backup { to } => ops::backup::backup(&cli.config, &to).await.map(|_| ()),
+        Command::Restore { from, force } => ops::backup::restore(&cli.config, &from, force)
+            .await
+            .map(|_| ()),
+        Command::Move {
+            from,
+            to,
+            batch_rows,
+        } => {
+            ops::move_store::run(
+                from.expose_secret(),
+                to.expose_secret(),
+                batch_rows,
+                cli.config.store_timeout,
+            )
+            .await
+        }
+        Command::Events {
+            command:
+                EventsCommand::Export {
+                    from,
+                    to,
+                    account,
+                    out,
+                },
+        } => {
+            let range = EventRange {
+                from,
+                to,
+                account_id: account,
+            };
+            export_events(&cli.config, &range, &out).await
+        }
         Command::Keygen => {
             // The one place a key is printed: to the operator who asked for it.
             println!("{}", *zeroize::Zeroizing::new(Keyring::generate_line()));
@@ -116,6 +151,27 @@ pub fn describe_key_usage(keyring: &Keyring, usage: &[KeyUsage]) -> Vec<String> 
         count(None)
     ));
     lines
+}
+
+/// `tokend events export`: reads an existing store (never creates one).
+async fn export_events(config: &Config, range: &EventRange, out: &str) -> Result<()> {
+    if let Some(file) = SqliteFile::from_url(config.database_url.expose_secret())?
+        && !file.exists()
+    {
+        return Err(Error::NotFound(format!(
+            "no SQLite store at {}",
+            file.path().display()
+        )));
+    }
+    let store = Store::connect(&config.store()).await?;
+    let written = ops::export::export(&store, range, out).await;
+    store.close().await;
+    let n = written?;
+    tracing::info!(events = n, "audit events exported");
+    if out != "-" {
+        eprintln!("tokend: exported {n} audit events to {out}");
+    }
+    Ok(())
 }
 
 async fn bootstrap(config: &Config, account: &str, owner: &str) -> Result<()> {

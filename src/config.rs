@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
@@ -41,6 +42,52 @@ pub enum Command {
         #[arg(long)]
         owner: String,
     },
+    /// Write an online, consistent backup of the SQLite store (--database-url)
+    /// to FILE while the server keeps serving. PostgreSQL: use pg_dump or
+    /// point-in-time recovery (README, "Day two").
+    Backup {
+        /// The backup file to write; it must not exist yet.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
+    /// Put a backup made by `tokend backup` back as the SQLite store named by
+    /// --database-url. Stop the server first.
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Replace a store that holds tokens or events.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Copy a whole store into another, empty one (SQLite to PostgreSQL, back,
+    /// or PostgreSQL to PostgreSQL) and verify it. Rerun to resume.
+    Move {
+        /// The store to copy from (database URL).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TOKEND_MOVE_FROM",
+            hide_env_values = true
+        )]
+        from: SecretString,
+        /// The empty store to copy into (database URL).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "TOKEND_MOVE_TO",
+            hide_env_values = true
+        )]
+        to: SecretString,
+        /// Rows per committed batch.
+        #[arg(long, default_value_t = 5000)]
+        batch_rows: u64,
+    },
+    /// The audit trail.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Print a new verifier key line for a key file (`--verifier-key-file`).
     /// Put it first to make it current; keep the old line below it until
     /// `tokend key-status` shows no token under the old key.
@@ -48,6 +95,30 @@ pub enum Command {
     /// Show how many live tokens have their verifier under each key (and how
     /// many have none yet), to know when a retired key can be dropped.
     KeyStatus,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Write audit events as JSON lines (one event per line, oldest first),
+    /// for a SIEM or an archive.
+    Export {
+        /// Only events at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = timestamp)]
+        from: Option<DateTime<Utc>>,
+        /// Only events before this time (RFC 3339).
+        #[arg(long, value_name = "TIME", value_parser = timestamp)]
+        to: Option<DateTime<Utc>>,
+        /// Only this account's events.
+        #[arg(long, value_name = "ID")]
+        account: Option<String>,
+        /// Output file, or `-` for stdout.
+        #[arg(long, value_name = "FILE")]
+        out: String,
+    },
+}
+
+fn timestamp(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -225,6 +296,13 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "TOKEND_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// How long audit events are kept (e.g. `400d`); unset keeps them forever.
+    /// Older events are pruned in the background, in small batches.
+    #[arg(long, env = "TOKEND_EVENT_RETENTION", value_parser = duration, global = true)]
+    pub event_retention: Option<Duration>,
+    /// How often the audit retention pruner looks for expired events.
+    #[arg(long, env = "TOKEND_EVENT_PRUNE_INTERVAL", default_value = "1m", value_parser = duration, global = true)]
+    pub event_prune_interval: Duration,
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key).
     /// Reloaded when the file changes. Without it, gRPC is plaintext.
     #[arg(long, env = "TOKEND_TLS_CERT", requires = "tls_key", global = true)]

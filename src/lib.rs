@@ -1,7 +1,9 @@
 //! tokend: an API-token service over gRPC.
 //!
 //! Layout, outermost first:
-//! - `main.rs` / `cli`: the `tokend` binary (serve, migrate, bootstrap) and its configuration.
+//! - `main.rs` / `cli`: the `tokend` binary (serve, migrate, bootstrap, backup, restore, move,
+//!   events export) and its configuration.
+//! - `ops`: day-two operations: backup and restore, store moves, audit export and retention.
 //! - `startup`: `Application::build` binds, wires and runs the server until shutdown;
 //!   `tls` (rustls, certificate reload), `http` (the metrics listener),
 //!   `health` (what grpc.health reports), `supervisor` (restarts background tasks).
@@ -21,6 +23,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod manage;
+pub mod ops;
 pub mod pb;
 pub mod startup;
 pub mod store;

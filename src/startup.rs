@@ -342,6 +342,14 @@ fn background(
             watch_store(Arc::clone(&store), health.clone(), unhealthy_after, stop)
         });
     }
+    // Audit retention (ops::retention): only when a retention is set.
+    if let Some(retention) = config.event_retention {
+        let store = Arc::clone(store);
+        let interval = config.event_prune_interval;
+        supervisor.spawn("audit retention", move |_, stop| {
+            crate::ops::retention::run(Arc::clone(&store), retention, interval, stop)
+        });
+    }
     if postgres {
         let status = FollowerStatus::new(health.clone());
         let store = Arc::clone(store);

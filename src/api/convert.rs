@@ -114,7 +114,7 @@ pub fn reason_to_pb(r: Reason) -> pb::Reason {
     }
 }
 
-fn event_kind_to_pb(k: EventKind) -> pb::EventKind {
+pub(super) fn event_kind_to_pb(k: EventKind) -> pb::EventKind {
     match k {
         EventKind::Issued => pb::EventKind::Issued,
         EventKind::Updated => pb::EventKind::Updated,

@@ -5,6 +5,7 @@
 //! and accounts, never token material.
 
 mod convert;
+pub mod export;
 pub mod wire;
 
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     domain::{
-        Token, TokenId, TokenState,
+        NewEvent, Token, TokenId, TokenState,
         token::{
             Actor, Event, EventKind, PreviousSecret, SecretHash, StoredVerifier, ValidationRecord,
         },
@@ -211,4 +211,19 @@ pub fn event_from_model(m: token_event::Model) -> Result<Event> {
         at: m.at,
         detail: m.detail,
     })
+}
+
+/// The audit row of `event`, a change to `token` (recorded at its `updated_at`).
+pub fn event_to_active(token: &Token, event: &NewEvent) -> token_event::ActiveModel {
+    token_event::ActiveModel {
+        token_id: Set(token.id.to_string()),
+        account_id: Set(token.account_id.clone()),
+        owner_id: Set(token.owner_id.clone()),
+        kind: Set(event.kind.as_str().to_owned()),
+        actor_token_id: Set(event.actor.token_id.clone()),
+        actor_owner_id: Set(event.actor.owner_id.clone()),
+        at: Set(token.updated_at),
+        detail: Set(event.detail.clone()),
+        ..Default::default()
+    }
 }

@@ -10,13 +10,18 @@
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
 //! - `import`: bulk import of tokens with their audit events.
 //! - `verifiers`: verifier write-behind, per-key counts, the warm-start read.
+//! - `audit`: audit retention (batched pruning) and export.
+//! - `copy`: store-to-store copy with verification (`tokend move`).
+//! - `sqlite_file`: SQLite files: online backup, soundness checks (`tokend backup`/`restore`).
 //!
 //! Every mutation commits in one transaction together with its audit event.
 //! Every call is bounded by the configured store timeout, so an unreachable
 //! database gives a prompt `UNAVAILABLE`, never a hang.
 
+mod audit;
 mod changes;
 mod convert;
+pub mod copy;
 pub mod entities;
 mod error;
 mod events;
@@ -24,6 +29,7 @@ pub mod fold;
 mod import;
 pub mod migration;
 mod search;
+pub mod sqlite_file;
 mod tokens;
 mod verifiers;
 
@@ -40,6 +46,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 use secrecy::{ExposeSecret, SecretString};
 
+pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
 pub use search::{FTS_DRIVE_MAX, SearchPlans, SearchQuery};

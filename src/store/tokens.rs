@@ -11,7 +11,7 @@ use sea_orm::{
 
 use super::{
     Store,
-    convert::{token_from_model, token_to_active},
+    convert::{event_to_active, token_from_model, token_to_active},
     entities::{owner_quota, token, token_event},
 };
 use crate::{
@@ -170,18 +170,8 @@ impl Store {
 }
 
 async fn insert_event(conn: &impl ConnectionTrait, token: &Token, event: &NewEvent) -> Result<()> {
-    token_event::Entity::insert(token_event::ActiveModel {
-        token_id: Set(token.id.to_string()),
-        account_id: Set(token.account_id.clone()),
-        owner_id: Set(token.owner_id.clone()),
-        kind: Set(event.kind.as_str().to_owned()),
-        actor_token_id: Set(event.actor.token_id.clone()),
-        actor_owner_id: Set(event.actor.owner_id.clone()),
-        at: Set(token.updated_at),
-        detail: Set(event.detail.clone()),
-        ..Default::default()
-    })
-    .exec_without_returning(conn)
-    .await?;
+    token_event::Entity::insert(event_to_active(token, event))
+        .exec_without_returning(conn)
+        .await?;
     Ok(())
 }

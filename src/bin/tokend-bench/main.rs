@@ -14,6 +14,9 @@
 //! - `memory`: memory per cached token, in a child process;
 //! - `search`: Search at a million tokens (SQLite, and PostgreSQL with
 //!   `--postgres URL`) and the write cost of the search indexes.
+//! - `move`: `tokend move` of a large SQLite store into PostgreSQL, timed;
+//! - `backup`: `tokend backup` under Validate and write load, and its restore;
+//! - `seed`: the bulk-seeded stores those two start from.
 //!
 //! Every server it starts has its Prometheus listener on.
 //!
@@ -22,6 +25,8 @@
 //!        `target/release/tokend-bench startup [TOKENS]`
 //!        `target/release/tokend-bench tls [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
+//!        `target/release/tokend-bench move [TOKENS]`
+//!        `target/release/tokend-bench backup [TOKENS]`
 //!        `target/release/tokend-bench search [--postgres URL]` (or the variable below)
 //! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
 //! adds the PostgreSQL figures: a fresh database is made beside that one.
@@ -30,11 +35,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod backup;
 mod hot;
 mod load;
 mod memory;
+mod r#move;
 mod restart;
 mod search;
+mod seed;
 mod server;
 mod startup;
 mod tls;
@@ -75,7 +83,14 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
+    let count = |default: usize| {
+        args.get(1)
+            .and_then(|s| s.replace('_', "").parse().ok())
+            .unwrap_or(default)
+    };
     match args.first().map(String::as_str) {
+        Some("move") => rt.block_on(r#move::run(count(1_000_000))),
+        Some("backup") => rt.block_on(backup::run(count(backup::DEFAULT_TOKENS))),
         Some("startup") => rt.block_on(async {
             let n = args
                 .get(1)

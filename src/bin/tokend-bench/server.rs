@@ -338,6 +338,26 @@ pub fn authed<T>(token: &str, m: T) -> Request<T> {
     r
 }
 
+/// One Validate of `token` by `caller`, requiring `modules`.
+pub async fn validate(
+    client: &mut TokenServiceClient<Channel>,
+    caller: &str,
+    token: &str,
+    modules: &[&str],
+) -> tokend::pb::ValidateResponse {
+    client
+        .validate(authed(
+            caller,
+            tokend::pb::ValidateRequest {
+                token: token.to_owned(),
+                required_modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+            },
+        ))
+        .await
+        .expect("Validate")
+        .into_inner()
+}
+
 /// A `tokens:validate` caller credential for the load generator.
 pub async fn issue_caller(client: &mut TokenServiceClient<Channel>, platform: &str) -> String {
     client

@@ -7,6 +7,7 @@ mod m20261122_000001_create_tokens;
 mod m20261122_000002_change_log_and_search_indexes;
 mod m20261201_000003_token_verifiers;
 mod m20261201_000004_search_indexes;
+mod m20261201_000005_event_retention;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_change_log_and_search_indexes::Migration),
             Box::new(m20261201_000003_token_verifiers::Migration),
             Box::new(m20261201_000004_search_indexes::Migration),
+            Box::new(m20261201_000005_event_retention::Migration),
         ]
     }
 }
