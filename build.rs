@@ -7,6 +7,10 @@
 //! `api::wire::ValidateCall` and `ValidateReply` (the same wire messages, the
 //! token parsed in place and the reply encoded straight from the validation
 //! cache) while every other type comes from the first pass.
+//!
+//! A third step compiles no code: Envoy's ext_authz API
+//! (`proto/third_party`, the files the `envoy-types` crate was generated from)
+//! into a descriptor set for reflection, which that crate does not export.
 
 use std::{env, error::Error, path::PathBuf};
 
@@ -51,6 +55,21 @@ fn main() -> Result<(), Box<dyn Error>> {
             "crate::api::wire::ValidateReply",
         )
         .compile_with_config(config, &protos, &includes)?;
+
+    // Envoy's ext_authz service, for reflection only (envoy-types has the code).
+    let status = std::process::Command::new(protoc_bin_vendored::protoc_bin_path()?)
+        .arg("--include_imports")
+        .arg(format!(
+            "--descriptor_set_out={}",
+            out_dir.join("envoy_ext_authz_descriptor.bin").display()
+        ))
+        .arg("-Iproto/third_party")
+        .arg(format!("-I{}", well_known.display()))
+        .arg("envoy/service/auth/v3/external_auth.proto")
+        .status()?;
+    if !status.success() {
+        return Err(format!("protoc (ext_authz descriptor set) failed: {status}").into());
+    }
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }
