@@ -18,6 +18,7 @@
 //! - `GET /livez`: 200 while the process answers.
 
 pub mod forward_auth;
+pub mod test_proxies;
 
 use std::{io, net::SocketAddr, sync::Arc};
 

@@ -3,7 +3,9 @@
 //! a subrequest with the client's headers; a 2xx answer lets the request
 //! through, 401 and 403 deny it, and the answer's headers carry the identity.
 //!
-//! Any method on `/v1/forward-auth`:
+//! Any method on `/v1/forward-auth` (and any path under it: Envoy's HTTP
+//! mode, and so Istio's `envoyExtAuthzHttp` provider, append the request's
+//! path to the configured prefix):
 //!
 //! - the presented token: `Authorization: Bearer <token>`, else `X-Api-Key`
 //!   (the bare token);
@@ -16,7 +18,9 @@
 //!   metadata is.
 //!
 //! Allowed: 200 with `X-Tokend-Token-Id`, `-Account-Id`, `-Owner-Id`,
-//! `-Modules`, `-Api-Version`; denied: 401/403 with `WWW-Authenticate` and a
+//! `-Modules`, `-Api-Version` (all five, even when empty), and
+//! `x-envoy-auth-headers-to-remove` naming the header the token came in, which
+//! Envoy's HTTP mode removes before the upstream; denied: 401/403 with `WWW-Authenticate` and a
 //! one-line body (`api::gateway` decides both, as for ext_authz). A refused
 //! gateway (credential missing or wrong, no privilege, a bad modules
 //! setting) gets 500 with `X-Tokend-Error`: nginx answers its client 500 for
@@ -54,11 +58,14 @@ pub const API_KEY: &str = "x-api-key";
 pub const MODULES_PARAM: &str = "modules";
 /// Set on a refused or failed call: what went wrong (a gRPC code name).
 pub const ERROR_HEADER: &str = "x-tokend-error";
+/// Envoy's HTTP ext_authz mode removes the headers this lists before the upstream.
+const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// The forward-auth routes, served on `--http-listen`.
 pub fn router(manager: Arc<TokenManager>) -> Router {
     Router::new()
         .route(PATH, any(forward_auth))
+        .route(&format!("{PATH}/{{*path}}"), any(forward_auth))
         .with_state(manager)
 }
 
@@ -67,8 +74,8 @@ async fn forward_auth(State(manager): State<Arc<TokenManager>>, request: Request
     // body, can be held across awaits).
     let (parts, _) = request.into_parts();
     match judge(&manager, &parts).await {
-        Ok(Decision::Allow(identity)) => allowed(&identity),
-        Ok(Decision::Deny(denial)) => denied(denial),
+        Ok((Decision::Allow(identity), header)) => allowed(&identity, header),
+        Ok((Decision::Deny(denial), _)) => denied(denial),
         Err(err) => {
             gateway::refused(Gateway::ForwardAuth, &err);
             failed(err)
@@ -76,7 +83,8 @@ async fn forward_auth(State(manager): State<Arc<TokenManager>>, request: Request
     }
 }
 
-async fn judge(manager: &TokenManager, request: &Parts) -> Result<Decision> {
+/// The decision, and the header the token came in.
+async fn judge(manager: &TokenManager, request: &Parts) -> Result<(Decision, &'static str)> {
     let headers = &request.headers;
     let credential = headers.get(GATEWAY_CREDENTIAL).ok_or_else(|| {
         Error::Unauthenticated(
@@ -106,26 +114,23 @@ async fn judge(manager: &TokenManager, request: &Parts) -> Result<Decision> {
             }
         }
     }
-    gateway::decide(
-        manager,
-        &caller,
-        presented(headers),
-        &required,
-        Gateway::ForwardAuth,
-    )
-    .await
+    let (presented, header) = presented(headers);
+    let decision =
+        gateway::decide(manager, &caller, presented, &required, Gateway::ForwardAuth).await?;
+    Ok((decision, header))
 }
 
-/// `Authorization: Bearer`, else `X-Api-Key`, else none.
-fn presented(headers: &HeaderMap) -> Presented<'_> {
+/// `Authorization: Bearer`, else `X-Api-Key`, else none; and the header.
+fn presented(headers: &HeaderMap) -> (Presented<'_>, &'static str) {
     if let Some(value) = headers.get(header::AUTHORIZATION)
         && let found @ Presented::Value(_) = Presented::bearer(value.as_bytes())
     {
-        return found;
+        return (found, gateway::AUTHORIZATION);
     }
-    headers
+    let found = headers
         .get(API_KEY)
-        .map_or(Presented::Missing, |v| Presented::raw(v.as_bytes()))
+        .map_or(Presented::Missing, |v| Presented::raw(v.as_bytes()));
+    (found, API_KEY)
 }
 
 /// Sets each (lowercase name, value); values are header-safe ASCII by
@@ -142,12 +147,16 @@ fn set_headers<'a>(
     }
 }
 
-fn allowed(identity: &Identity) -> Response {
+fn allowed(identity: &Identity, credential_header: &'static str) -> Response {
     let mut response = Response::new(Body::empty());
     // All five, even when empty: Caddy 2.6 would otherwise pass its
     // placeholder text upstream for a missing one.
     let headers = identity.headers();
     set_headers(&mut response, headers.iter().map(|(k, v)| (*k, &**v)));
+    set_headers(
+        &mut response,
+        [(ENVOY_HEADERS_TO_REMOVE, credential_header)],
+    );
     response
 }
 
@@ -220,25 +229,19 @@ mod tests {
 
     #[test]
     fn the_token_comes_from_authorization_then_x_api_key() {
+        let both = headers(&[("authorization", "Bearer a"), ("x-api-key", "b")]);
         assert!(matches!(
-            presented(&headers(&[
-                ("authorization", "Bearer a"),
-                ("x-api-key", "b")
-            ])),
-            Presented::Value("a")
+            presented(&both),
+            (Presented::Value("a"), "authorization")
         ));
+        let basic = headers(&[("authorization", "Basic x"), ("x-api-key", "b")]);
         assert!(matches!(
-            presented(&headers(&[
-                ("authorization", "Basic x"),
-                ("x-api-key", "b")
-            ])),
-            Presented::Value("b")
+            presented(&basic),
+            (Presented::Value("b"), "x-api-key")
         ));
-        assert!(matches!(
-            presented(&headers(&[("authorization", "Basic x")])),
-            Presented::Missing
-        ));
-        assert!(matches!(presented(&headers(&[])), Presented::Missing));
+        let only_basic = headers(&[("authorization", "Basic x")]);
+        assert!(matches!(presented(&only_basic).0, Presented::Missing));
+        assert!(matches!(presented(&headers(&[])).0, Presented::Missing));
     }
 
     #[test]

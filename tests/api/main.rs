@@ -8,6 +8,7 @@ mod helpers;
 mod bad_input;
 mod cache;
 mod follower;
+mod gateways;
 mod lifecycle;
 mod limits;
 mod logs;
