@@ -11,6 +11,8 @@
 //! - `restart`: Validate through restarts, miss latency, start-up with a
 //!   million tokens (`startup`), a flood on a cold id;
 //! - `tls`: the Validate vs Health/Check comparison over TLS;
+//! - `gateway`: ext_authz Check vs Health/Check, and forward-auth through
+//!   real nginx against the same nginx without auth;
 //! - `memory`: memory per cached token, in a child process.
 //!
 //! Every server it starts has its Prometheus listener on.
@@ -19,6 +21,7 @@
 //!        `target/release/tokend-bench restart [--quick]`
 //!        `target/release/tokend-bench startup [TOKENS]`
 //!        `target/release/tokend-bench tls [--quick]`
+//!        `target/release/tokend-bench gateway [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
 //! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
 //! adds the PostgreSQL figures: a fresh database is made beside that one.
@@ -27,6 +30,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+mod gateway;
 mod hot;
 mod load;
 mod memory;
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
             let _ = std::fs::remove_dir_all(&dir);
         }),
         Some("tls") => rt.block_on(tls::alone(quick)),
+        Some("gateway") => rt.block_on(gateway::alone(quick)),
         _ => rt.block_on(hot::run(quick)),
     }
     ExitCode::SUCCESS
