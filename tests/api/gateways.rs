@@ -695,6 +695,24 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// `GET /v1/forward-auth` presenting `token` as a bearer, as `gateway`
+    /// (its `X-Tokend-Authorization` value), requiring `modules`.
+    async fn forward_auth(&mut self, token: &str, gateway: &str, modules: &str) -> Reply {
+        let bearer = format!("Bearer {token}");
+        self.send(
+            "GET",
+            "/v1/forward-auth",
+            &[
+                ("authorization", &bearer),
+                ("x-tokend-authorization", gateway),
+                ("x-tokend-modules", modules),
+            ],
+        )
+        .await
+    }
+}
+
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
     Conn::open(addr).await.send("GET", path, headers).await
 }
@@ -764,17 +782,7 @@ async fn forward_auth_allows_denies_and_refuses_on_one_kept_alive_connection() {
     // One connection for everything: HTTP/1.1 keep-alive.
     let mut conn = Conn::open(addr).await;
 
-    let r = conn
-        .send(
-            "GET",
-            "/v1/forward-auth",
-            &[
-                ("authorization", &bearer),
-                ("x-tokend-authorization", &gateway),
-                ("x-tokend-modules", "billing:read"),
-            ],
-        )
-        .await;
+    let r = conn.forward_auth(valid, &gateway, "billing:read").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-tokend-token-id"), Some(valid_id.as_str()));
     assert_eq!(r.header("x-tokend-account-id"), Some("acme"));
@@ -801,16 +809,7 @@ async fn forward_auth_allows_denies_and_refuses_on_one_kept_alive_connection() {
         Some("x-api-key")
     );
     // Empty identity values are still sent (all five, always).
-    let r = conn
-        .send(
-            "GET",
-            "/v1/forward-auth",
-            &[
-                ("authorization", &format!("Bearer {}", f.other)),
-                ("x-tokend-authorization", &gateway),
-            ],
-        )
-        .await;
+    let r = conn.forward_auth(&f.other, &gateway, "").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-tokend-api-version"), Some(""));
     // The query can only add requirements to the header's.
@@ -866,17 +865,7 @@ async fn forward_auth_allows_denies_and_refuses_on_one_kept_alive_connection() {
         assert_eq!(r.header("x-tokend-error"), Some(code));
         assert!(r.header("www-authenticate").is_none());
     }
-    let r = conn
-        .send(
-            "GET",
-            "/v1/forward-auth",
-            &[
-                ("authorization", &bearer),
-                ("x-tokend-authorization", &gateway),
-                ("x-tokend-modules", "a b"),
-            ],
-        )
-        .await;
+    let r = conn.forward_auth(valid, &gateway, "a b").await;
     assert_eq!(r.status, 500);
     assert_eq!(r.header("x-tokend-error"), Some("INVALID_ARGUMENT"));
     let bearer_ref = &bearer;
@@ -947,31 +936,12 @@ async fn forward_auth_speaks_tls_when_the_grpc_port_does() {
     let (id, value) = issue_direct(&app, "alice", &["billing:read"]).await;
     let mut conn = Conn::open_tls(addr, ca.cert_pem()).await;
     for _ in 0..3 {
-        let r = conn
-            .send(
-                "GET",
-                "/v1/forward-auth",
-                &[
-                    ("authorization", &format!("Bearer {value}")),
-                    ("x-tokend-authorization", &gateway),
-                ],
-            )
-            .await;
+        let r = conn.forward_auth(&value, &gateway, "").await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.header("x-tokend-token-id"), Some(id.as_str()));
     }
     let unknown = TokenValue::generate("tk").unwrap().expose();
-    let r = conn
-        .send(
-            "GET",
-            "/v1/forward-auth",
-            &[
-                ("authorization", &format!("Bearer {unknown}")),
-                ("x-tokend-authorization", &gateway),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, 401);
+    assert_eq!(conn.forward_auth(&unknown, &gateway, "").await.status, 401);
     // Plaintext on the TLS port gets no answer.
     let plain = tokio::time::timeout(Duration::from_secs(5), async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -1181,40 +1151,44 @@ async fn with_a_bad_gateway_credential(f: &Fixture, proxy: &Proxy, name: &str) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_with_the_shipped_configuration() {
-    let test = "nginx_with_the_shipped_configuration";
-    if proxy_or_skip("nginx", test).is_none() {
+/// The whole case list through the proxy `start` starts (with the
+/// gateway's credential), then through the same proxy with a wrong and with
+/// an empty credential.
+async fn proxy_test(
+    binary: &str,
+    test: &str,
+    start: fn(&Placeholders) -> tokend::error::Result<Proxy>,
+) {
+    if proxy_or_skip(binary, test).is_none() {
         return;
     }
     let f = fixture(|_| {}).await;
     let upstream = echo_upstream().await;
-    let nginx = test_proxies::start_nginx(&placeholders(&f, upstream, &f.gateway), 1, "").unwrap();
-    through_the_proxy(&f, &nginx, "nginx").await;
-    assert!(!nginx.log().contains("[emerg]"), "{}", nginx.log());
-    drop(nginx);
-
+    let proxy = start(&placeholders(&f, upstream, &f.gateway)).unwrap();
+    through_the_proxy(&f, &proxy, binary).await;
+    assert!(!proxy.log().contains("[emerg]"), "{}", proxy.log());
+    drop(proxy);
     for credential in [f.unknown.clone(), String::new()] {
-        let bad =
-            test_proxies::start_nginx(&placeholders(&f, upstream, &credential), 1, "").unwrap();
-        with_a_bad_gateway_credential(&f, &bad, "nginx, bad gateway credential").await;
+        let bad = start(&placeholders(&f, upstream, &credential)).unwrap();
+        with_a_bad_gateway_credential(&f, &bad, &format!("{binary}, bad gateway credential")).await;
     }
     assert_no_secret(&f, &helpers::captured_logs(), "the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caddy_with_the_shipped_configuration() {
-    let test = "caddy_with_the_shipped_configuration";
-    if proxy_or_skip("caddy", test).is_none() {
-        return;
-    }
-    let f = fixture(|_| {}).await;
-    let upstream = echo_upstream().await;
-    let caddy = test_proxies::start_caddy(&placeholders(&f, upstream, &f.gateway)).unwrap();
-    through_the_proxy(&f, &caddy, "caddy").await;
-    drop(caddy);
+async fn nginx_with_the_shipped_configuration() {
+    proxy_test("nginx", "nginx_with_the_shipped_configuration", |p| {
+        test_proxies::start_nginx(p, 1, "")
+    })
+    .await;
+}
 
-    let bad = test_proxies::start_caddy(&placeholders(&f, upstream, &f.unknown)).unwrap();
-    with_a_bad_gateway_credential(&f, &bad, "caddy, bad gateway credential").await;
-    assert_no_secret(&f, &helpers::captured_logs(), "the log");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_with_the_shipped_configuration() {
+    proxy_test(
+        "caddy",
+        "caddy_with_the_shipped_configuration",
+        test_proxies::start_caddy,
+    )
+    .await;
 }
