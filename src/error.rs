@@ -1,6 +1,8 @@
 //! The one error type of the service and its single mapping to gRPC status
-//! codes. Internal detail (database errors, I/O) is logged here and replaced by
-//! a generic message: callers never see it.
+//! codes. The mapping is pure: internal detail (database errors, I/O) is
+//! replaced by a generic message callers see, and logged once, where the
+//! error is handled (`log`, called by the api layer). Database errors are
+//! classified where they arise, in `store/` (`store::error`).
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -21,10 +23,11 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable ({0}): {1}")]
+    Unavailable(StoreFault, String),
+    /// The database failed in a way that is a bug or corruption.
     #[error("database error: {0}")]
-    Database(#[from] sea_orm::DbErr),
+    Database(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// Start-up configuration that cannot work (never a request's fault).
@@ -33,6 +36,28 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the store could not serve a call: UNAVAILABLE to callers, who may retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// The call exceeded the store timeout.
+    Timeout,
+    /// The database cannot be reached (or is shutting down).
+    Unreachable,
+    /// The database is there but cannot take the call now (locked, out of
+    /// connections, a serialization failure).
+    Busy,
+}
+
+impl std::fmt::Display for StoreFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Timeout => "timed out",
+            Self::Unreachable => "unreachable",
+            Self::Busy => "busy",
+        })
+    }
+}
 
 fn describe(violations: &[FieldViolation]) -> String {
     violations
@@ -60,39 +85,26 @@ impl Error {
         }
     }
 
-    /// Whether this error means "cannot reach the store" rather than a bug
-    /// (the store error metric's `kind` label).
+    /// Whether this error means "cannot reach the store" rather than a bug.
     pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(..))
+    }
+
+    /// Logs this error once, where it is handled: store trouble as a warning,
+    /// bugs as errors with their detail (which callers never see), nothing
+    /// for an ordinary refusal (bad input, denied, not found...).
+    pub fn log(&self) {
         match self {
-            Self::Unavailable(_) => true,
-            Self::Database(e) => Self::db_is_unavailable(e),
-            _ => false,
-        }
-    }
-
-    /// Whether a database error means "cannot reach the store" rather than a bug.
-    fn db_is_unavailable(err: &sea_orm::DbErr) -> bool {
-        use sea_orm::{DbErr, RuntimeErr};
-        match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-            DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => {
-                matches!(
-                    **e,
-                    sea_orm::sqlx::Error::Io(_)
-                        | sea_orm::sqlx::Error::PoolTimedOut
-                        | sea_orm::sqlx::Error::PoolClosed
-                        | sea_orm::sqlx::Error::WorkerCrashed
-                ) || is_busy(&e.to_string())
+            Self::Unavailable(fault, detail) => {
+                tracing::warn!(%fault, error = %detail, "store unavailable")
             }
-            _ => false,
+            Self::Database(detail) => tracing::error!(error = %detail, "database error"),
+            Self::Internal(detail) | Self::Config(detail) => {
+                tracing::error!(error = %detail, "internal error")
+            }
+            _ => {}
         }
     }
-}
-
-fn is_busy(message: &str) -> bool {
-    message.contains("database is locked")
-        || message.contains("terminating connection")
-        || message.contains("connection refused")
 }
 
 impl From<FieldViolation> for Error {
@@ -116,20 +128,10 @@ impl From<Error> for Status {
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::ResourceExhausted(m) => Status::resource_exhausted(m),
-            Error::Unavailable(m) => {
-                tracing::warn!(error = %m, "store unavailable");
+            Error::Unavailable(..) => {
                 Status::unavailable("the token store is unavailable; retry later")
             }
-            Error::Database(e) if Error::db_is_unavailable(&e) => {
-                tracing::warn!(error = %e, "store unavailable");
-                Status::unavailable("the token store is unavailable; retry later")
-            }
-            Error::Database(e) => {
-                tracing::error!(error = %e, "database error");
-                Status::internal("internal error")
-            }
-            Error::Internal(m) | Error::Config(m) => {
-                tracing::error!(error = %m, "internal error");
+            Error::Database(_) | Error::Internal(_) | Error::Config(_) => {
                 Status::internal("internal error")
             }
         }

@@ -367,8 +367,13 @@ impl TokenApi {
     }
 }
 
+/// The one place an RPC's error is handled: logged once (with the detail
+/// callers never see), then mapped to its status.
 fn reply<T>(result: Result<T>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(Status::from)
+    result.map(Response::new).map_err(|e| {
+        e.log();
+        Status::from(e)
+    })
 }
 
 #[tonic::async_trait]

@@ -279,7 +279,7 @@ mod tests {
 
     fn entry_for(t: &crate::domain::Token) -> Arc<Entry> {
         let cache = crate::validation::cache::tests::cache();
-        cache.apply(t, Some([7; 32]));
+        cache.apply(&t.validation(), Some([7; 32]));
         cache.get(&t.id).unwrap()
     }
 

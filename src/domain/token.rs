@@ -147,6 +147,11 @@ impl ValidationView<'_> {
 }
 
 impl ValidationRecord {
+    /// The previous secret, if its grace period is still running.
+    pub fn live_previous_secret(&self, now: DateTime<Utc>) -> Option<&PreviousSecret> {
+        self.previous_secret.as_ref().filter(|p| p.expires_at > now)
+    }
+
     pub fn view(&self) -> ValidationView<'_> {
         ValidationView {
             id: self.id,

@@ -17,6 +17,7 @@
 mod changes;
 mod convert;
 pub mod entities;
+mod error;
 mod events;
 mod import;
 pub mod migration;
@@ -36,13 +37,13 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 use sea_orm_migration::MigratorTrait;
 use secrecy::{ExposeSecret, SecretString};
 
-pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeRow};
+pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
 pub use tokens::{Change, SearchQuery};
 pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 
 use crate::{
-    error::{Error, Result},
+    error::{Error, Result, StoreFault},
     telemetry::metrics,
 };
 
@@ -93,8 +94,18 @@ impl Store {
             });
         let mut db = tokio::time::timeout(config.timeout, Database::connect(options))
             .await
-            .map_err(|_| Error::Unavailable("timed out connecting to the database".into()))?
-            .map_err(|e| Error::Unavailable(format!("cannot connect to the database: {e}")))?;
+            .map_err(|_| {
+                Error::Unavailable(
+                    StoreFault::Timeout,
+                    "timed out connecting to the database".into(),
+                )
+            })?
+            .map_err(|e| {
+                Error::Unavailable(
+                    StoreFault::Unreachable,
+                    format!("cannot connect to the database: {e}"),
+                )
+            })?;
 
         let statements = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&statements);
@@ -147,8 +158,9 @@ impl Store {
         self.statements.load(Ordering::Relaxed)
     }
 
-    /// Whether other processes may share this store (PostgreSQL): a missing
-    /// verifier key there is an error, since replicas must share one.
+    /// Whether other processes may share this store (PostgreSQL): replicas
+    /// then follow the change log, and a missing verifier key is an error,
+    /// since replicas must share one.
     pub fn is_shared(&self) -> bool {
         self.backend() == DbBackend::Postgres
     }
@@ -182,10 +194,10 @@ impl Store {
         let started = metrics::timer();
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Unavailable(format!(
-                "store call exceeded {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(Error::Unavailable(
+                StoreFault::Timeout,
+                format!("store call exceeded {:?}", self.timeout),
+            )),
         };
         metrics::store_call(started, result.as_ref().err());
         result

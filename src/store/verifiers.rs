@@ -86,6 +86,28 @@ pub struct KeyUsage {
     pub tokens: i64,
 }
 
+/// Selects the columns of a `WarmRow`.
+fn validation_columns(select: sea_orm::Select<token::Entity>) -> sea_orm::Select<token::Entity> {
+    use token::Column as C;
+    select.select_only().columns([
+        C::Id,
+        C::AccountId,
+        C::OwnerId,
+        C::Modules,
+        C::ApiVersion,
+        C::Metadata,
+        C::State,
+        C::ExpiresAt,
+        C::SecretHash,
+        C::VerifierKeyId,
+        C::Verifier,
+        C::PrevSecretHash,
+        C::PrevSecretExpiresAt,
+        C::PrevVerifierKeyId,
+        C::PrevVerifier,
+    ])
+}
+
 impl Store {
     /// Writes verifiers in one transaction; returns the rows changed (a row
     /// whose hash changed meanwhile is left alone).
@@ -167,6 +189,18 @@ impl Store {
         .await
     }
 
+    /// What Validate needs of one token (a miss, a refresh): the lean row.
+    pub async fn find_validation_record(&self, id: TokenId) -> Result<Option<ValidationRecord>> {
+        self.bounded(async {
+            let row = validation_columns(token::Entity::find_by_id(id.to_string()))
+                .into_model::<WarmRow>()
+                .one(&self.db)
+                .await?;
+            row.map(validation_record_from_row).transpose()
+        })
+        .await
+    }
+
     /// Live, unexpired tokens with a verifier under one of `q.key_ids`, most
     /// recently used first (never-used ones last), as a stream: a
     /// million rows are not held in memory at once. Not bounded by the store
@@ -184,25 +218,7 @@ impl Store {
         let unexpired = Condition::any()
             .add(C::ExpiresAt.is_null())
             .add(C::ExpiresAt.gt(q.now));
-        let stream = token::Entity::find()
-            .select_only()
-            .columns([
-                C::Id,
-                C::AccountId,
-                C::OwnerId,
-                C::Modules,
-                C::ApiVersion,
-                C::Metadata,
-                C::State,
-                C::ExpiresAt,
-                C::SecretHash,
-                C::VerifierKeyId,
-                C::Verifier,
-                C::PrevSecretHash,
-                C::PrevSecretExpiresAt,
-                C::PrevVerifierKeyId,
-                C::PrevVerifier,
-            ])
+        let stream = validation_columns(token::Entity::find())
             .filter(C::State.ne(TokenState::Revoked.as_str()))
             .filter(C::VerifierKeyId.is_in(q.key_ids.clone()))
             .filter(unexpired)

@@ -34,7 +34,7 @@ use metrics::{Histogram, Unit, describe_counter, describe_gauge, describe_histog
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
-    error::{Error, Result},
+    error::{Error, Result, StoreFault},
     validation::Reason,
 };
 
@@ -416,11 +416,8 @@ pub fn store_call(started: Option<Instant>, error: Option<&Error>) {
     }
     if let Some(e) = error {
         let kind = match e {
-            Error::Unavailable(m) if m.contains("exceeded") || m.contains("timed out") => {
-                StoreErrorKind::Timeout
-            }
-            Error::Unavailable(_) => StoreErrorKind::Unavailable,
-            Error::Database(_) if e.is_unavailable() => StoreErrorKind::Unavailable,
+            Error::Unavailable(StoreFault::Timeout, _) => StoreErrorKind::Timeout,
+            Error::Unavailable(..) => StoreErrorKind::Unavailable,
             Error::Database(_) => StoreErrorKind::Database,
             _ => StoreErrorKind::Other,
         };

@@ -37,7 +37,7 @@ use super::{
 };
 use crate::{
     domain::{
-        Principal, Privileges, Token, TokenId, TokenState, TokenValue,
+        Principal, Privileges, TokenId, TokenState, TokenValue,
         token::{SecretHash, StoredVerifier, ValidationRecord, ValidationView},
     },
     telemetry::metrics::CountEvictions,
@@ -591,17 +591,12 @@ impl VerifiedCache {
     /// the token changed since `generation` was read.
     pub fn fill(
         &self,
-        token: &Token,
+        token: &ValidationView<'_>,
         verified: Option<(Matched, Digest)>,
         generation: u64,
     ) -> Arc<Entry> {
         let carried = self.get(&token.id).map(|e| e.slots()).unwrap_or_default();
-        let entry = Arc::new(Entry::build(
-            &token.validation(),
-            &self.keyring,
-            &carried,
-            verified,
-        ));
+        let entry = Arc::new(Entry::build(token, &self.keyring, &carried, verified));
         self.insert_if_unchanged(token.id, &entry, generation);
         entry
     }
@@ -620,7 +615,7 @@ impl VerifiedCache {
 
     /// After a committed change on this process: replaces the snapshot (keeping
     /// digests still valid), and records the digest of a freshly generated value.
-    pub fn apply(&self, token: &Token, fresh: Option<Digest>) {
+    pub fn apply(&self, token: &ValidationView<'_>, fresh: Option<Digest>) {
         let stripe = self.stripe(&token.id);
         self.generations[stripe].fetch_add(1, Ordering::AcqRel);
         self.note_change(&token.id);
@@ -631,7 +626,7 @@ impl VerifiedCache {
         }
         let carried = existing.map(|e| e.slots()).unwrap_or_default();
         let entry = Entry::build(
-            &token.validation(),
+            token,
             &self.keyring,
             &carried,
             fresh.map(|d| (Matched::Current, d)),
@@ -747,7 +742,7 @@ pub(crate) mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::domain::token::PreviousSecret;
+    use crate::domain::{Token, token::PreviousSecret};
 
     const KEY_A: &str = "a:0101010101010101010101010101010101010101010101010101010101010101";
     const KEY_B: &str = "b:0202020202020202020202020202020202020202020202020202020202020202";
@@ -843,7 +838,7 @@ pub(crate) mod tests {
     fn an_entry_debug_shows_no_digest() {
         let cache = cache();
         let v = TokenValue::generate("tk").unwrap();
-        cache.apply(&token(v.id(), "h"), Some(cache.digest(&v)));
+        cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
         let shown = format!("{:?}", cache.get(&v.id()).unwrap());
         assert!(shown.contains("key: Some(0)"), "{shown}");
         let digest = format!("{:?}", cache.digest(&v));
@@ -869,7 +864,7 @@ pub(crate) mod tests {
         let mut t = token(v.id(), "h1");
         t.verifier = Some(cache.keyring().seal(&v));
         let g = cache.generation(&v.id());
-        cache.fill(&t, None, g);
+        cache.fill(&t.validation(), None, g);
         let now = UnixMicros::now();
         assert_eq!(
             check(&cache, &v.id(), &v, now),
@@ -884,13 +879,17 @@ pub(crate) mod tests {
         let v = TokenValue::generate("tk").unwrap();
         let t = token(v.id(), "h1");
         let g = cache.generation(&v.id());
-        cache.fill(&t, None, g);
+        cache.fill(&t.validation(), None, g);
         let now = UnixMicros::now();
         assert_eq!(check(&cache, &v.id(), &v, now), Check::Unverified);
         // argon2 proved it: the digest is kept, and survives a refresh of the
         // row that still has no verifier (the write-behind has not landed).
-        cache.fill(&t, Some((Matched::Current, cache.digest(&v))), g);
-        cache.apply(&t, None);
+        cache.fill(
+            &t.validation(),
+            Some((Matched::Current, cache.digest(&v))),
+            g,
+        );
+        cache.apply(&t.validation(), None);
         assert_eq!(
             check(&cache, &v.id(), &v, now),
             Check::Match(Matched::Current, 0)
@@ -904,7 +903,11 @@ pub(crate) mod tests {
         let t = token(v.id(), "h1");
         let g = cache.generation(&v.id());
         cache.invalidate(&v.id());
-        cache.fill(&t, Some((Matched::Current, cache.digest(&v))), g);
+        cache.fill(
+            &t.validation(),
+            Some((Matched::Current, cache.digest(&v))),
+            g,
+        );
         assert!(cache.get(&v.id()).is_none());
     }
 
@@ -916,7 +919,7 @@ pub(crate) mod tests {
         let mut t = token(v.id(), "h1");
         t.verifier = Some(old.keyring().seal(&v));
         let g = cache.generation(&v.id());
-        let e = cache.fill(&t, None, g);
+        let e = cache.fill(&t.validation(), None, g);
         let now = UnixMicros::now();
         assert_eq!(
             check(&cache, &v.id(), &v, now),
@@ -931,7 +934,7 @@ pub(crate) mod tests {
         );
         // A key nobody lists any more cannot settle anything.
         let other = VerifiedCache::new(config(), keyring(KEY_B));
-        other.fill(&t, None, other.generation(&v.id()));
+        other.fill(&t.validation(), None, other.generation(&v.id()));
         assert_eq!(check(&other, &v.id(), &v, now), Check::Unverified);
     }
 
@@ -941,10 +944,10 @@ pub(crate) mod tests {
         let old = TokenValue::generate("tk").unwrap();
         let new = TokenValue::generate_for("tk", old.id()).unwrap();
         let mut t = token(old.id(), "h-old");
-        cache.apply(&t, Some(cache.digest(&old)));
+        cache.apply(&t.validation(), Some(cache.digest(&old)));
         // Disable: same hash, digest kept, state updated.
         t.state = TokenState::Disabled;
-        cache.apply(&t, None);
+        cache.apply(&t.validation(), None);
         let e = cache.get(&old.id()).unwrap();
         assert_eq!(e.snapshot.state, TokenState::Disabled);
         let now = UnixMicros::now();
@@ -960,7 +963,7 @@ pub(crate) mod tests {
             expires_at: Utc::now() + chrono::Duration::seconds(60),
         });
         t.secret_hash = SecretHash::new("h-new".into());
-        cache.apply(&t, Some(cache.digest(&new)));
+        cache.apply(&t.validation(), Some(cache.digest(&new)));
         assert_eq!(
             check(&cache, &old.id(), &new, now),
             Check::Match(Matched::Current, 0)
@@ -973,7 +976,7 @@ pub(crate) mod tests {
         assert_eq!(check(&cache, &old.id(), &old, later), Check::Mismatch);
         // Rotate without grace: the old digest is gone.
         t.previous_secret = None;
-        cache.apply(&t, None);
+        cache.apply(&t.validation(), None);
         assert_eq!(check(&cache, &old.id(), &old, now), Check::Mismatch);
     }
 
@@ -1029,7 +1032,7 @@ pub(crate) mod tests {
         let v = TokenValue::generate("tk").unwrap();
         cache.remember_unknown(v.id(), cache.generation(&v.id()));
         assert!(cache.recently_unknown(&v.id()));
-        cache.apply(&token(v.id(), "h"), Some(cache.digest(&v)));
+        cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
         assert!(!cache.recently_unknown(&v.id()));
     }
 
@@ -1044,7 +1047,7 @@ pub(crate) mod tests {
         );
         for _ in 0..1000 {
             let v = TokenValue::generate("tk").unwrap();
-            cache.apply(&token(v.id(), "h"), Some(cache.digest(&v)));
+            cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
         }
         assert!(cache.len() <= 110, "cache grew to {}", cache.len());
     }

@@ -20,28 +20,24 @@
 //! by whichever of NOTIFY and the poll brings it first.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use sea_orm::DbBackend;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Validator;
+use super::{Validator, change_cursor::ChangeCursor};
 use crate::{
-    domain::TokenId,
     error::{Error, Result},
     health::FollowerStatus,
-    store::Store,
+    store::{FeedEvent, Store},
     telemetry::metrics::{self, Delivery},
 };
 
 /// Change rows read per poll; a full batch is followed by another at once.
 const BATCH: u64 = 10_000;
-/// Skipped sequence numbers remembered at most.
-const MAX_GAPS: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct CoherenceConfig {
@@ -61,7 +57,7 @@ pub async fn run(
     shutdown: CancellationToken,
     status: Arc<FollowerStatus>,
 ) -> Result<()> {
-    if store.backend() != DbBackend::Postgres {
+    if !store.is_shared() {
         return Ok(());
     }
     let kick = Arc::new(Notify::new());
@@ -146,17 +142,16 @@ async fn listen(
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = listener.try_recv() => match r {
-                    Ok(Some(n)) => {
-                        if let Some((seq, id)) = n.payload().split_once(':')
-                            && let (Ok(seq), Some(id)) = (seq.parse::<i64>(), TokenId::parse(id))
-                            && seen.first(seq)
+                r = listener.next() => match r {
+                    Ok(FeedEvent::Changed(row)) => {
+                        if let Some(id) = row.token_id
+                            && seen.first(row.seq)
                         {
                             validator.refresh(id).await;
-                            metrics::change_applied(seq, Delivery::Notify);
+                            metrics::change_applied(row.seq, Delivery::Notify);
                         }
                     }
-                    Ok(None) => {
+                    Ok(FeedEvent::Lost) => {
                         // Reconnect here rather than inside `try_recv`, so health
                         // knows when the connection is back.
                         tracing::warn!("change listener lost its connection; reconnecting, then catching up from the log");
@@ -183,11 +178,11 @@ async fn poll(
     shutdown: CancellationToken,
     status: Arc<FollowerStatus>,
 ) {
-    // Start from the log's current end: the cache is empty at start-up, so the
-    // past needs no replay.
-    let mut high = loop {
+    // Start from the log's current end: the cache is empty at start-up (the
+    // warm start, which waits for this follower, reads the rows as they are).
+    let mut cursor = loop {
         match store.last_change_seq().await {
-            Ok(seq) => break seq,
+            Ok(seq) => break ChangeCursor::new(seq),
             Err(e) => tracing::warn!(error = %e, "cannot read the change log yet"),
         }
         tokio::select! {
@@ -195,16 +190,15 @@ async fn poll(
             () = tokio::time::sleep(config.poll_interval) => {}
         }
     };
-    // Sequence numbers skipped so far: a transaction still in flight may
-    // commit them later (or they were rolled back; they expire after `lookback`).
-    let mut gaps: BTreeMap<i64, Instant> = BTreeMap::new();
     let mut last_ok = Instant::now();
     let mut last_prune = Instant::now();
     loop {
         let ticket = status.poll_started();
-        let wanted: Vec<i64> = gaps.keys().copied().collect();
         let mut more = false;
-        match store.changes_since(high, &wanted, BATCH).await {
+        match store
+            .changes_since(cursor.high(), &cursor.gaps(), BATCH)
+            .await
+        {
             Ok(rows) => {
                 if last_ok.elapsed() > config.lookback {
                     tracing::warn!(gap = ?last_ok.elapsed(), "change log unreadable for longer than the lookback window; clearing the Validate cache");
@@ -213,17 +207,9 @@ async fn poll(
                 last_ok = Instant::now();
                 more = rows.len() as u64 == BATCH;
                 for row in rows {
-                    if row.seq > high {
-                        let room = MAX_GAPS.saturating_sub(gaps.len());
-                        for skipped in ((high + 1)..row.seq).take(room) {
-                            gaps.insert(skipped, Instant::now());
-                        }
-                        high = row.seq;
-                    } else if gaps.remove(&row.seq).is_none() {
-                        continue;
-                    }
-                    if seen.first(row.seq)
-                        && let Some(id) = TokenId::parse(&row.token_id)
+                    if cursor.accept(row.seq, Instant::now())
+                        && seen.first(row.seq)
+                        && let Some(id) = row.token_id
                     {
                         validator.refresh(id).await;
                         metrics::change_applied(row.seq, Delivery::Poll);
@@ -231,9 +217,9 @@ async fn poll(
                 }
                 if !more {
                     status.caught_up(ticket);
-                    metrics::changelog_caught_up(high);
+                    metrics::changelog_caught_up(cursor.high());
                 }
-                gaps.retain(|_, at| at.elapsed() < config.lookback);
+                cursor.expire(config.lookback, Instant::now());
                 seen.forget_older_than(config.lookback * 2);
             }
             Err(e) => tracing::warn!(error = %e, "change log poll failed"),

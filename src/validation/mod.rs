@@ -20,6 +20,7 @@
 
 pub mod backfill;
 pub mod cache;
+pub mod change_cursor;
 pub mod clock;
 pub mod coherence;
 pub mod hasher;
@@ -39,7 +40,7 @@ use self::{
     verifier::Digest,
 };
 use crate::{
-    domain::{Token, TokenState, TokenValue},
+    domain::{Token, TokenState, TokenValue, token::ValidationRecord},
     error::{Error, Result},
     store::{Expected, Store},
     telemetry::metrics,
@@ -278,14 +279,16 @@ impl Validator {
             return Err(throttled());
         }
         let generation = self.cache.generation(&id);
-        let Some(token) = self.store.find_token(id).await? else {
+        // Only the columns Validate needs: a whole record costs several
+        // times as much to decode.
+        let Some(token) = self.store.find_validation_record(id).await? else {
             self.cache.remember_unknown(id, generation);
             return Ok(None);
         };
         // The row's verifiers settle the value, right or wrong, and the entry
         // is cached either way: further values for this id are answered from
         // memory, whatever they are.
-        let entry = self.cache.fill(&token, None, generation);
+        let entry = self.cache.fill(&token.view(), None, generation);
         match self.settle(&entry, value, &digest, now) {
             Some(true) => return Ok(Some(entry)),
             Some(false) => {
@@ -304,7 +307,7 @@ impl Validator {
     async fn argon2(
         &self,
         value: &TokenValue,
-        token: &Token,
+        token: &ValidationRecord,
         entry: &Entry,
         digest: Digest,
         generation: u64,
@@ -334,7 +337,7 @@ impl Validator {
                     self.cache.keyring().seal(value),
                 );
                 Ok(Some(self.cache.fill(
-                    token,
+                    &token.view(),
                     Some((slot, digest)),
                     generation,
                 )))
@@ -355,8 +358,8 @@ impl Validator {
             self.cache.invalidate(&id);
             return;
         }
-        match self.store.find_token(id).await {
-            Ok(Some(token)) => self.cache.apply(&token, None),
+        match self.store.find_validation_record(id).await {
+            Ok(Some(token)) => self.cache.apply(&token.view(), None),
             Ok(None) => self.cache.invalidate(&id),
             Err(e) => {
                 tracing::warn!(error = %e, token_id = %id, "refresh failed; evicting");
@@ -370,6 +373,7 @@ impl Validator {
     /// `fresh` is a newly generated value (Issue, Rotate, Duplicate), whose
     /// digest is cached so its first Validate is already a hit.
     pub fn apply(&self, token: &Token, fresh: Option<&TokenValue>) {
-        self.cache.apply(token, fresh.map(|v| self.cache.digest(v)));
+        self.cache
+            .apply(&token.validation(), fresh.map(|v| self.cache.digest(v)));
     }
 }

@@ -51,14 +51,6 @@ pub fn tls_files(dir: &Path) -> TlsFiles {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 pub fn tokend_exe() -> PathBuf {
     let exe = std::env::current_exe()
         .expect("current exe")
@@ -122,16 +114,16 @@ async fn start(
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let port = free_port();
-    let metrics_port = free_port();
     let log = dir.join(format!("{name}.log"));
     let started = std::time::Instant::now();
     let mut cmd = Command::new(tokend_exe());
     cmd.arg("serve")
         .env("TOKEND_DATABASE_URL", url)
-        .env("TOKEND_LISTEN", format!("127.0.0.1:{port}"))
+        // Port 0: the server picks free ports and logs them, so no other
+        // process on this (shared) machine can take them in between.
+        .env("TOKEND_LISTEN", "127.0.0.1:0")
         // Metrics on, as in production: the targets must hold with them.
-        .env("TOKEND_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+        .env("TOKEND_METRICS_LISTEN", "127.0.0.1:0")
         .env("TOKEND_MAX_TOKENS_PER_OWNER", "100000")
         .env("TOKEND_LOG", "info")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -141,6 +133,23 @@ async fn start(
             .env("TOKEND_TLS_KEY", &tls.key);
     }
     let mut child = cmd.spawn().expect("start tokend");
+    let (port, metrics_port) = loop {
+        let text = strip_ansi(&fs::read_to_string(&log).unwrap_or_default());
+        let grpc = logged_port(&text, "tokend serving");
+        let metrics = logged_port(&text, "metrics on http://");
+        if let (Some(grpc), Some(metrics)) = (grpc, metrics) {
+            break (grpc, metrics);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("tokend exited ({status}); see {}", log.display());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "tokend did not start; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let base = base_url(port, tls.is_some());
     let ca = tls.map(|t| t.ca_pem.as_str());
     while started.elapsed() < Duration::from_secs(300) {
@@ -173,6 +182,16 @@ async fn start(
     let _ = child.kill();
     let _ = child.wait();
     panic!("tokend did not report SERVING; see {}", log.display());
+}
+
+/// The port in the `addr=127.0.0.1:PORT` of the first log line containing
+/// `marker`.
+fn logged_port(log: &str, marker: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))?;
+    addr.rsplit(':').next()?.parse().ok()
 }
 
 impl Server {

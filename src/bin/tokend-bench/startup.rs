@@ -60,7 +60,7 @@ pub async fn run(dir: &Path, n: usize) -> Startup {
     let loaded = server
         .log()
         .lines()
-        .find(|l| l.contains("warm start"))
+        .find(|l| l.contains("warm start:") || l.contains("warm start failed"))
         .unwrap_or_default()
         .to_owned();
     println!(
