@@ -28,7 +28,7 @@ use tokend::http::test_proxies::{self, Placeholders};
 use crate::{
     LOAD_PROCESSES, STREAMS,
     load::{Load, Outcome, frame, health_and_validate_loads, interleaved_vs, median, summary_line},
-    server::{bootstrap, issue_caller, issue_tokens, start_server_on, warm},
+    server::{bootstrap, issue_caller, issue_tokens, logged_port, start_server_on, warm},
 };
 
 /// Rounds of each comparison (`--quick`: 2).
@@ -105,14 +105,18 @@ pub async fn run(dir: &Path, rounds: usize, seconds: u32) -> Figures {
         "\n== Gateways: ext_authz Check (cache hit) vs Health/Check, same server, same h2load settings, {rounds} interleaved rounds"
     );
     let platform = bootstrap(dir);
-    let forward_auth = test_proxies::free_port().expect("port");
     let server = start_server_on(
         dir,
         "gateway",
         &crate::server::database_url(dir),
-        &[("TOKEND_HTTP_LISTEN", forward_auth.to_string())],
+        &[("TOKEND_HTTP_LISTEN", "127.0.0.1:0".to_owned())],
     )
     .await;
+    // Port 0, as for the other listeners: the server logs the port it took.
+    let forward_auth = std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        logged_port(&server.log(), "forward-auth on").expect("forward-auth port in the log"),
+    ));
     let mut client = server.client().await;
     let caller = issue_caller(&mut client, &platform).await;
     let hot = issue_tokens(&client, &platform, LOAD_PROCESSES * 8).await;
