@@ -257,7 +257,11 @@ mod tests {
             assert!(r.headers().get(ERROR_HEADER).is_some());
         }
         assert_eq!(
-            failed(Error::Unavailable("down".into())).status(),
+            failed(Error::Unavailable(
+                crate::error::StoreFault::Unreachable,
+                "down".into()
+            ))
+            .status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
