@@ -7,6 +7,13 @@
 //! `api::wire::ValidateCall` and `ValidateReply` (the same wire messages, the
 //! token parsed in place and the reply encoded straight from the validation
 //! cache) while every other type comes from the first pass.
+//!
+//! Then Envoy's ext_authz API (`proto/third_party`, the files the
+//! `envoy-types` crate was generated from): its server alone (into
+//! `$OUT_DIR/ext_authz`), whose `Check` request and reply are the
+//! hand-written `api::ext_authz::wire::CheckCall` and `CheckReply` while every
+//! message type is the crate's; and a descriptor set for reflection, which
+//! that crate does not export.
 
 use std::{env, error::Error, path::PathBuf};
 
@@ -51,6 +58,54 @@ fn main() -> Result<(), Box<dyn Error>> {
             "crate::api::wire::ValidateReply",
         )
         .compile_with_config(config, &protos, &includes)?;
+
+    // Envoy's ext_authz server, with every message from envoy-types except
+    // Check's own request and reply.
+    let ext_authz_dir = out_dir.join("ext_authz");
+    std::fs::create_dir_all(&ext_authz_dir)?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    let mut server = tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&ext_authz_dir);
+    for package in ["envoy", "udpa", "validate", "xds"] {
+        server = server.extern_path(
+            format!(".{package}"),
+            format!("::envoy_types::pb::{package}"),
+        );
+    }
+    server
+        .extern_path(".google.rpc", "::envoy_types::pb::google::rpc")
+        .extern_path(
+            ".envoy.service.auth.v3.CheckRequest",
+            "crate::api::ext_authz::wire::CheckCall",
+        )
+        .extern_path(
+            ".envoy.service.auth.v3.CheckResponse",
+            "crate::api::ext_authz::wire::CheckReply",
+        )
+        .compile_with_config(
+            config,
+            &[PathBuf::from(
+                "proto/third_party/envoy/service/auth/v3/external_auth.proto",
+            )],
+            &[PathBuf::from("proto/third_party"), well_known.clone()],
+        )?;
+
+    // Envoy's ext_authz service, for reflection.
+    let status = std::process::Command::new(protoc_bin_vendored::protoc_bin_path()?)
+        .arg("--include_imports")
+        .arg(format!(
+            "--descriptor_set_out={}",
+            out_dir.join("envoy_ext_authz_descriptor.bin").display()
+        ))
+        .arg("-Iproto/third_party")
+        .arg(format!("-I{}", well_known.display()))
+        .arg("envoy/service/auth/v3/external_auth.proto")
+        .status()?;
+    if !status.success() {
+        return Err(format!("protoc (ext_authz descriptor set) failed: {status}").into());
+    }
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -11,7 +11,13 @@
 #      and everything it COPYs exists;
 #   6. the Prometheus alert rules pass `promtool check rules` (skipped, saying
 #      so, without promtool), the Grafana dashboard is valid JSON, and every
-#      tokend metric the rules and the dashboard use exists in the code.
+#      tokend metric the rules and the dashboard use exists in the code;
+#   7. deploy/gateways: the Envoy sample parses as an Envoy v3 bootstrap
+#      against the protos of the envoy-types crate tokend builds with (found
+#      with `cargo metadata`; shape checks only, saying so, without it), its
+#      ext_authz filter, cluster and per-route context extensions fit
+#      tokend, and the Istio policy and extension provider agree. (The nginx
+#      and Caddy files run in tests/api/gateways.rs, against the real proxies.)
 #
 # Usage: bash deploy/validate.sh            (from any directory)
 # Env:   KUBERNETES_MIN_VERSION  oldest Kubernetes to validate against (1.31)
@@ -376,4 +382,140 @@ alerts = sum(len(g["rules"]) for g in rules["groups"])
 print(f"    {alerts} alert rules, {len(dash['panels'])} dashboard panels; every metric they use is defined")
 PY
 
-echo "validate.sh: OK — ${#MANIFESTS[@]} k8s manifests valid (strict) for Kubernetes ${LATEST} and ${MIN_VERSION}; kustomization ${RENDERED}; compose.yaml OK; hadolint ${HADOLINT}; alert rules ${PROMTOOL}"
+# --- 7. gateways ----------------------------------------------------------------
+log "checking deploy/gateways (Envoy and Istio samples)"
+TYPES_BIN=""
+if command -v cargo >/dev/null 2>&1; then
+  TYPES_BIN="$(cargo metadata --format-version 1 --locked 2>/dev/null | "$PY" -c '
+import json, os, sys
+found = [p for p in json.load(sys.stdin)["packages"] if p["name"] == "envoy-types"]
+print(os.path.join(os.path.dirname(found[0]["manifest_path"]), "src", "generated", "types.bin") if found else "")
+' || true)"
+fi
+if [[ -n "$TYPES_BIN" && -f "$TYPES_BIN" ]] && ! "$PY" -c 'import google.protobuf' 2>/dev/null; then
+  log "installing protobuf (Python)"
+  "${PIP[@]}" protobuf
+fi
+[[ -n "$TYPES_BIN" && -f "$TYPES_BIN" ]] || log "envoy-types' descriptor set not found: Envoy sample checked for shape only"
+"$PY" - deploy/gateways/envoy/envoy.yaml deploy/gateways/istio/mesh-config.yaml \
+  deploy/gateways/istio/authorization-policy.yaml "$TYPES_BIN" <<'PY'
+import json, os, sys, yaml
+envoy_path, mesh_path, policy_path, types_bin = sys.argv[1:5]
+errors = []
+def err(m): errors.append(m)
+
+# --- Envoy ------------------------------------------------------------------
+text = open(envoy_path).read()
+if "${TOKEND_GATEWAY_TOKEN}" not in text:
+    err("envoy.yaml: the gateway credential placeholder ${TOKEND_GATEWAY_TOKEN} is missing")
+config = yaml.safe_load(text.replace("${TOKEND_GATEWAY_TOKEN}", "tk_placeholder"))
+
+schema = "skipped (envoy-types' descriptor set not found)"
+if types_bin and os.path.isfile(types_bin):
+    from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+    files = descriptor_pb2.FileDescriptorSet.FromString(open(types_bin, "rb").read()).file
+    by_name = {f.name: f for f in files}
+    pool, added = descriptor_pool.DescriptorPool(), set()
+    def add(name):
+        if name in added:
+            return
+        added.add(name)
+        for dep in by_name[name].dependency:
+            add(dep)
+        pool.Add(by_name[name])
+    for name in by_name:
+        add(name)
+    Bootstrap = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("envoy.config.bootstrap.v3.Bootstrap"))
+    try:
+        json_format.ParseDict(config, Bootstrap(), descriptor_pool=pool)
+        schema = f"parsed as envoy.config.bootstrap.v3.Bootstrap ({len(by_name)} proto files of envoy-types)"
+    except json_format.ParseError as e:
+        err(f"envoy.yaml is not a valid Envoy v3 bootstrap: {e}")
+
+EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+hcms = [f["typed_config"] for l in config["static_resources"]["listeners"]
+        for fc in l["filter_chains"] for f in fc["filters"]
+        if f["name"] == "envoy.filters.network.http_connection_manager"]
+if not hcms:
+    err("envoy.yaml: no http_connection_manager")
+routes_with_extensions = 0
+for hcm in hcms:
+    filters = hcm["http_filters"]
+    if filters[-1]["name"] != "envoy.filters.http.router":
+        err("envoy.yaml: the router must be the last HTTP filter")
+    authz = [f for f in filters if f["typed_config"].get("@type") == EXT_AUTHZ]
+    if len(authz) != 1:
+        err("envoy.yaml: expected one ext_authz filter")
+        continue
+    a = authz[0]["typed_config"]
+    if a.get("transport_api_version") != "V3":
+        err("envoy.yaml: ext_authz must use transport_api_version V3")
+    if a.get("failure_mode_allow") is not False:
+        err("envoy.yaml: ext_authz must not fail open")
+    g = a.get("grpc_service", {})
+    cluster = g.get("envoy_grpc", {}).get("cluster_name")
+    if cluster not in clusters:
+        err(f"envoy.yaml: ext_authz calls cluster {cluster!r}, which is not defined")
+    else:
+        opts = clusters[cluster].get("typed_extension_protocol_options", {}).get(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {})
+        if "http2_protocol_options" not in opts.get("explicit_http_config", {}):
+            err(f"envoy.yaml: cluster {cluster} must speak HTTP/2 (gRPC)")
+    meta = {m["key"]: m["value"] for m in g.get("initial_metadata", [])}
+    if not meta.get("authorization", "").startswith("Bearer "):
+        err("envoy.yaml: grpc_service.initial_metadata must send `authorization: Bearer <gateway token>`")
+    for vh in hcm["route_config"]["virtual_hosts"]:
+        for r in vh["routes"]:
+            per = r.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz")
+            if per is None:
+                continue
+            if per.get("@type") != PER_ROUTE:
+                err(f"envoy.yaml: route {r['match']}: per-route config must be {PER_ROUTE}")
+            ext = per.get("check_settings", {}).get("context_extensions", {})
+            unknown = set(ext) - {"required_modules", "token_header"}
+            if unknown:
+                err(f"envoy.yaml: route {r['match']}: unknown context extensions {sorted(unknown)}")
+            routes_with_extensions += bool(ext)
+if routes_with_extensions == 0:
+    err("envoy.yaml: no route sets context extensions")
+
+# --- Istio ------------------------------------------------------------------
+mesh = yaml.safe_load(open(mesh_path))["meshConfig"]
+policy = yaml.safe_load(open(policy_path))
+providers = {p["name"]: p for p in mesh.get("extensionProviders", [])}
+if policy.get("apiVersion") != "security.istio.io/v1" or policy.get("kind") != "AuthorizationPolicy":
+    err("authorization-policy.yaml: not a security.istio.io/v1 AuthorizationPolicy")
+spec = policy.get("spec", {})
+if spec.get("action") != "CUSTOM":
+    err("authorization-policy.yaml: action must be CUSTOM")
+name = spec.get("provider", {}).get("name")
+if name not in providers:
+    err(f"authorization-policy.yaml: provider {name!r} is not in mesh-config.yaml")
+else:
+    http = providers[name].get("envoyExtAuthzHttp")
+    if not http:
+        err("mesh-config.yaml: the tokend provider must be envoyExtAuthzHttp (forward-auth)")
+    else:
+        if http.get("pathPrefix") != "/v1/forward-auth":
+            err("mesh-config.yaml: pathPrefix must be /v1/forward-auth")
+        if not http.get("includeAdditionalHeadersInCheck", {}).get("x-tokend-authorization", "").startswith("Bearer "):
+            err("mesh-config.yaml: includeAdditionalHeadersInCheck must carry x-tokend-authorization")
+        want = {f"x-tokend-{h}" for h in ("token-id", "account-id", "owner-id", "modules", "api-version")}
+        if set(http.get("headersToUpstreamOnAllow", [])) != want:
+            err("mesh-config.yaml: headersToUpstreamOnAllow must be the five x-tokend-* identity headers")
+        if "www-authenticate" not in http.get("headersToDownstreamOnDeny", []):
+            err("mesh-config.yaml: headersToDownstreamOnDeny must pass www-authenticate")
+        if http.get("failOpen") is not False:
+            err("mesh-config.yaml: the provider must not fail open")
+
+if errors:
+    for e in errors:
+        print("  - " + e, file=sys.stderr)
+    sys.exit(f"{len(errors)} problem(s) in deploy/gateways")
+print(f"    envoy.yaml: {schema}; ext_authz filter, cluster and per-route extensions consistent; Istio policy and provider consistent")
+PY
+
+echo "validate.sh: OK — ${#MANIFESTS[@]} k8s manifests valid (strict) for Kubernetes ${LATEST} and ${MIN_VERSION}; kustomization ${RENDERED}; compose.yaml OK; hadolint ${HADOLINT}; alert rules ${PROMTOOL}; gateway samples OK"

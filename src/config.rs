@@ -322,6 +322,11 @@ pub struct Config {
     /// Off unless set.
     #[arg(long, env = "TOKEND_METRICS_LISTEN", global = true)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address of the HTTP listener for gateways' forward-auth (nginx
+    /// auth_request, Caddy forward_auth, Traefik ForwardAuth): path
+    /// /v1/forward-auth, over TLS when --tls-cert is set. Off unless set.
+    #[arg(long, env = "TOKEND_HTTP_LISTEN", global = true)]
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -431,6 +436,7 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Bootstrap { .. })));
         assert!(cli.config.tls().is_none());
         assert!(cli.config.metrics_listen.is_none());
+        assert!(cli.config.http_listen.is_none());
         assert_eq!(cli.config.max_rotate_grace, Duration::from_secs(3600));
         assert_eq!(cli.config.listen.port(), 1);
     }

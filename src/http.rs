@@ -1,6 +1,15 @@
-//! The HTTP listener beside the gRPC port (`--metrics-listen`): an axum
-//! router, so further HTTP endpoints (a forward-auth endpoint for gateways)
-//! can join it. It serves
+//! The HTTP listeners beside the gRPC port, axum routers both:
+//!
+//! - `--http-listen`: forward-auth for gateways (`forward_auth`), over TLS
+//!   when the gRPC port has it (same certificate, reloads and client-CA rule);
+//! - `--metrics-listen`, plaintext, for the scraper and the kubelet:
+//!
+//! Two listeners rather than one: the metrics port is an operator's port
+//! (network policies open it to Prometheus only, probes and scrapes expect
+//! plaintext), while forward-auth carries every client's token and must be
+//! reachable by the gateways, over TLS when the gRPC port has TLS.
+//!
+//! The metrics listener serves
 //!
 //! - `GET /metrics`: the Prometheus text format;
 //! - `GET /readyz`: 200 while health is SERVING, else 503. The kubelet's
@@ -8,8 +17,12 @@
 //!   Kubernetes readiness probe uses this instead (`httpGet`);
 //! - `GET /livez`: 200 while the process answers.
 
-use std::sync::Arc;
+pub mod forward_auth;
+pub mod test_proxies;
 
+use std::{io, net::SocketAddr, sync::Arc};
+
+use axum::serve::{Listener, ListenerExt};
 use axum::{
     Router,
     extract::State,
@@ -17,13 +30,16 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::{Error, Result},
     health::Health,
     telemetry::metrics::Scrape,
+    tls::Tls,
 };
 
 /// The Prometheus text exposition format, version 0.0.4.
@@ -60,10 +76,66 @@ async fn metrics(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {
     }
 }
 
-/// Serves `router` on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) -> Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(|e| Error::Internal(format!("metrics listener: {e}")))
+/// Serves `router` on `listener` (over TLS with `tls`) until `stop`, then
+/// finishes the requests in flight; `what` names the listener in errors.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<&Tls>,
+    router: Router,
+    stop: CancellationToken,
+    what: &str,
+) -> Result<()> {
+    let served = match tls {
+        Some(tls) => {
+            let addr = listener
+                .local_addr()
+                .map_err(|e| Error::Internal(format!("{what} listener address: {e}")))?;
+            let incoming = TlsListener {
+                incoming: tls.http_incoming(listener),
+                addr,
+            };
+            axum::serve(incoming, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+        None => {
+            // Small responses must not wait for delayed ACKs (~40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    };
+    served.map_err(|e| Error::Internal(format!("{what} listener: {e}")))
+}
+
+/// TLS connections whose handshake is done (`Tls::http_incoming`), for axum.
+struct TlsListener {
+    incoming: ReceiverStream<io::Result<TlsStream<TcpStream>>>,
+    addr: SocketAddr,
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(tls)) => {
+                    let peer = tls.get_ref().0.peer_addr().unwrap_or(self.addr);
+                    return (tls, peer);
+                }
+                Some(Err(_)) => {}
+                // The accept loop ends only when this stream is dropped.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
 }

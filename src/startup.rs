@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{TokenApi, TokenServiceServer},
+    api::{
+        TokenApi, TokenServiceServer,
+        ext_authz::{self, AuthorizationServer, ExtAuthzApi},
+    },
     config::Config,
     domain::token_value::valid_prefix,
     error::{Error, Result},
@@ -128,6 +131,8 @@ pub struct Application {
     addr: SocketAddr,
     tls: Option<Arc<Tls>>,
     metrics: Option<MetricsListener>,
+    /// The forward-auth listener (`--http-listen`), bound in `build`.
+    http: Option<(TcpListener, SocketAddr)>,
     services: Services,
     health: Health,
     config: Config,
@@ -168,6 +173,10 @@ impl Application {
             }
             _ => None,
         };
+        let http = match config.http_listen {
+            Some(at) => Some(bind(at, "HTTP").await?),
+            None => None,
+        };
         // Not ready until the warm start has loaded the Validate cache, and
         // on PostgreSQL until the change-log follower has connected and
         // caught up.
@@ -181,6 +190,7 @@ impl Application {
             addr,
             tls,
             metrics,
+            http,
             services,
             health,
             config: config.clone(),
@@ -206,6 +216,11 @@ impl Application {
         self.metrics.as_ref().map(|m| m.addr)
     }
 
+    /// Where forward-auth is served, when `--http-listen` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|h| h.1)
+    }
+
     pub fn services(&self) -> &Services {
         &self.services
     }
@@ -220,6 +235,7 @@ impl Application {
             addr,
             tls,
             metrics,
+            http,
             services,
             health,
             config,
@@ -232,6 +248,7 @@ impl Application {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 // google.rpc error details, so grpcurl can decode BadRequest violations.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(ext_authz::FILE_DESCRIPTOR_SET)
         };
         let reflection_v1 = reflection()
             .build_v1()
@@ -258,6 +275,9 @@ impl Application {
         if let Some(m) = metrics {
             serve_metrics(&supervisor, m, &services, &health);
         }
+        if let Some((listener, addr)) = http {
+            serve_forward_auth(&supervisor, listener, addr, tls.clone(), &services);
+        }
 
         let drain = drain(shutdown, health, config.drain_delay);
         tracing::info!(%addr, tls = tls.is_some(), "tokend serving");
@@ -267,6 +287,9 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(
+                &services.manager,
+            ))))
+            .add_service(AuthorizationServer::new(ExtAuthzApi::new(Arc::clone(
                 &services.manager,
             ))));
         let served = match &tls {
@@ -403,7 +426,7 @@ fn serve_metrics(
                 Some(l) => l,
                 None => bind(addr, "metrics").await?.0,
             };
-            http::serve(listener, router, stop).await
+            http::serve(listener, None, router, stop, "metrics").await
         }
     });
     supervisor.spawn("metrics upkeep", move |_, stop| {
@@ -415,6 +438,30 @@ fn serve_metrics(
                     () = tokio::time::sleep(Duration::from_secs(5)) => scrape.upkeep(),
                 }
             }
+        }
+    });
+}
+
+/// Serves forward-auth for gateways on `--http-listen` under the supervisor.
+fn serve_forward_auth(
+    supervisor: &Supervisor,
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    services: &Services,
+) {
+    let router = http::forward_auth::router(Arc::clone(&services.manager));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, "forward-auth on {scheme}://{addr}{}", http::forward_auth::PATH);
+    let mut first = Some(listener);
+    supervisor.spawn("forward-auth listener", move |_, stop| {
+        let (listener, router, tls) = (first.take(), router.clone(), tls.clone());
+        async move {
+            let listener = match listener {
+                Some(l) => l,
+                None => bind(addr, "HTTP").await?.0,
+            };
+            http::serve(listener, tls.as_deref(), router, stop, "HTTP").await
         }
     });
 }

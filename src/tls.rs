@@ -17,6 +17,10 @@
 //!   task (bounded by `HANDSHAKE_TIMEOUT`), so a slow or failing client never
 //!   holds up the accept loop; finished handshakes are handed to tonic's
 //!   `serve_with_incoming_shutdown`. ALPN offers `h2` only (gRPC is HTTP/2).
+//!   The HTTP listener (`--http-listen`, forward-auth for gateways) gets the
+//!   same certificate, reloads and client-certificate rule through
+//!   `http_incoming`, whose ALPN offers `http/1.1` (what nginx, Caddy and
+//!   Traefik speak to an auth endpoint).
 //!
 //! With `--tls-client-ca`, a client certificate signed by that CA is
 //! mandatory: a client without one, or with another CA's, fails the handshake.
@@ -71,6 +75,8 @@ pub struct TlsFiles {
 /// The TLS side of the gRPC listener.
 pub struct Tls {
     acceptor: TlsAcceptor,
+    /// The same configuration with ALPN `http/1.1`, for the HTTP listener.
+    http_acceptor: TlsAcceptor,
     resolver: Arc<Reloadable>,
 }
 
@@ -117,9 +123,12 @@ impl Tls {
             }
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as _);
+        let mut http = config.clone();
         config.alpn_protocols = vec![b"h2".to_vec()];
+        http.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            http_acceptor: TlsAcceptor::from(Arc::new(http)),
             resolver,
         })
     }
@@ -139,44 +148,59 @@ impl Tls {
         }
     }
 
-    /// TLS connections accepted on `listener`, handshakes done. Accepting
-    /// stops (and the socket closes) when the server drops the stream.
+    /// TLS connections accepted on `listener`, handshakes done (ALPN `h2`).
+    /// Accepting stops (and the socket closes) when the server drops the stream.
     pub fn incoming(
         &self,
         listener: TcpListener,
     ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-        let (tx, rx) = mpsc::channel(BACKLOG);
-        let acceptor = self.acceptor.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    () = tx.closed() => return,
-                    r = listener.accept() => match r {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            // Out of file descriptors and the like: wait, retry.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                // Small responses must not wait for delayed ACKs.
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        ReceiverStream::new(rx)
+        accept_loop(self.acceptor.clone(), listener)
     }
+
+    /// As `incoming`, for the HTTP/1.1 listener (ALPN `http/1.1`).
+    pub fn http_incoming(
+        &self,
+        listener: TcpListener,
+    ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        accept_loop(self.http_acceptor.clone(), listener)
+    }
+}
+
+/// Accepts on `listener` and hands each connection's handshake to its own task.
+fn accept_loop(
+    acceptor: TlsAcceptor,
+    listener: TcpListener,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = tx.closed() => return,
+                r = listener.accept() => match r {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, retry.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            // Small responses must not wait for delayed ACKs.
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Hands each handshake the current certificate; `reload` replaces it.

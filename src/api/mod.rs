@@ -3,9 +3,15 @@
 //! caller, parses the request into domain types and calls the use-case.
 //! Spans (DEBUG level, so they cost nothing at the default INFO) record ids
 //! and accounts, never token material.
+//!
+//! The gateway contracts live beside it: `ext_authz` (Envoy's
+//! `Authorization/Check` on the same port) and `gateway`, the verdict-to-HTTP
+//! mapping that `ext_authz` and the HTTP forward-auth endpoint share.
 
 mod convert;
 pub mod export;
+pub mod ext_authz;
+pub mod gateway;
 pub mod wire;
 
 use std::sync::Arc;
@@ -42,35 +48,53 @@ impl TokenApi {
     }
 
     async fn caller(&self, metadata: &MetadataMap) -> Result<Caller> {
-        static AUTHORIZATION: std::sync::LazyLock<tonic::metadata::AsciiMetadataKey> =
-            std::sync::LazyLock::new(|| {
-                tonic::metadata::AsciiMetadataKey::from_static("authorization")
-            });
-        let credential = metadata
-            .get(&*AUTHORIZATION)
-            .map(|v| bearer(v.as_bytes()).ok_or(()));
-        let credential = match credential {
+        authenticate(&self.manager, metadata).await
+    }
+}
+
+/// The caller of an RPC, from its `authorization: Bearer <token>` metadata;
+/// records it on the handler's span.
+async fn authenticate(manager: &TokenManager, metadata: &MetadataMap) -> Result<Caller> {
+    static AUTHORIZATION: std::sync::LazyLock<tonic::metadata::AsciiMetadataKey> =
+        std::sync::LazyLock::new(|| {
+            tonic::metadata::AsciiMetadataKey::from_static("authorization")
+        });
+    let value = metadata.get(&*AUTHORIZATION).map(|v| v.as_bytes());
+    authenticate_bearer(manager, value, "the authorization metadata").await
+}
+
+/// The caller whose credential is `value` (`Bearer <token>`; `None` when it
+/// was not sent, which `manager` refuses); `what` names where it was sent
+/// in the error for any other value. Records the caller on the span.
+pub(crate) async fn authenticate_bearer(
+    manager: &TokenManager,
+    value: Option<&[u8]>,
+    what: &str,
+) -> Result<Caller> {
+    let credential =
+        match value {
             None => None,
-            Some(Ok(c)) => Some(c),
-            Some(Err(())) => {
-                return Err(Error::Unauthenticated(
-                    "the authorization metadata must be `Bearer <token>`".into(),
-                ));
-            }
+            Some(v) => Some(bearer(v).ok_or_else(|| {
+                Error::Unauthenticated(format!("{what} must be `Bearer <token>`"))
+            })?),
         };
-        let caller = self.manager.authenticate(credential).await?;
-        if spans_enabled() {
-            let span = Span::current();
-            span.record("caller", tracing::field::display(caller.token_id));
-            span.record("account", caller.account_id());
-        }
-        Ok(caller)
+    let caller = manager.authenticate(credential).await?;
+    record_caller(&caller);
+    Ok(caller)
+}
+
+/// Records the caller on the handler's span (when spans are on).
+fn record_caller(caller: &Caller) {
+    if spans_enabled() {
+        let span = Span::current();
+        span.record("caller", tracing::field::display(caller.token_id));
+        span.record("account", caller.account_id());
     }
 }
 
 /// The credential of a `Bearer` authorization value. Works on bytes: it runs
 /// on every RPC, and the token parser checks the characters anyway.
-fn bearer(header: &[u8]) -> Option<&str> {
+pub(crate) fn bearer(header: &[u8]) -> Option<&str> {
     const SCHEME: &[u8] = b"bearer ";
     let (scheme, rest) = header.split_at_checked(SCHEME.len())?;
     if !scheme.eq_ignore_ascii_case(SCHEME) {

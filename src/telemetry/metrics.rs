@@ -69,6 +69,8 @@ pub mod name {
     pub const TASK_RUNNING: &str = "tokend_task_running";
     pub const TASK_RESTARTS: &str = "tokend_task_restarts_total";
     pub const TLS_RELOADS: &str = "tokend_tls_reloads_total";
+    pub const GATEWAY_REQUESTS: &str = "tokend_gateway_requests_total";
+    pub const GATEWAY_DURATION: &str = "tokend_gateway_duration_seconds";
 }
 
 // ---------------------------------------------------------------------------
@@ -143,7 +145,7 @@ fn reason_index(reason: Reason) -> usize {
 }
 
 /// The RPCs this server serves, as (service, method); anything else is "other".
-pub const METHODS: [(&str, &str); 14] = [
+pub const METHODS: [(&str, &str); 15] = [
     ("tokens.v1.TokenService", "Issue"),
     ("tokens.v1.TokenService", "Validate"),
     ("tokens.v1.TokenService", "Get"),
@@ -164,6 +166,7 @@ pub const METHODS: [(&str, &str); 14] = [
         "grpc.reflection.v1alpha.ServerReflection",
         "ServerReflectionInfo",
     ),
+    ("envoy.service.auth.v3.Authorization", "Check"),
 ];
 const OTHER_METHOD: usize = METHODS.len();
 
@@ -215,6 +218,50 @@ pub enum StoreErrorKind {
 
 const STORE_ERROR_KINDS: [&str; 4] = ["timeout", "unavailable", "database", "other"];
 
+/// The gateway contracts (`api::gateway`).
+#[derive(Debug, Clone, Copy)]
+pub enum Gateway {
+    /// Envoy's `envoy.service.auth.v3.Authorization/Check`.
+    ExtAuthz = 0,
+    /// HTTP forward-auth (`/v1/forward-auth`).
+    ForwardAuth = 1,
+}
+
+const GATEWAYS: [&str; 2] = ["ext_authz", "forward_auth"];
+
+impl Gateway {
+    pub fn name(self) -> &'static str {
+        GATEWAYS[self as usize]
+    }
+}
+
+/// How a gateway call ended.
+#[derive(Debug, Clone, Copy)]
+pub enum GatewayResult {
+    /// A verdict on the presented token (valid: allowed).
+    Verdict(Reason),
+    /// No token presented: 401.
+    Missing,
+    /// The gateway itself was refused (its credential or privilege, or a
+    /// bad setting): no verdict.
+    Refused,
+    /// The store or the server failed: no verdict.
+    Error,
+}
+
+/// `result` labels: the reasons, then these.
+const GATEWAY_RESULTS: [&str; 3] = ["missing_token", "gateway_refused", "error"];
+const GATEWAY_ROWS: usize = REASONS.len() + GATEWAY_RESULTS.len();
+
+fn gateway_result_index(result: GatewayResult) -> usize {
+    match result {
+        GatewayResult::Verdict(reason) => reason_index(reason),
+        GatewayResult::Missing => REASONS.len(),
+        GatewayResult::Refused => REASONS.len() + 1,
+        GatewayResult::Error => REASONS.len() + 2,
+    }
+}
+
 /// How a change-log entry reached this replica.
 #[derive(Debug, Clone, Copy)]
 pub enum Delivery {
@@ -232,6 +279,8 @@ static VALIDATE: Sharded<14> = Sharded::new();
 static GRPC: Sharded<{ (METHODS.len() + 1) * 17 }> = Sharded::new();
 /// 0 hits, 1 misses.
 static CACHE: Sharded<2> = Sharded::new();
+/// Gateway calls: gateway x result.
+static GATEWAY: Sharded<{ 2 * GATEWAY_ROWS }> = Sharded::new();
 
 /// Counters off the hot path: plain atomics.
 struct Counters {
@@ -277,6 +326,8 @@ struct Histograms {
     validate: [Histogram; 2],
     store_call: Histogram,
     flush: Histogram,
+    /// [ext_authz, forward_auth]
+    gateway: [Histogram; 2],
 }
 
 static HISTOGRAMS: OnceLock<Histograms> = OnceLock::new();
@@ -299,6 +350,16 @@ pub fn validate_outcome(reason: Reason, hit: bool, started: Option<Instant>) {
     VALIDATE.add(reason_index(reason) * 2 + miss);
     if let (Some(h), Some(t)) = (HISTOGRAMS.get(), started) {
         h.validate[miss].record(t.elapsed().as_secs_f64());
+    }
+}
+
+/// One gateway call ended with `result`. `started` (from `timer()`) is
+/// given for a verdict, whose latency is recorded.
+#[inline]
+pub fn gateway_outcome(gateway: Gateway, result: GatewayResult, started: Option<Instant>) {
+    GATEWAY.add(gateway as usize * GATEWAY_ROWS + gateway_result_index(result));
+    if let (Some(h), Some(t)) = (HISTOGRAMS.get(), started) {
+        h.gateway[gateway as usize].record(t.elapsed().as_secs_f64());
     }
 }
 
@@ -464,6 +525,10 @@ pub fn install() -> Result<PrometheusHandle> {
         ],
         store_call: metrics::histogram!(name::STORE_CALL_DURATION),
         flush: metrics::histogram!(name::LAST_USED_FLUSH_DURATION),
+        gateway: [
+            metrics::histogram!(name::GATEWAY_DURATION, "gateway" => GATEWAYS[0]),
+            metrics::histogram!(name::GATEWAY_DURATION, "gateway" => GATEWAYS[1]),
+        ],
     });
     metrics::gauge!(name::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     epoch();
@@ -570,6 +635,15 @@ fn describe() {
         TLS_RELOADS,
         "TLS certificate reloads after a change on disk, by result (ok, error)"
     );
+    describe_counter!(
+        GATEWAY_REQUESTS,
+        "Gateway calls (ext_authz Check, HTTP forward-auth) answered, by gateway and result: a Validate reason (valid = allowed), missing_token, gateway_refused (the gateway's own credential or privilege), error"
+    );
+    describe_histogram!(
+        GATEWAY_DURATION,
+        Unit::Seconds,
+        "Time to judge a gateway call's token (gateway credential check excluded), by gateway"
+    );
 }
 
 /// Per-server values read at scrape time (cache sizes, pending writes, ...).
@@ -627,6 +701,16 @@ fn publish() {
             if n > 0 || c == 0 {
                 counter!(GRPC_REQUESTS, "service" => service, "method" => method, "code" => *code)
                     .absolute(n);
+            }
+        }
+    }
+    for (g, gateway) in GATEWAYS.iter().enumerate() {
+        let results = REASONS.iter().map(|(_, r)| *r).chain(GATEWAY_RESULTS);
+        for (r, result) in results.enumerate() {
+            let n = GATEWAY.sum(g * GATEWAY_ROWS + r);
+            // Only results that occurred, plus valid, so the page stays readable.
+            if n > 0 || r == 0 {
+                counter!(GATEWAY_REQUESTS, "gateway" => *gateway, "result" => result).absolute(n);
             }
         }
     }
@@ -722,6 +806,24 @@ mod tests {
         assert_eq!(T.sum(1), 4000);
         assert_eq!(T.sum(0), 0);
         T.add(7); // out of range: ignored, no panic
+    }
+
+    #[test]
+    fn the_check_rpc_has_its_own_row() {
+        assert_eq!(
+            method_index("/envoy.service.auth.v3.Authorization/Check"),
+            METHODS.len() - 1
+        );
+        for (i, result) in [
+            GatewayResult::Missing,
+            GatewayResult::Refused,
+            GatewayResult::Error,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(gateway_result_index(result), REASONS.len() + i);
+        }
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct TestApp {
     pub port: u16,
     /// The metrics listener, when the config set `metrics_listen`.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The forward-auth listener, when the config set `http_listen`.
+    pub http_addr: Option<std::net::SocketAddr>,
     pub endpoint: String,
     /// A `tokens:platform` token for account `acme`, owner `ops`.
     pub platform: String,
@@ -266,6 +268,7 @@ pub async fn start_unready(config: Config, dir: Option<tempfile::TempDir>) -> Te
     let port = app.port();
     let health = app.health();
     let metrics_addr = app.metrics_addr();
+    let http_addr = app.http_addr();
     let Services {
         store,
         usage,
@@ -286,6 +289,7 @@ pub async fn start_unready(config: Config, dir: Option<tempfile::TempDir>) -> Te
     TestApp {
         port,
         metrics_addr,
+        http_addr,
         endpoint: format!("http://127.0.0.1:{port}"),
         platform,
         store,

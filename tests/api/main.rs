@@ -9,6 +9,7 @@ mod bad_input;
 mod cache;
 mod day_two;
 mod follower;
+mod gateways;
 mod lifecycle;
 mod limits;
 mod logs;

@@ -1,14 +1,14 @@
 //! The whole run: cache-hit Validate against Health/Check in interleaved
 //! rounds and the wrong-secret and mixed floods (here), then the restart
-//! phase (`restart`), the TLS phase (`tls`) and memory per cached token
-//! (`memory`), and one summary.
+//! phase (`restart`), the TLS phase (`tls`), the gateway phase (`gateway`)
+//! and memory per cached token (`memory`), and one summary.
 
 use std::{fs, io::Write, time::Instant};
 
 use tokend::domain::TokenValue;
 
 use crate::{
-    HOT_TOKENS, LOAD_PROCESSES, STREAMS,
+    HOT_TOKENS, LOAD_PROCESSES, STREAMS, gateway,
     load::{
         FLOOD_ROUNDS, Load, ROUNDS, WARM_UP_SECONDS, combine, disturbed_pair,
         health_and_validate_loads, interleaved, show, summary_line, validate_body,
@@ -154,6 +154,9 @@ pub async fn run(quick: bool) {
     let tls_rounds = if quick { 2 } else { tls::TLS_ROUNDS };
     let tls_ratios = tls::run(dir, tls_rounds, seconds).await;
 
+    let gateway_rounds = if quick { 2 } else { gateway::GATEWAY_ROUNDS };
+    let gateways = gateway::run(dir, gateway_rounds, seconds).await;
+
     println!("\n== Memory: 1,000,000 cached tokens, in a fresh process");
     let per_token = memory_in_child();
 
@@ -173,6 +176,7 @@ pub async fn run(quick: bool) {
         "(no target)",
     );
     tls::summary(&tls_ratios);
+    gateway::summary(&gateways);
     println!(
         "{:<56} {per_token:.0}  target <= 512",
         "bytes per cached token (RSS growth / entries)"

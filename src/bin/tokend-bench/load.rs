@@ -217,6 +217,24 @@ pub fn interleaved(
     seconds: u32,
     dir: &Path,
 ) -> Vec<(f64, f64)> {
+    interleaved_vs(
+        server, caller, health, validate, "Validate", rounds, seconds, dir,
+    )
+}
+
+/// As `interleaved`, for any RPC load (`subject`, named `label`) against
+/// the Health/Check load.
+#[allow(clippy::too_many_arguments)]
+pub fn interleaved_vs(
+    server: &Server,
+    caller: &str,
+    health: &[Load],
+    subject: &[Load],
+    label: &str,
+    rounds: usize,
+    seconds: u32,
+    dir: &Path,
+) -> Vec<(f64, f64)> {
     let mut ratios = Vec::new();
     for round in 1..=rounds {
         let first_health = !round.is_multiple_of(2);
@@ -230,15 +248,15 @@ pub fn interleaved(
         };
         let (h, v) = if first_health {
             let h = run(health);
-            (h, run(validate))
+            (h, run(subject))
         } else {
-            let v = run(validate);
+            let v = run(subject);
             (run(health), v)
         };
         show(&format!("round {round}: Health/Check"), &h);
-        show(&format!("round {round}: Validate"), &v);
+        show(&format!("round {round}: {label}"), &v);
         println!(
-            "round {round}: Validate/Health throughput ratio {:.3}, p99 ratio {:.3}",
+            "round {round}: {label}/Health throughput ratio {:.3}, p99 ratio {:.3}",
             v.rps / h.rps,
             v.p99_ms / h.p99_ms
         );

@@ -11,6 +11,8 @@
 //! - `restart`: Validate through restarts, miss latency, start-up with a
 //!   million tokens (`startup`), a flood on a cold id;
 //! - `tls`: the Validate vs Health/Check comparison over TLS;
+//! - `gateway`: ext_authz Check vs Health/Check, and forward-auth through
+//!   real nginx against the same nginx without auth;
 //! - `memory`: memory per cached token, in a child process;
 //! - `search`: Search at a million tokens (SQLite, and PostgreSQL with
 //!   `--postgres URL`) and the write cost of the search indexes.
@@ -24,6 +26,7 @@
 //!        `target/release/tokend-bench restart [--quick]`
 //!        `target/release/tokend-bench startup [TOKENS]`
 //!        `target/release/tokend-bench tls [--quick]`
+//!        `target/release/tokend-bench gateway [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
 //!        `target/release/tokend-bench move [TOKENS]`
 //!        `target/release/tokend-bench backup [TOKENS]`
@@ -36,6 +39,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod backup;
+mod gateway;
 mod hot;
 mod load;
 mod memory;
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             let _ = std::fs::remove_dir_all(&dir);
         }),
         Some("tls") => rt.block_on(tls::alone(quick)),
+        Some("gateway") => rt.block_on(gateway::alone(quick)),
         _ => rt.block_on(hot::run(quick)),
     }
     ExitCode::SUCCESS

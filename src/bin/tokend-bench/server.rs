@@ -186,7 +186,7 @@ async fn start(
 
 /// The port in the `addr=127.0.0.1:PORT` of the first log line containing
 /// `marker`.
-fn logged_port(log: &str, marker: &str) -> Option<u16> {
+pub fn logged_port(log: &str, marker: &str) -> Option<u16> {
     let line = log.lines().find(|l| l.contains(marker))?;
     let addr = line
         .split_whitespace()
