@@ -275,12 +275,23 @@ async fn mtls_requires_a_client_certificate_from_the_configured_ca() {
             .await
             .expect_err("a certificate from another CA was accepted");
     }
-    let logs = helpers::captured_logs();
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("TLS handshake failed") && l.contains("UnknownIssuer")),
-        "the server did not refuse the other CA's certificate for its issuer"
-    );
+    // The client may see the refusal before the server has logged it: wait
+    // for the line rather than read the log once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let logs = helpers::captured_logs();
+        if logs
+            .lines()
+            .any(|l| l.contains("TLS handshake failed") && l.contains("UnknownIssuer"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not refuse the other CA's certificate for its issuer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     println!(
         "mTLS refusals as grpcurl saw them:\n  {}\n  {}",
         none.stderr.trim(),
