@@ -132,7 +132,7 @@ fn metadata(n: usize, key_len: usize, value_len: usize) -> HashMap<String, Strin
 #[tokio::test]
 async fn issue_rejects_each_bad_field_and_writes_nothing() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let before = counts(&mut client, &p).await;
 
@@ -397,7 +397,7 @@ async fn issue_rejects_each_bad_field_and_writes_nothing() {
 #[tokio::test]
 async fn update_rejects_bad_masks_and_fields_and_writes_nothing() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let id = issue(&mut client, &p, base()).await.unwrap();
     let original = client
@@ -593,7 +593,7 @@ async fn update_rejects_bad_masks_and_fields_and_writes_nothing() {
 #[tokio::test]
 async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let id = issue(&mut client, &p, base()).await.unwrap();
     let before = counts(&mut client, &p).await;
@@ -792,7 +792,7 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
 #[tokio::test]
 async fn validate_rejects_oversized_values_and_bad_required_modules() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let (_, value) = app.token_for("acme", "alice", &["x"]).await;
     let validate = |token: String, required: Vec<String>| pb::ValidateRequest {
@@ -840,7 +840,7 @@ async fn validate_rejects_oversized_values_and_bad_required_modules() {
 #[tokio::test]
 async fn search_and_list_events_reject_bad_filters_and_pages() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let t = Some(ts(Utc::now()));
     let s = pb::SearchRequest::default;
@@ -1118,7 +1118,7 @@ async fn search_and_list_events_reject_bad_filters_and_pages() {
 #[tokio::test]
 async fn requests_without_valid_credentials_are_unauthenticated_before_input_checks() {
     let app: TestApp = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     // Bad input and no credential: the credential is checked first.
     let err = client
         .issue(tonic::Request::new(pb::IssueRequest::default()))

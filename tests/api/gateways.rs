@@ -133,7 +133,7 @@ async fn fixture(adjust: impl FnOnce(&mut tokend::config::Config)) -> Fixture {
     let disabled = issue(&app, "carol", &["billing:read"], "").await;
     let revoked = issue(&app, "dave", &["billing:read"], "").await;
     let unprivileged = issue(&app, "eve", &["billing:read"], "").await.1;
-    let mut client = app.client().await;
+    let mut client = app.client();
     client
         .set_state(authed(
             &app.platform,
@@ -469,7 +469,7 @@ async fn ext_authz_check_allows_denies_and_refuses_like_envoy_expects() {
     );
 
     // Same path as Validate: an allowed Check records the token's last use.
-    let mut client = f.app.client().await;
+    let mut client = f.app.client();
     let mut last_used = None;
     for _ in 0..60 {
         let token = client
@@ -583,7 +583,6 @@ async fn a_revoke_on_one_replica_denies_on_every_replicas_ext_authz() {
     let code = |r: CheckResponse| r.status.unwrap().code;
     assert_eq!(code(on_b.check(request()).await.unwrap().into_inner()), 0);
     a.client()
-        .await
         .revoke(authed(
             &a.platform,
             pb::RevokeRequest {
@@ -1113,7 +1112,6 @@ async fn through_the_proxy(f: &Fixture, proxy: &Proxy, name: &str) {
     );
     f.app
         .client()
-        .await
         .revoke(authed(
             &f.app.platform,
             pb::RevokeRequest {

@@ -104,7 +104,7 @@ async fn duplicate(client: &mut Client, caller: &str, id: &str) -> Result<String
 #[tokio::test]
 async fn the_per_owner_limit_counts_live_tokens_only() {
     let app = limited().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
 
     let mut ids = Vec::new();
@@ -195,7 +195,7 @@ async fn the_per_owner_limit_counts_live_tokens_only() {
 #[tokio::test]
 async fn a_self_callers_own_credential_counts_against_its_limit() {
     let app = limited().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let (_, alice) = app.token_for("acme", "alice", &["tokens:self"]).await;
     issue(&mut client, &alice, "", "").await.unwrap();
     issue(&mut client, &alice, "", "").await.unwrap();
@@ -207,7 +207,7 @@ async fn a_self_callers_own_credential_counts_against_its_limit() {
 }
 
 async fn race(app: &TestApp, owner: &str, n: usize) -> (usize, usize) {
-    let client = app.client().await;
+    let client = app.client();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
         let mut c = client.clone();
@@ -229,7 +229,7 @@ async fn race(app: &TestApp, owner: &str, n: usize) -> (usize, usize) {
 #[tokio::test]
 async fn concurrent_issues_never_exceed_the_limit() {
     let app = limited().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     assert_eq!(race(&app, "racer", 10).await, (3, 7));
     assert_eq!(live_count(&mut client, &p, "acme", "racer").await, 3);

@@ -58,7 +58,7 @@ async fn verifiers(app: &TestApp, id: &str) -> Vec<String> {
 #[tokio::test]
 async fn no_secret_value_or_hash_reaches_the_logs() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let mut values = vec![p.clone()];
     let mut ids = vec![id_of(&p)];

@@ -46,7 +46,7 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
         helpers::spawn_app_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let metrics = app.metrics_addr.expect("metrics listener");
     let p = app.platform.clone();
-    let mut c = app.client().await;
+    let mut c = app.client();
 
     // Every TokenService RPC, some failing on purpose.
     let (id, value) = app.token_for("acme", "alice", &["svc:read"]).await;

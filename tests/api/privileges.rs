@@ -267,7 +267,7 @@ impl Env {
     async fn new() -> Self {
         // Every cell adds tokens for the same four owners.
         let app = spawn_app_with(|c| c.max_tokens_per_owner = 1000).await;
-        let client = app.client().await;
+        let client = app.client();
         let mut callers = Vec::new();
         for who in WHOS {
             let (id, value) = app.token_for(ACCOUNT, OWNER, who.modules()).await;
@@ -987,7 +987,7 @@ async fn all_unauthenticated(
 #[tokio::test]
 async fn bad_credentials_are_unauthenticated() {
     let app = spawn_app().await;
-    let mut c = app.client().await;
+    let mut c = app.client();
     let root = app.platform.clone();
     let (probe_id, probe) = app.token_for(ACCOUNT, "probe", &["billing:read"]).await;
 
@@ -1154,7 +1154,7 @@ async fn bad_credentials_are_unauthenticated() {
 #[tokio::test]
 async fn self_caller_disabling_its_own_credential_is_locked_out() {
     let app = spawn_app().await;
-    let mut c = app.client().await;
+    let mut c = app.client();
     let (id, cred) = app.token_for(ACCOUNT, OWNER, &["tokens:self"]).await;
 
     let t = c
@@ -1226,7 +1226,7 @@ async fn self_caller_disabling_its_own_credential_is_locked_out() {
 #[tokio::test]
 async fn revoke_by_value_works_from_another_account() {
     let app = spawn_app().await;
-    let mut c = app.client().await;
+    let mut c = app.client();
     let (finder_id, finder) = app
         .token_for(OTHER_ACCOUNT, "finder", &["tokens:self"])
         .await;

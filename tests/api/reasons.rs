@@ -193,7 +193,6 @@ async fn unknown_ids_and_wrong_secrets_are_unknown() {
     // The value from before a Rotate without grace.
     let r = app
         .client()
-        .await
         .rotate(authed(
             &app.platform,
             pb::RotateRequest {
@@ -219,7 +218,7 @@ async fn unknown_ids_and_wrong_secrets_are_unknown() {
 #[tokio::test]
 async fn disabled_revoked_and_expired_carry_the_token_fields() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
 
@@ -305,7 +304,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
 #[tokio::test]
 async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let soon = Utc::now() + chrono::Duration::milliseconds(1000);
     let soon = DateTime::from_timestamp_micros(soon.timestamp_micros()).unwrap();
@@ -382,7 +381,6 @@ async fn previous_secret_within_grace_validates_with_fields() {
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let (id, old) = rich_token(&app, far).await;
     app.client()
-        .await
         .rotate(authed(
             &app.platform,
             pb::RotateRequest {
@@ -430,7 +428,6 @@ async fn callers_scope_and_value_size() {
     // tokens:self alone may not validate.
     let err = app
         .client()
-        .await
         .validate(authed(
             &selfish,
             pb::ValidateRequest {
@@ -446,7 +443,6 @@ async fn callers_scope_and_value_size() {
     for long in ["a".repeat(513), format!("{value}{}", "a".repeat(513))] {
         let err = app
             .client()
-            .await
             .validate(authed(
                 &validator,
                 pb::ValidateRequest {
@@ -472,7 +468,7 @@ async fn callers_scope_and_value_size() {
 #[tokio::test]
 async fn an_expired_token_validates_again_once_its_expiry_is_cleared_or_moved() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let soon = Utc::now() + chrono::Duration::milliseconds(1000);
     let soon = DateTime::from_timestamp_micros(soon.timestamp_micros()).unwrap();

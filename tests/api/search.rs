@@ -147,7 +147,7 @@ fn assert_invalid(err: &tonic::Status, field: &str) {
 #[tokio::test]
 async fn every_filter_alone_and_combined() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let (boss_id, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
 
@@ -633,7 +633,7 @@ async fn every_filter_alone_and_combined() {
 #[tokio::test]
 async fn query_with_a_token_value_matches_only_that_token_when_the_secret_verifies() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let (a, a_value) = issue(&app, &p, "acme", "alice", "alpha", &[]).await;
     let (b, b_value) = issue(&app, &p, "acme", "alice", "beta", &[]).await;
@@ -728,7 +728,7 @@ async fn query_with_a_token_value_matches_only_that_token_when_the_secret_verifi
 #[tokio::test]
 async fn last_used_filters_see_flushed_use_and_never_used_counts_as_stale() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let (u1, v1) = issue(&app, &p, "acme", "lu", "u1", &[]).await;
@@ -803,7 +803,7 @@ async fn last_used_filters_see_flushed_use_and_never_used_counts_as_stale() {
 #[tokio::test]
 async fn pagination_returns_every_token_once_and_is_stable() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let by = |owner: &str, size: i32| pb::SearchRequest {
         owner_id: owner.into(),
@@ -937,7 +937,7 @@ async fn pagination_returns_every_token_once_and_is_stable() {
 #[tokio::test]
 async fn page_size_defaults_to_50_and_is_bounded() {
     let app = spawn_app().await;
-    let client = app.client().await;
+    let client = app.client();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..51 {
         let mut c = client.clone();
@@ -1047,7 +1047,7 @@ async fn page_size_defaults_to_50_and_is_bounded() {
 #[tokio::test]
 async fn search_is_scoped_to_the_caller() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let p = app.platform.clone();
     let (alice_id, alice) = app.token_for("acme", "alice", &["tokens:self"]).await;
     let (boss_id, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
@@ -1100,7 +1100,7 @@ async fn search_is_scoped_to_the_caller() {
 #[tokio::test]
 async fn page_size_may_change_between_pages() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     for i in 0..5 {
         app.token_for("acme", &format!("pager-{i}"), &["x:read"])
             .await;

@@ -403,7 +403,7 @@ async fn every_listed_filter_combination_is_index_served_on_sqlite() {
 // ---------------------------------------------------------------------------
 
 async fn names_found(app: &TestApp, query: &str) -> Vec<String> {
-    let mut c = app.client().await;
+    let mut c = app.client();
     let mut names: Vec<String> = c
         .search(authed(
             &app.platform,
@@ -438,7 +438,7 @@ async fn unicode_matching(app: &TestApp, with_fts: bool) {
         "50% off_sale\\x",
         "Ж-key [prod]*?",
     ];
-    let mut c = app.client().await;
+    let mut c = app.client();
     for name in names {
         c.issue(authed(
             &app.platform,
@@ -522,7 +522,6 @@ async fn name_search_is_unicode_aware_on_postgres() {
 
 async fn search(app: &TestApp, req: pb::SearchRequest) -> pb::SearchResponse {
     app.client()
-        .await
         .search(authed(&app.platform, req))
         .await
         .unwrap()
@@ -551,7 +550,7 @@ async fn all_pages(app: &TestApp, mut req: pb::SearchRequest) -> (Vec<String>, O
 }
 
 async fn totals_and_write_paths(app: &TestApp) {
-    let mut c = app.client().await;
+    let mut c = app.client();
     let mut issued = Vec::new();
     for (i, (name, modules)) in [
         ("Deploy CI", vec!["billing:read"]),

@@ -7,7 +7,7 @@ use crate::helpers::{authed, spawn_app};
 #[tokio::test]
 async fn issue_validate_disable_search_revoke() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.client();
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
 
     let issued = app

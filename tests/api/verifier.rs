@@ -122,7 +122,7 @@ async fn a_restart_keeps_every_token_valid_without_argon2() {
         );
         expected.push(pb::Reason::Valid);
     }
-    let mut client = first.client().await;
+    let mut client = first.client();
     // One disabled, one rotated with a grace period (both values valid).
     client
         .set_state(authed(
@@ -210,7 +210,7 @@ async fn the_sqlite_key_file_is_created_private_once_and_reused() {
         text,
         "never overwritten"
     );
-    let mut client = again.client().await;
+    let mut client = again.client();
     assert!(validate(&mut client, &again.platform, &value).await.valid);
     assert_eq!(
         verifications(&again),
@@ -255,7 +255,7 @@ async fn a_store_from_the_previous_release_upgrades_and_its_tokens_validate() {
             },
         ),
     ];
-    let mut client = app.client().await;
+    let mut client = app.client();
     let r = validate(&mut client, gateway, &values["active"]).await;
     assert!(r.valid, "{r:?}");
     assert_eq!(r.modules, vec!["billing:read".to_owned()]);
@@ -284,7 +284,7 @@ async fn a_store_from_the_previous_release_upgrades_and_its_tokens_validate() {
 
     for warm in [true, false] {
         let app = db.spawn(|c| c.warm_start = warm).await;
-        let mut client = app.client().await;
+        let mut client = app.client();
         for (name, reason) in &cases {
             let r = validate(&mut client, gateway, &values[*name]).await;
             assert_eq!(r.reason(), *reason, "{name} after the upgrade");
@@ -325,7 +325,7 @@ async fn a_key_rotation_needs_no_argon2_while_the_old_key_is_listed() {
     let rotating = db
         .spawn(|c| c.verifier_key_file = Some(b_then_a.clone()))
         .await;
-    let mut client = rotating.client().await;
+    let mut client = rotating.client();
     for _ in 0..3 {
         assert!(validate(&mut client, &gateway, &used).await.valid);
     }
@@ -346,7 +346,7 @@ async fn a_key_rotation_needs_no_argon2_while_the_old_key_is_listed() {
     let dropped = db
         .spawn_cold(|c| c.verifier_key_file = Some(only_b.clone()))
         .await;
-    let mut client = dropped.client().await;
+    let mut client = dropped.client();
     // The gateway's own credential was used during the rotation: re-keyed.
     assert!(validate(&mut client, &gateway, &used).await.valid);
     assert_eq!(verifications(&dropped), 0);
@@ -360,7 +360,7 @@ async fn a_key_rotation_needs_no_argon2_while_the_old_key_is_listed() {
     let healed = db
         .spawn_cold(|c| c.verifier_key_file = Some(only_b.clone()))
         .await;
-    let mut client = healed.client().await;
+    let mut client = healed.client();
     assert!(validate(&mut client, &gateway, &idle).await.valid);
     assert_eq!(verifications(&healed), 0, "healed");
     healed.stop().await;
@@ -453,7 +453,7 @@ async fn imported_tokens_validate_with_their_events_and_quotas() {
         .import_tokens(&tokens, &actor, "test import")
         .await
         .unwrap();
-    let mut client = first.client().await;
+    let mut client = first.client();
     for v in &values {
         assert!(validate(&mut client, &first.platform, v).await.valid);
     }
@@ -477,7 +477,7 @@ async fn imported_tokens_validate_with_their_events_and_quotas() {
     // more Issue fits and the next is refused.
     first.stop().await;
     let limited = db.spawn(|c| c.max_tokens_per_owner = 4).await;
-    let mut client = limited.client().await;
+    let mut client = limited.client();
     let issue = |n: &str| pb::IssueRequest {
         owner_id: "imported".into(),
         name: n.into(),
@@ -533,7 +533,7 @@ async fn a_tampered_stored_verifier_does_not_validate() {
 
     for warm in [true, false] {
         let app = db.spawn(|c| c.warm_start = warm).await;
-        let mut client = app.client().await;
+        let mut client = app.client();
         for (name, value) in [("flipped bit", &a), ("copied verifier", &b)] {
             let r = validate(&mut client, &gateway, value).await;
             assert!(!r.valid, "{name}: {r:?}");
@@ -666,7 +666,7 @@ async fn a_warm_start_on_postgres_misses_no_change_committed_during_the_load() {
 
     let replica = helpers::start_unready(helpers::test_config(url.clone()), None).await;
     // Revoke the real tokens one by one while the replica loads.
-    let mut client = writer.client().await;
+    let mut client = writer.client();
     let mut revoked_while_loading = 0;
     for (id, _) in &real {
         client
