@@ -26,10 +26,7 @@ async fn issue(
             },
         )
         .await
-        .map(|r| {
-            let r = r;
-            (r.token.unwrap().id, r.secret)
-        })
+        .map(|r| (r.token.unwrap().id, r.secret))
 }
 
 async fn live_count(client: &Api, caller: &str, account: &str, owner: &str) -> usize {
