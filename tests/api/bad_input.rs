@@ -65,33 +65,14 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
     })
 }
 
+/// (tokens, events) the caller sees, revoked tokens included.
 async fn counts(client: &Api, caller: &str) -> (usize, usize) {
-    let tokens = client
-        .search(
-            caller,
-            pb::SearchRequest {
-                include_revoked: true,
-                page_size: 500,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .tokens
-        .len();
-    let events = client
-        .list_events(
-            caller,
-            pb::ListEventsRequest {
-                page_size: 500,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .events
-        .len();
-    (tokens, events)
+    let req = pb::SearchRequest {
+        include_revoked: true,
+        ..Default::default()
+    };
+    let tokens = client.search_ids(caller, req).await.len();
+    (tokens, client.events(caller, "").await.len())
 }
 
 async fn issue(client: &Api, caller: &str, req: pb::IssueRequest) -> Result<String, tonic::Status> {

@@ -138,10 +138,9 @@ async fn issue_many(
             modules: modules.iter().map(|m| (*m).to_owned()).collect(),
             ..Default::default()
         };
-        tasks.push(tokio::spawn(async move {
-            let r = client.issue(&platform, req).await.expect("Issue");
-            (r.token.unwrap().id, r.secret)
-        }));
+        tasks.push(tokio::spawn(
+            async move { client.issued(&platform, req).await },
+        ));
     }
     let mut out = Vec::new();
     for t in tasks {

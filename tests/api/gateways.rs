@@ -95,20 +95,18 @@ async fn issue_expiring(
     api_version: &str,
     expires_at: Option<prost_types::Timestamp>,
 ) -> (String, String) {
-    let r = app
-        .issue_as(
-            &app.platform,
-            pb::IssueRequest {
-                owner_id: owner.into(),
-                name: format!("{owner} token"),
-                modules: modules.iter().map(|m| (*m).to_owned()).collect(),
-                api_version: api_version.into(),
-                expires_at,
-                ..Default::default()
-            },
-        )
-        .await;
-    (r.token.unwrap().id, r.secret)
+    app.issued(
+        &app.platform,
+        pb::IssueRequest {
+            owner_id: owner.into(),
+            name: format!("{owner} token"),
+            modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+            api_version: api_version.into(),
+            expires_at,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 async fn fixture(adjust: impl FnOnce(&mut tokend::config::Config)) -> Fixture {

@@ -486,6 +486,12 @@ impl Api {
 
     // Shorthands for the requests most tests make.
 
+    /// An Issue that must succeed: (token id, full value).
+    pub async fn issued(&self, caller: &str, req: pb::IssueRequest) -> (String, String) {
+        let r = self.issue(caller, req).await.expect("Issue");
+        (r.token.expect("Issue returns a token").id, r.secret)
+    }
+
     /// Validate of a token value with these required modules.
     pub async fn check(
         &self,

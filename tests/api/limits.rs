@@ -30,35 +30,16 @@ async fn issue(
 }
 
 async fn live_count(client: &Api, caller: &str, account: &str, owner: &str) -> usize {
-    client
-        .search(
-            caller,
-            pb::SearchRequest {
-                account_id: account.into(),
-                owner_id: owner.into(),
-                page_size: 500,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .tokens
-        .len()
+    let req = pb::SearchRequest {
+        account_id: account.into(),
+        owner_id: owner.into(),
+        ..Default::default()
+    };
+    client.search_ids(caller, req).await.len()
 }
 
 async fn event_count(client: &Api, caller: &str) -> usize {
-    client
-        .list_events(
-            caller,
-            pb::ListEventsRequest {
-                page_size: 500,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .events
-        .len()
+    client.events(caller, "").await.len()
 }
 
 fn assert_exhausted<T>(r: Result<T, tonic::Status>, what: &str) {

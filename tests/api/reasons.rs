@@ -47,22 +47,20 @@ fn assert_rejected_without_fields(v: &pb::ValidateResponse, reason: pb::Reason) 
 
 /// A token with every field set: (id, value, expires_at).
 async fn rich_token(app: &TestApp, expires_at: DateTime<Utc>) -> (String, String) {
-    let r = app
-        .issue_as(
-            &app.platform,
-            pb::IssueRequest {
-                account_id: "acme".into(),
-                owner_id: "alice".into(),
-                name: "rich".into(),
-                modules: vec!["billing:read".into(), "reports:*".into()],
-                api_version: "v7".into(),
-                metadata: HashMap::from([("team".to_owned(), "bi".to_owned())]),
-                expires_at: Some(ts(expires_at)),
-                ..Default::default()
-            },
-        )
-        .await;
-    (r.token.unwrap().id, r.secret)
+    app.issued(
+        &app.platform,
+        pb::IssueRequest {
+            account_id: "acme".into(),
+            owner_id: "alice".into(),
+            name: "rich".into(),
+            modules: vec!["billing:read".into(), "reports:*".into()],
+            api_version: "v7".into(),
+            metadata: HashMap::from([("team".to_owned(), "bi".to_owned())]),
+            expires_at: Some(ts(expires_at)),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 fn assert_fields(v: &pb::ValidateResponse, id: &str, expires_at: DateTime<Utc>) {

@@ -89,19 +89,17 @@ async fn issue(
     name: &str,
     modules: &[&str],
 ) -> (String, String) {
-    let r = app
-        .issue_as(
-            caller,
-            pb::IssueRequest {
-                account_id: account.into(),
-                owner_id: owner.into(),
-                name: name.into(),
-                modules: modules.iter().map(|m| (*m).to_owned()).collect(),
-                ..Default::default()
-            },
-        )
-        .await;
-    (r.token.unwrap().id, r.secret)
+    app.issued(
+        caller,
+        pb::IssueRequest {
+            account_id: account.into(),
+            owner_id: owner.into(),
+            name: name.into(),
+            modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 fn states(s: &[pb::State]) -> Vec<i32> {

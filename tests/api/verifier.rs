@@ -47,18 +47,16 @@ async fn validate_all(app: &TestApp, caller: &str, values: &[String]) -> Vec<pb:
 }
 
 async fn issue(app: &TestApp, owner: &str, name: &str) -> (String, String) {
-    let r = app
-        .issue_as(
-            &app.platform,
-            pb::IssueRequest {
-                owner_id: owner.into(),
-                name: name.into(),
-                modules: vec!["billing:read".into()],
-                ..Default::default()
-            },
-        )
-        .await;
-    (r.token.unwrap().id, r.secret)
+    app.issued(
+        &app.platform,
+        pb::IssueRequest {
+            owner_id: owner.into(),
+            name: name.into(),
+            modules: vec!["billing:read".into()],
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 async fn sqlite(db: &SharedDb) -> SqliteConnection {

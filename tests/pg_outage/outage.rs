@@ -12,7 +12,7 @@ use tokend::{config::Config, pb};
 use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{self, authed, id_of};
+use crate::helpers::{self, id_of};
 use crate::postgres::{harness::*, trial::*};
 
 /// `pg_ctlcluster --skip-systemctl-redirect <version> main <action>`.
@@ -87,7 +87,7 @@ async fn while_down(n: Node, caller: String, warm: Vec<String>, stopped: Instant
     let read = modules(&["svc:read"]);
     let name = n.peer.name.clone();
     let failures = async {
-        let mut c = n.peer.client.clone();
+        let c = n.peer.client.clone();
         let prompt = |what: &str, r: Result<(), Status>, took: Duration| {
             let e = r.expect_err(&format!("{name}: {what} succeeded with the store down"));
             assert_eq!(e.code(), Code::Unavailable, "{name}: {what}: {e:?}");
@@ -99,7 +99,7 @@ async fn while_down(n: Node, caller: String, warm: Vec<String>, stopped: Instant
             took
         };
         let t = Instant::now();
-        let r = validate(&mut c, &caller, &n.cold[0], &read).await;
+        let r = validate(&c, &caller, &n.cold[0], &read).await;
         if let Ok(v) = &r {
             panic!(
                 "{name}: a miss answered {:?} with the store down",
@@ -108,18 +108,20 @@ async fn while_down(n: Node, caller: String, warm: Vec<String>, stopped: Instant
         }
         let miss = prompt("miss", r.map(|_| ()), t.elapsed());
         let t = Instant::now();
-        let r = set_state(&mut c, &caller, &n.writes[0], pb::State::Disabled, "down").await;
+        let r = c
+            .change_state(&caller, &n.writes[0], pb::State::Disabled, "down")
+            .await;
         let write = prompt("SetState", r.map(|_| ()), t.elapsed());
         let t = Instant::now();
         let r = c
-            .issue(authed(
+            .issue(
                 &caller,
                 pb::IssueRequest {
                     owner_id: "down".into(),
                     name: "during the outage".into(),
                     ..Default::default()
                 },
-            ))
+            )
             .await;
         let issue = prompt("Issue", r.map(|_| ()), t.elapsed());
         (miss, write, issue)
@@ -134,12 +136,12 @@ async fn while_down(n: Node, caller: String, warm: Vec<String>, stopped: Instant
         },
     );
     let hits = async {
-        let mut c = n.peer.client.clone();
+        let c = n.peer.client.clone();
         let (mut hits, mut slowest) = (0, Duration::ZERO);
         while stopped.elapsed() < Duration::from_millis(4500) {
             for v in &warm {
                 let t = Instant::now();
-                let r = validate(&mut c, &caller, v, &read).await;
+                let r = validate(&c, &caller, v, &read).await;
                 slowest = slowest.max(t.elapsed());
                 let r = r.unwrap_or_else(|e| panic!("{name}: a cache hit failed: {e:?}"));
                 assert_eq!(r.reason(), pb::Reason::Valid, "{name}: a cache hit");
@@ -176,9 +178,9 @@ async fn recovery(
     let c = n.peer.client.clone();
     let cold = n.cold[round].clone();
     let miss = until(ready, limit, every, || {
-        let (mut c, caller, cold, name) = (c.clone(), caller.clone(), cold.clone(), name.clone());
+        let (c, caller, cold, name) = (c.clone(), caller.clone(), cold.clone(), name.clone());
         async move {
-            match validate(&mut c, &caller, &cold, &modules(&["svc:read"])).await {
+            match validate(&c, &caller, &cold, &modules(&["svc:read"])).await {
                 Ok(v) => {
                     assert_eq!(
                         v.reason(),
@@ -196,10 +198,12 @@ async fn recovery(
     });
     let target = n.writes[round].clone();
     let write = until(ready, limit, every, || {
-        let (mut c, caller, target, name) =
-            (c.clone(), caller.clone(), target.clone(), name.clone());
+        let (c, caller, target, name) = (c.clone(), caller.clone(), target.clone(), name.clone());
         async move {
-            match set_state(&mut c, &caller, &target, pb::State::Disabled, "back").await {
+            match c
+                .change_state(&caller, &target, pb::State::Disabled, "back")
+                .await
+            {
                 Ok(t) => {
                     assert_eq!(t.state(), pb::State::Disabled);
                     true
@@ -262,12 +266,12 @@ async fn store_outage_and_restart() {
     for (n, app) in names.iter().zip(&apps) {
         peers.push(peer(n, app).await);
     }
-    let mut all: Vec<Client> = peers.iter().map(|p| p.client.clone()).collect();
+    let all: Vec<Client> = peers.iter().map(|p| p.client.clone()).collect();
     let mut a = peers[0].client.clone();
     let mut b = peers[1].client.clone();
-    let warm_set = steady_tokens(&mut a, &mut all, &caller, 6).await;
+    let warm_set = steady_tokens(&a, &all, &caller, 6).await;
     // Tokens cached everywhere, to disable after each recovery.
-    let witnesses = steady_tokens(&mut a, &mut all, &caller, 2).await;
+    let witnesses = steady_tokens(&a, &all, &caller, 2).await;
     let mut nodes = Vec::new();
     for (i, (p, app)) in peers.iter().zip(&apps).enumerate() {
         // A replica caches what it issues: cold tokens come from another one.
@@ -385,16 +389,10 @@ async fn store_outage_and_restart() {
     };
     let shared = Arc::new(Shared::default());
     let returned = {
-        let mut a = peers[0].client.clone();
-        set_state(
-            &mut a,
-            &caller,
-            &id_of(&witnesses[0]),
-            pb::State::Disabled,
-            "w",
-        )
-        .await
-        .unwrap();
+        let a = peers[0].client.clone();
+        a.change_state(&caller, &id_of(&witnesses[0]), pb::State::Disabled, "w")
+            .await
+            .unwrap();
         Instant::now()
     };
     let after_start = rejections(
@@ -454,16 +452,10 @@ async fn store_outage_and_restart() {
     }
     // A disable made after the restart reaches the other replicas.
     let returned = {
-        let mut a = peers[0].client.clone();
-        set_state(
-            &mut a,
-            &caller,
-            &id_of(&witnesses[1]),
-            pb::State::Disabled,
-            "w",
-        )
-        .await
-        .unwrap();
+        let a = peers[0].client.clone();
+        a.change_state(&caller, &id_of(&witnesses[1]), pb::State::Disabled, "w")
+            .await
+            .unwrap();
         Instant::now()
     };
     let after_restart = rejections(

@@ -103,12 +103,12 @@ async fn name_search_uses_the_trigram_index_on_a_reused_connection() {
     )
     .await;
     exec(&mut conn, "VACUUM ANALYZE tokens").await;
-    let mut c = client(&app).await;
+    let c = client(&app);
     // Selective name fragments, as people search for a token they know.
     let queries = ["c0ffee", "ab12", "e3f4", "9a8b", "d00d", "beef", "c0ffee"];
     for q in queries {
         search_ids(
-            &mut c,
+            &c,
             &app.platform,
             pb::SearchRequest {
                 account_id: "acme".into(),

@@ -12,7 +12,7 @@ use tokend::pb;
 use tonic::Code;
 
 use super::harness::*;
-use crate::helpers::{self, TestApp, authed, id_of, ts};
+use crate::helpers::{self, TestApp, id_of, ts};
 
 /// Maps token ids to stable labels so transcripts of two runs compare.
 #[derive(Default)]
@@ -58,7 +58,7 @@ fn normalized(t: &pb::Token, labels: &Labels) -> String {
 /// Walks the whole API on one server; asserts the contract on the way and
 /// returns a transcript (labels instead of ids, no timestamps).
 async fn basics(app: &TestApp) -> Vec<String> {
-    let mut c = client(app).await;
+    let c = client(app);
     let p = app.platform.clone();
     let mut out = Vec::new();
     let mut l = Labels::default();
@@ -70,7 +70,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
 
     // Issue.
     let (a, a_value) = issue(
-        &mut c,
+        &c,
         &p,
         pb::IssueRequest {
             owner_id: "alice".into(),
@@ -100,7 +100,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
     );
     assert!(a.created_at.is_some() && a.last_used_at.is_none() && a.expires_at.is_none());
     let (b, b_value) = issue(
-        &mut c,
+        &c,
         &admin,
         pb::IssueRequest {
             owner_id: "bob".into(),
@@ -116,7 +116,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
         ("acme", "boss")
     );
     let (cc, c_value) = issue(
-        &mut c,
+        &c,
         &p,
         pb::IssueRequest {
             owner_id: "alice".into(),
@@ -128,7 +128,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
     .await;
     l.add(&cc.id, "c");
     let (d, _) = issue(
-        &mut c,
+        &c,
         &p,
         pb::IssueRequest {
             account_id: "globex".into(),
@@ -144,15 +144,15 @@ async fn basics(app: &TestApp) -> Vec<String> {
         name: name.into(),
         ..Default::default()
     };
-    let (e, _) = issue(&mut c, &p, alice("a_b")).await;
+    let (e, _) = issue(&c, &p, alice("a_b")).await;
     l.add(&e.id, "e");
-    let (f, f_value) = issue(&mut c, &p, alice("axb")).await;
+    let (f, f_value) = issue(&c, &p, alice("axb")).await;
     l.add(&f.id, "f");
-    let (g, _) = issue(&mut c, &p, alice("Gamma never used")).await;
+    let (g, _) = issue(&c, &p, alice("Gamma never used")).await;
     l.add(&g.id, "g");
     let expires = Utc::now() + chrono::Duration::milliseconds(1200);
     let (x, x_value) = issue(
-        &mut c,
+        &c,
         &p,
         pb::IssueRequest {
             owner_id: "carol".into(),
@@ -166,7 +166,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
     assert!(x.expires_at.is_some() && !x.expired);
 
     // Validate.
-    let v = validate(&mut c, &val, &a_value, &[]).await.unwrap();
+    let v = validate(&c, &val, &a_value, &[]).await.unwrap();
     assert!(v.valid);
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(
@@ -216,7 +216,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
         ("x", x_value.clone(), vec![], pb::Reason::Valid),
     ];
     for (what, value, required, expected) in checks {
-        let v = validate(&mut c, &val, &value, &modules(&required))
+        let v = validate(&c, &val, &value, &modules(&required))
             .await
             .unwrap();
         assert_eq!(v.reason(), expected, "{what}");
@@ -228,7 +228,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
 
     // Update.
     let a2 = update(
-        &mut c,
+        &c,
         &p,
         pb::UpdateRequest {
             id: a.id.clone(),
@@ -249,7 +249,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
     assert_eq!(a2.description, "deploys");
     // Nothing changes: no event.
     update(
-        &mut c,
+        &c,
         &p,
         pb::UpdateRequest {
             id: a.id.clone(),
@@ -261,72 +261,67 @@ async fn basics(app: &TestApp) -> Vec<String> {
     .await
     .unwrap();
     assert_eq!(
-        reason(&mut c, &val, &a_value, &["x_y"]).await,
+        c.reason(&val, &a_value, &["x_y"]).await,
         pb::Reason::MissingModules
     );
-    let v = validate(&mut c, &val, &a_value, &modules(&["billing:read"]))
+    let v = validate(&c, &val, &a_value, &modules(&["billing:read"]))
         .await
         .unwrap();
     assert!(v.valid);
     assert_eq!(v.metadata["team"], "core");
 
     // SetState.
-    let t = set_state(&mut c, &p, &b.id, pb::State::Disabled, "audit")
+    let t = c
+        .change_state(&p, &b.id, pb::State::Disabled, "audit")
         .await
         .unwrap();
     assert_eq!(t.state(), pb::State::Disabled);
     assert!(t.disabled_at.is_some());
     assert_eq!(t.state_reason, "audit");
-    let v = validate(&mut c, &val, &b_value, &[]).await.unwrap();
+    let v = validate(&c, &val, &b_value, &[]).await.unwrap();
     assert_eq!((v.valid, v.reason()), (false, pb::Reason::Disabled));
     assert_eq!(v.token_id, b.id);
-    set_state(&mut c, &p, &b.id, pb::State::Disabled, "audit")
+    c.change_state(&p, &b.id, pb::State::Disabled, "audit")
         .await
         .unwrap();
-    let t = set_state(&mut c, &p, &b.id, pb::State::Active, "ok")
+    let t = c
+        .change_state(&p, &b.id, pb::State::Active, "ok")
         .await
         .unwrap();
     assert_eq!(t.state(), pb::State::Active);
     assert!(t.disabled_at.is_none());
-    assert_eq!(reason(&mut c, &val, &b_value, &[]).await, pb::Reason::Valid);
-    set_state(&mut c, &p, &b.id, pb::State::Disabled, "final")
+    assert_eq!(c.reason(&val, &b_value, &[]).await, pb::Reason::Valid);
+    c.change_state(&p, &b.id, pb::State::Disabled, "final")
         .await
         .unwrap();
-    assert_eq!(
-        reason(&mut c, &val, &b_value, &[]).await,
-        pb::Reason::Disabled
-    );
+    assert_eq!(c.reason(&val, &b_value, &[]).await, pb::Reason::Disabled);
 
     // Rotate with a grace period, and without.
-    let (a3, a_new) = rotate(&mut c, &p, &a.id, Some(Duration::from_secs(1)))
+    let (a3, a_new) = rotate(&c, &p, &a.id, Some(Duration::from_secs(1)))
         .await
         .unwrap();
     let grace_end = Instant::now() + Duration::from_secs(1);
     assert_eq!(a3.id, a.id);
     assert!(a3.previous_secret_expires_at.is_some());
     assert_ne!(a_new, a_value);
-    assert_eq!(reason(&mut c, &val, &a_value, &[]).await, pb::Reason::Valid);
-    assert_eq!(reason(&mut c, &val, &a_new, &[]).await, pb::Reason::Valid);
-    let (c2, c_new) = rotate(&mut c, &p, &cc.id, None).await.unwrap();
+    assert_eq!(c.reason(&val, &a_value, &[]).await, pb::Reason::Valid);
+    assert_eq!(c.reason(&val, &a_new, &[]).await, pb::Reason::Valid);
+    let (c2, c_new) = rotate(&c, &p, &cc.id, None).await.unwrap();
     assert!(c2.previous_secret_expires_at.is_none());
-    assert_eq!(
-        reason(&mut c, &val, &c_value, &[]).await,
-        pb::Reason::Unknown
-    );
-    assert_eq!(reason(&mut c, &val, &c_new, &[]).await, pb::Reason::Valid);
+    assert_eq!(c.reason(&val, &c_value, &[]).await, pb::Reason::Unknown);
+    assert_eq!(c.reason(&val, &c_new, &[]).await, pb::Reason::Valid);
 
     // Duplicate.
     let r = c
-        .duplicate(authed(
+        .duplicate(
             &p,
             pb::DuplicateRequest {
                 id: a.id.clone(),
                 name: String::new(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let (copy, copy_value) = (r.token.unwrap(), r.secret);
     l.add(&copy.id, "copy");
     assert_ne!(copy.id, a.id);
@@ -345,45 +340,42 @@ async fn basics(app: &TestApp) -> Vec<String> {
     assert_eq!(copy.metadata, a2.metadata);
 
     // Revoke by id (idempotent) and by value.
-    let t = revoke_id(&mut c, &p, &e.id).await.unwrap();
+    let t = revoke_id(&c, &p, &e.id).await.unwrap();
     assert_eq!(t.state(), pb::State::Revoked);
     assert!(t.revoked_at.is_some());
-    let again = revoke_id(&mut c, &p, &e.id).await.unwrap();
+    let again = revoke_id(&c, &p, &e.id).await.unwrap();
     assert_eq!(
         (again.state(), again.revoked_at),
         (pb::State::Revoked, t.revoked_at)
     );
-    let err = set_state(&mut c, &p, &e.id, pb::State::Active, "")
+    let err = c
+        .change_state(&p, &e.id, pb::State::Active, "")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let t = c
-        .revoke(authed(
+        .revoke(
             &p,
             pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Token(f_value.clone())),
                 reason: String::new(),
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert_eq!(
         (t.id.as_str(), t.state()),
         (f.id.as_str(), pb::State::Revoked)
     );
-    assert_eq!(
-        reason(&mut c, &val, &f_value, &[]).await,
-        pb::Reason::Revoked
-    );
+    assert_eq!(c.reason(&val, &f_value, &[]).await, pb::Reason::Revoked);
 
     // Pagination fodder.
     let mut pager = Vec::new();
     for i in 0..7 {
         let (t, _) = issue(
-            &mut c,
+            &c,
             &p,
             pb::IssueRequest {
                 owner_id: "pager".into(),
@@ -400,22 +392,18 @@ async fn basics(app: &TestApp) -> Vec<String> {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let lu0 = Utc::now();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(
-        reason(&mut c, &val, &copy_value, &[]).await,
-        pb::Reason::Valid
-    );
+    assert_eq!(c.reason(&val, &copy_value, &[]).await, pb::Reason::Valid);
     let flushed = until(
         Instant::now(),
         Duration::from_secs(3),
         Duration::from_millis(50),
         || {
-            let mut c = c.clone();
+            let c = c.clone();
             let (p, id) = (p.clone(), copy.id.clone());
             async move {
-                c.get(authed(&p, pb::GetRequest { id }))
+                c.get(&p, pb::GetRequest { id })
                     .await
                     .unwrap()
-                    .into_inner()
                     .token
                     .unwrap()
                     .last_used_at
@@ -497,7 +485,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
         out.push(format!("search {what}: {got:?}"));
     };
     for (what, req, expected) in cases {
-        let ids = search_ids(&mut c, &p, req).await;
+        let ids = search_ids(&c, &p, req).await;
         run(what.into(), ids, expected, &mut out);
     }
     let ranged = |after: &pb::Token, before: &pb::Token| pb::SearchRequest {
@@ -505,9 +493,9 @@ async fn basics(app: &TestApp) -> Vec<String> {
         created_before: before.created_at,
         ..Default::default()
     };
-    let ids = search_ids(&mut c, &p, ranged(&a, &d)).await;
+    let ids = search_ids(&c, &p, ranged(&a, &d)).await;
     run("created [a, d)".into(), ids, vec!["c", "b", "a"], &mut out);
-    let ids = search_ids(&mut c, &p, ranged(&b, &cc)).await;
+    let ids = search_ids(&c, &p, ranged(&b, &cc)).await;
     run("created [b, c)".into(), ids, vec!["b"], &mut out);
     let used = |after: bool| pb::SearchRequest {
         owner_id: "alice".into(),
@@ -515,9 +503,9 @@ async fn basics(app: &TestApp) -> Vec<String> {
         last_used_before: (!after).then(|| ts(lu0)),
         ..Default::default()
     };
-    let ids = search_ids(&mut c, &p, used(true)).await;
+    let ids = search_ids(&c, &p, used(true)).await;
     run("alice used since lu0".into(), ids, vec!["copy"], &mut out);
-    let ids = search_ids(&mut c, &p, used(false)).await;
+    let ids = search_ids(&c, &p, used(false)).await;
     run(
         "alice not used since lu0".into(),
         ids,
@@ -525,7 +513,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
         &mut out,
     );
     let ids = search_ids(
-        &mut c,
+        &c,
         &p,
         pb::SearchRequest {
             query: copy_value.clone(),
@@ -535,7 +523,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
     .await;
     run("query = copy's value".into(), ids, vec!["copy"], &mut out);
     let ids = search_ids(
-        &mut c,
+        &c,
         &p,
         pb::SearchRequest {
             query: wrong_secret(&copy_value),
@@ -545,7 +533,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
     .await;
     run("query = wrong secret".into(), ids, vec![], &mut out);
     let ids = search_ids(
-        &mut c,
+        &c,
         &admin,
         pb::SearchRequest {
             query: "beta".into(),
@@ -560,7 +548,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
     let mut token = String::new();
     loop {
         let r = c
-            .search(authed(
+            .search(
                 &p,
                 pb::SearchRequest {
                     owner_id: "pager".into(),
@@ -568,10 +556,9 @@ async fn basics(app: &TestApp) -> Vec<String> {
                     page_token: token.clone(),
                     ..Default::default()
                 },
-            ))
+            )
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         pages.push(l.all(&r.tokens.iter().map(|t| t.id.clone()).collect::<Vec<_>>()));
         if r.next_page_token.is_empty() {
             break;
@@ -593,12 +580,8 @@ async fn basics(app: &TestApp) -> Vec<String> {
             page_token,
         }
     };
-    let mut kinds_of = async |req: pb::ListEventsRequest| -> Vec<pb::Event> {
-        c.list_events(authed(&p, req))
-            .await
-            .unwrap()
-            .into_inner()
-            .events
+    let kinds_of = async |req: pb::ListEventsRequest| -> Vec<pb::Event> {
+        c.list_events(&p, req).await.unwrap().events
     };
     use pb::EventKind as K;
     let expectations: Vec<(&str, &str, Vec<K>)> = vec![
@@ -641,17 +624,15 @@ async fn basics(app: &TestApp) -> Vec<String> {
         ));
     }
     let first = c
-        .list_events(authed(&p, events(&b.id, "", 3, String::new())))
+        .list_events(&p, events(&b.id, "", 3, String::new()))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(first.events.len(), 3);
     assert!(!first.next_page_token.is_empty());
     let second = c
-        .list_events(authed(&p, events(&b.id, "", 3, first.next_page_token)))
+        .list_events(&p, events(&b.id, "", 3, first.next_page_token))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(second.events.len(), 1);
     assert_eq!(second.events[0].kind(), K::Issued);
     assert!(second.next_page_token.is_empty());
@@ -661,29 +642,25 @@ async fn basics(app: &TestApp) -> Vec<String> {
         .max(Instant::now() + (expires - Utc::now()).to_std().unwrap_or_default())
         .saturating_duration_since(Instant::now());
     tokio::time::sleep(wait + Duration::from_millis(100)).await;
-    let v = validate(&mut c, &val, &x_value, &[]).await.unwrap();
+    let v = validate(&c, &val, &x_value, &[]).await.unwrap();
     assert_eq!((v.valid, v.reason()), (false, pb::Reason::Expired));
     assert_eq!(v.token_id, x.id);
-    assert_eq!(
-        reason(&mut c, &val, &a_value, &[]).await,
-        pb::Reason::Unknown
-    );
-    assert_eq!(reason(&mut c, &val, &a_new, &[]).await, pb::Reason::Valid);
+    assert_eq!(c.reason(&val, &a_value, &[]).await, pb::Reason::Unknown);
+    assert_eq!(c.reason(&val, &a_new, &[]).await, pb::Reason::Valid);
     out.push("after grace and expiry: x Expired, a old Unknown, a new Valid".into());
 
     // Every record, normalized.
     let all = c
-        .search(authed(
+        .search(
             &p,
             pb::SearchRequest {
                 include_revoked: true,
                 page_size: 500,
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .tokens;
     for t in &all {
         out.push(normalized(t, &l));

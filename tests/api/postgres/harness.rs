@@ -12,16 +12,15 @@ use sea_orm::sqlx::{self, AssertSqlSafe, Connection, PgConnection, Row};
 use tokend::{
     config::Config,
     domain::{TokenId, TokenValue},
-    pb::{self, token_service_client::TokenServiceClient},
+    pb::{self},
 };
 use tonic::{Status, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{self, TestApp, authed, id_of};
+use crate::helpers::{self, Api, TestApp, id_of};
 
-pub(crate) type Client = TokenServiceClient<Channel>;
+/// A replica's typed client (its `TestApp::api`).
+pub(crate) type Client = Api;
 
 /// The service name health reports the token service under.
 pub(crate) const SERVICE: &str = "tokens.v1.TokenService";
@@ -41,8 +40,9 @@ pub(crate) async fn replica(url: &str, adjust: impl FnOnce(&mut Config)) -> Test
     helpers::start(c, None).await
 }
 
-pub(crate) async fn client(app: &TestApp) -> Client {
-    TokenServiceClient::new(app.channel().await)
+/// The typed client on `app`'s one connection.
+pub(crate) fn client(app: &TestApp) -> Client {
+    app.api.clone()
 }
 
 /// Best-effort removal of a test database once its replicas are gone.
@@ -126,21 +126,13 @@ pub(crate) fn modules(m: &[&str]) -> Vec<String> {
     m.iter().map(|s| (*s).to_owned()).collect()
 }
 
-pub(crate) async fn issue(
-    c: &mut Client,
-    caller: &str,
-    req: pb::IssueRequest,
-) -> (pb::Token, String) {
-    let r = c
-        .issue(authed(caller, req))
-        .await
-        .expect("Issue")
-        .into_inner();
+pub(crate) async fn issue(c: &Client, caller: &str, req: pb::IssueRequest) -> (pb::Token, String) {
+    let r = c.issue(caller, req).await.expect("Issue");
     (r.token.unwrap(), r.secret)
 }
 
 /// Issues a `svc:read` token; each name gets its own owner (per-owner limit).
-pub(crate) async fn issue_named(c: &mut Client, caller: &str, name: &str) -> (String, String) {
+pub(crate) async fn issue_named(c: &Client, caller: &str, name: &str) -> (String, String) {
     let (t, v) = issue(
         c,
         caller,
@@ -156,114 +148,54 @@ pub(crate) async fn issue_named(c: &mut Client, caller: &str, name: &str) -> (St
 }
 
 pub(crate) async fn validate(
-    c: &mut Client,
+    c: &Client,
     caller: &str,
     token: &str,
     required: &[String],
 ) -> Result<pb::ValidateResponse, Status> {
-    c.validate(authed(
-        caller,
-        pb::ValidateRequest {
-            token: token.into(),
-            required_modules: required.to_vec(),
-        },
-    ))
-    .await
-    .map(tonic::Response::into_inner)
+    let req = pb::ValidateRequest {
+        token: token.into(),
+        required_modules: required.to_vec(),
+    };
+    c.validate(caller, req).await
 }
 
-pub(crate) async fn reason(
-    c: &mut Client,
-    caller: &str,
-    token: &str,
-    required: &[&str],
-) -> pb::Reason {
-    validate(c, caller, token, &modules(required))
-        .await
-        .expect("Validate")
-        .reason()
-}
-
-pub(crate) async fn set_state(
-    c: &mut Client,
-    caller: &str,
-    id: &str,
-    state: pb::State,
-    why: &str,
-) -> Result<pb::Token, Status> {
-    c.set_state(authed(
-        caller,
-        pb::SetStateRequest {
-            id: id.into(),
-            state: state as i32,
-            reason: why.into(),
-        },
-    ))
-    .await
-    .map(|r| r.into_inner().token.unwrap())
-}
-
-pub(crate) async fn revoke_id(c: &mut Client, caller: &str, id: &str) -> Result<pb::Token, Status> {
-    c.revoke(authed(
-        caller,
-        pb::RevokeRequest {
-            target: Some(pb::revoke_request::Target::Id(id.into())),
-            reason: "leaked".into(),
-        },
-    ))
-    .await
-    .map(|r| r.into_inner().token.unwrap())
+/// Revoke by id (reason "leaked"): the tombstone.
+pub(crate) async fn revoke_id(c: &Client, caller: &str, id: &str) -> Result<pb::Token, Status> {
+    c.revoke_id(caller, id, "leaked").await
 }
 
 pub(crate) async fn rotate(
-    c: &mut Client,
+    c: &Client,
     caller: &str,
     id: &str,
     grace: Option<Duration>,
 ) -> Result<(pb::Token, String), Status> {
-    c.rotate(authed(
-        caller,
-        pb::RotateRequest {
-            id: id.into(),
-            grace_period: grace.map(|g| prost_types::Duration {
-                seconds: g.as_secs() as i64,
-                nanos: g.subsec_nanos() as i32,
-            }),
-        },
-    ))
-    .await
-    .map(|r| {
-        let r = r.into_inner();
-        (r.token.unwrap(), r.secret)
-    })
+    let grace = grace.map(|g| prost_types::Duration {
+        seconds: g.as_secs() as i64,
+        nanos: g.subsec_nanos() as i32,
+    });
+    let r = c.rotate_id(caller, id, grace).await?;
+    Ok((r.token.unwrap(), r.secret))
 }
 
+/// Update of the fields in `paths`: the token record.
 pub(crate) async fn update(
-    c: &mut Client,
+    c: &Client,
     caller: &str,
     req: pb::UpdateRequest,
     paths: &[&str],
 ) -> Result<pb::Token, Status> {
-    c.update(authed(
-        caller,
-        pb::UpdateRequest {
-            update_mask: Some(FieldMask {
-                paths: modules(paths),
-            }),
-            ..req
-        },
-    ))
-    .await
-    .map(|r| r.into_inner().token.unwrap())
+    let update_mask = Some(FieldMask {
+        paths: modules(paths),
+    });
+    c.update_token(caller, pb::UpdateRequest { update_mask, ..req })
+        .await
 }
 
+/// The token service's health on a connection of its own.
 pub(crate) async fn health(channel: Channel) -> Result<ServingStatus, Status> {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: SERVICE.into(),
-        })
-        .await
-        .map(|r| r.into_inner().status())
+    Api::new(channel).health_check(SERVICE).await
 }
 
 /// Polls `probe` every `every` until it returns true; the elapsed time since
@@ -315,22 +247,13 @@ pub(crate) fn ms(d: Duration) -> String {
     format!("{:.0}ms", d.as_secs_f64() * 1e3)
 }
 
-pub(crate) async fn search_ids(
-    c: &mut Client,
-    caller: &str,
-    req: pb::SearchRequest,
-) -> Vec<String> {
-    let r = c
-        .search(authed(
-            caller,
-            pb::SearchRequest {
-                page_size: 500,
-                ..req
-            },
-        ))
-        .await
-        .expect("Search")
-        .into_inner();
+/// The one page of a Search (up to 500): the ids found.
+pub(crate) async fn search_ids(c: &Client, caller: &str, req: pb::SearchRequest) -> Vec<String> {
+    let req = pb::SearchRequest {
+        page_size: 500,
+        ..req
+    };
+    let r = c.search(caller, req).await.expect("Search");
     assert!(r.next_page_token.is_empty());
     r.tokens.into_iter().map(|t| t.id).collect()
 }

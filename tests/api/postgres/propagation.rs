@@ -35,7 +35,7 @@ async fn mutations_reach_every_replica_within_a_second() {
         readers[1].client.clone(),
     ];
     let shared = Arc::new(Shared::default());
-    *shared.steady.lock().unwrap() = steady_tokens(&mut a.client, &mut all, &caller, 12).await;
+    *shared.steady.lock().unwrap() = steady_tokens(&a.client, &all, &caller, 12).await;
     let loads: Vec<Load> = ["A", "B", "C"]
         .iter()
         .zip(&all)
@@ -102,7 +102,7 @@ async fn polling_alone_propagates_when_notifications_are_lost() {
         replica(&url, |c| c.change_poll_interval = poll).await,
     ];
     let caller = apps[0].platform.clone();
-    let mut a = peer("A", &apps[0]).await;
+    let a = peer("A", &apps[0]).await;
     let readers = [peer("B", &apps[1]).await, peer("C", &apps[2]).await];
     let shared = Arc::new(Shared::default());
     let db = database_name(&url);
@@ -124,7 +124,7 @@ async fn polling_alone_propagates_when_notifications_are_lost() {
     // (1) Commits that send no notification at all.
     let mut silent = Vec::new();
     for n in 0..20 {
-        let (id, value) = issue_named(&mut a.client, &caller, &format!("silent {n}")).await;
+        let (id, value) = issue_named(&a.client, &caller, &format!("silent {n}")).await;
         warm(&readers, &caller, &value, &read, "silent").await;
         external_disable(&mut conn, &id).await;
         let committed = Instant::now();
@@ -153,11 +153,12 @@ async fn polling_alone_propagates_when_notifications_are_lost() {
     let mut killed_runs = Vec::new();
     let mut reconnects = Vec::new();
     for n in 0..10 {
-        let (id, value) = issue_named(&mut a.client, &caller, &format!("killed {n}")).await;
+        let (id, value) = issue_named(&a.client, &caller, &format!("killed {n}")).await;
         warm(&readers, &caller, &value, &read, "killed").await;
         let killed = kill_listeners(&mut conn, &db).await;
         assert!(killed >= 1, "no LISTEN session to kill");
-        set_state(&mut a.client, &caller, &id, pb::State::Disabled, "t")
+        a.client
+            .change_state(&caller, &id, pb::State::Disabled, "t")
             .await
             .unwrap();
         let returned = Instant::now();
@@ -196,14 +197,15 @@ async fn polling_alone_propagates_when_notifications_are_lost() {
 
     // (3) A change-log row committed after a later one was already polled
     // (sequence numbers commit out of order): only the lookback window finds it.
-    let (x_id, x) = issue_named(&mut a.client, &caller, "late commit").await;
-    let (y_id, y) = issue_named(&mut a.client, &caller, "early commit").await;
+    let (x_id, x) = issue_named(&a.client, &caller, "late commit").await;
+    let (y_id, y) = issue_named(&a.client, &caller, "early commit").await;
     warm(&readers, &caller, &x, &read, "late").await;
     warm(&readers, &caller, &y, &read, "early").await;
     let mut late = sql_conn(&url).await;
     exec(&mut late, "BEGIN").await;
     exec(&mut late, &EXTERNAL_DISABLE.replace("{id}", &x_id)).await;
-    set_state(&mut a.client, &caller, &y_id, pb::State::Disabled, "t")
+    a.client
+        .change_state(&caller, &y_id, pb::State::Disabled, "t")
         .await
         .unwrap();
     let returned = Instant::now();
@@ -220,9 +222,9 @@ async fn polling_alone_propagates_when_notifications_are_lost() {
     // Both readers have now polled past the later sequence number.
     tokio::time::sleep(poll * 2 + Duration::from_millis(50)).await;
     for r in &readers {
-        let mut c = r.client.clone();
+        let c = r.client.clone();
         assert_eq!(
-            reason(&mut c, &caller, &x, &["svc:read"]).await,
+            c.reason(&caller, &x, &["svc:read"]).await,
             pb::Reason::Valid
         );
     }
@@ -260,11 +262,11 @@ async fn polling_keeps_up_after_a_burst_of_changes() {
     let a_app = replica(&url, |_| {}).await;
     let b_app = replica(&url, |c| c.change_poll_interval = poll).await;
     let caller = a_app.platform.clone();
-    let mut a = peer("A", &a_app).await;
+    let a = peer("A", &a_app).await;
     let readers = [peer("B", &b_app).await];
     let shared = Arc::new(Shared::default());
     let mut conn = sql_conn(&url).await;
-    let (id, value) = issue_named(&mut a.client, &caller, "after the burst").await;
+    let (id, value) = issue_named(&a.client, &caller, "after the burst").await;
     warm(&readers, &caller, &value, &modules(&["svc:read"]), "burst").await;
     // 10 001 committed changes of other tokens (their NOTIFYs do not matter here).
     exec(
@@ -320,9 +322,9 @@ async fn a_replica_dying_mid_run_does_not_disturb_the_others() {
     let b = peer("B", b_app.as_ref().unwrap()).await;
     let c = peer("C", &c_app).await;
     let shared = Arc::new(Shared::default());
-    let mut all = vec![a.client.clone(), b.client.clone(), c.client.clone()];
-    let mut writer = a.client.clone();
-    *shared.steady.lock().unwrap() = steady_tokens(&mut writer, &mut all, &caller, 9).await;
+    let all = vec![a.client.clone(), b.client.clone(), c.client.clone()];
+    let writer = a.client.clone();
+    *shared.steady.lock().unwrap() = steady_tokens(&writer, &all, &caller, 9).await;
     let mut loads: Vec<Load> = [&a, &b, &c]
         .iter()
         .map(|p| {
@@ -349,8 +351,8 @@ async fn a_replica_dying_mid_run_does_not_disturb_the_others() {
     }
 
     // B disables a token and dies right after the call returns.
-    let mut b_writer = b.clone();
-    let (k_id, k) = issue_named(&mut a.client.clone(), &caller, "last words").await;
+    let b_writer = b.clone();
+    let (k_id, k) = issue_named(&a.client.clone(), &caller, "last words").await;
     warm(
         &[a.clone(), c.clone()],
         &caller,
@@ -359,15 +361,11 @@ async fn a_replica_dying_mid_run_does_not_disturb_the_others() {
         "last words",
     )
     .await;
-    set_state(
-        &mut b_writer.client,
-        &caller,
-        &k_id,
-        pb::State::Disabled,
-        "t",
-    )
-    .await
-    .unwrap();
+    b_writer
+        .client
+        .change_state(&caller, &k_id, pb::State::Disabled, "t")
+        .await
+        .unwrap();
     let returned = Instant::now();
     drop(b_app.take());
     let last_words = rejections(
@@ -393,9 +391,9 @@ async fn a_replica_dying_mid_run_does_not_disturb_the_others() {
         Duration::from_secs(5),
         Duration::from_millis(20),
         || {
-            let mut b = b.client.clone();
+            let b = b.client.clone();
             let caller = caller.clone();
-            async move { validate(&mut b, &caller, &caller, &[]).await.is_err() }
+            async move { validate(&b, &caller, &caller, &[]).await.is_err() }
         },
     )
     .await
@@ -426,17 +424,17 @@ async fn a_replica_dying_mid_run_does_not_disturb_the_others() {
 
     // A newcomer sees the truth for everything, and takes part.
     let d_app = replica(&url, |_| {}).await;
-    let mut d = peer("D", &d_app).await;
+    let d = peer("D", &d_app).await;
     let steady = shared.steady.lock().unwrap().clone();
     for v in steady.iter().chain(&fresh) {
         assert_eq!(
-            reason(&mut d.client, &caller, v, &["svc:read"]).await,
+            d.client.reason(&caller, v, &["svc:read"]).await,
             pb::Reason::Valid,
             "D: {}",
             id_of(v)
         );
     }
-    assert_all_dead(&mut d.client, "D", &caller, &shared).await;
+    assert_all_dead(&d.client, "D", &caller, &shared).await;
     let dead_count = shared.dead.lock().unwrap().len();
     println!(
         "D: {} live and {dead_count} dead values all judged correctly",

@@ -30,11 +30,11 @@ async fn a_write_that_times_out_but_commits_reaches_its_own_cache() {
     let a_app = replica(&url, |c| c.store_timeout = Duration::from_secs(1)).await;
     let b_app = replica(&url, |_| {}).await;
     let caller = a_app.platform.clone();
-    let mut a = peer("A", &a_app).await;
+    let a = peer("A", &a_app).await;
     let b = peer("B", &b_app).await;
     let shared = Arc::new(Shared::default());
     let read = modules(&["svc:read"]);
-    let (id, value) = issue_named(&mut a.client, &caller, "slow commit").await;
+    let (id, value) = issue_named(&a.client, &caller, "slow commit").await;
     warm(
         &[a.clone(), b.clone()],
         &caller,
@@ -57,7 +57,9 @@ async fn a_write_that_times_out_but_commits_reaches_its_own_cache() {
     )
     .await;
     let t = Instant::now();
-    let err = set_state(&mut a.client, &caller, &id, pb::State::Disabled, "slow")
+    let err = a
+        .client
+        .change_state(&caller, &id, pb::State::Disabled, "slow")
         .await
         .expect_err("the COMMIT outlives store_timeout");
     println!("SetState on A: {:?} after {}", err.code(), ms(t.elapsed()));
@@ -106,11 +108,13 @@ async fn a_write_that_times_out_but_commits_reaches_its_own_cache() {
         ms(on_a)
     );
     // The client retries; the token is already disabled, so nothing changes.
-    let retried = set_state(&mut a.client, &caller, &id, pb::State::Disabled, "slow")
+    let retried = a
+        .client
+        .change_state(&caller, &id, pb::State::Disabled, "slow")
         .await
         .expect("the retried SetState");
     assert_eq!(retried.state(), pb::State::Disabled);
-    let after_retry = reason(&mut a.client, &caller, &value, &["svc:read"]).await;
+    let after_retry = a.client.reason(&caller, &value, &["svc:read"]).await;
     println!("A, after a retried SetState answered DISABLED: Validate says {after_retry:?}");
     drop((a_app, b_app, conn));
     drop_database(&url).await;

@@ -74,7 +74,7 @@ impl Load {
 
 /// Continuous Validate traffic on one replica: steady tokens (must be valid)
 /// interleaved with dead ones (must not be valid 2 s after their mutation).
-pub(crate) fn start_load(name: &str, mut c: Client, caller: String, shared: Arc<Shared>) -> Load {
+pub(crate) fn start_load(name: &str, c: Client, caller: String, shared: Arc<Shared>) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let name = name.to_owned();
@@ -92,7 +92,7 @@ pub(crate) fn start_load(name: &str, mut c: Client, caller: String, shared: Arc<
                 s[i % s.len()].clone()
             };
             report.calls += 1;
-            match validate(&mut c, &caller, &steady, &required).await {
+            match validate(&c, &caller, &steady, &required).await {
                 Ok(v) if v.valid => {}
                 Ok(v) => {
                     report
@@ -106,7 +106,7 @@ pub(crate) fn start_load(name: &str, mut c: Client, caller: String, shared: Arc<
             if let Some(d) = shared.pick_dead() {
                 let started = Instant::now();
                 report.calls += 1;
-                match validate(&mut c, &caller, &d.value, &d.required).await {
+                match validate(&c, &caller, &d.value, &d.required).await {
                     Ok(v) if v.valid && started > d.returned + Duration::from_secs(2) => shared
                         .record_late(format!(
                             "{name}: {} valid {} after its mutation returned",
@@ -156,14 +156,14 @@ pub(crate) struct Peer {
 pub(crate) async fn peer(name: &str, app: &TestApp) -> Peer {
     Peer {
         name: name.into(),
-        client: client(app).await,
+        client: client(app),
     }
 }
 
 /// Polls `value` on `reader` in a tight loop until it is rejected; records
 /// late valid answers. Returns (propagation, reason).
 pub(crate) async fn until_rejected(
-    mut reader: Peer,
+    reader: Peer,
     caller: String,
     value: String,
     required: Vec<String>,
@@ -172,7 +172,7 @@ pub(crate) async fn until_rejected(
 ) -> (String, Duration, Result<pb::Reason, String>) {
     loop {
         let started = Instant::now();
-        match validate(&mut reader.client, &caller, &value, &required).await {
+        match validate(&reader.client, &caller, &value, &required).await {
             Ok(v) if v.valid => {
                 if started > returned + Duration::from_secs(2) {
                     shared.record_late(format!(
@@ -212,7 +212,7 @@ pub(crate) async fn warm(
 ) {
     let mut set = tokio::task::JoinSet::new();
     for r in readers {
-        let (mut r, caller, value, required, what) = (
+        let (r, caller, value, required, what) = (
             r.clone(),
             caller.to_owned(),
             value.to_owned(),
@@ -221,7 +221,7 @@ pub(crate) async fn warm(
         );
         set.spawn(async move {
             for _ in 0..50 {
-                let v = validate(&mut r.client, &caller, &value, &required)
+                let v = validate(&r.client, &caller, &value, &required)
                     .await
                     .unwrap_or_else(|e| panic!("{what}: warming on {}: {e}", r.name));
                 if v.valid {
@@ -249,12 +249,12 @@ pub(crate) async fn trial(
     shared: &Arc<Shared>,
 ) -> (Vec<Sample>, Option<String>) {
     let read = modules(&["svc:read"]);
-    let (id, value) = issue_named(&mut writer.client, caller, &format!("trial {n}")).await;
+    let (id, value) = issue_named(&writer.client, caller, &format!("trial {n}")).await;
     warm(readers, caller, &value, &read, &format!("trial {n}")).await;
     let w = &mut writer.client;
     let (dead_value, required, expected, fresh) = match kind {
         Kind::Disable => {
-            set_state(w, caller, &id, pb::State::Disabled, "trial")
+            w.change_state(caller, &id, pb::State::Disabled, "trial")
                 .await
                 .expect("SetState");
             (value, read, pb::Reason::Disabled, None)
@@ -321,9 +321,9 @@ pub(crate) async fn trial(
     });
     if let Some(new) = &fresh {
         for r in readers {
-            let mut c = r.client.clone();
+            let c = r.client.clone();
             assert_eq!(
-                reason(&mut c, caller, new, &["svc:read"]).await,
+                c.reason(caller, new, &["svc:read"]).await,
                 pb::Reason::Valid,
                 "trial {n}: the rotated value on {}",
                 r.name
@@ -344,19 +344,16 @@ pub(crate) fn kind_for(n: usize) -> Kind {
 
 /// Issues `n` steady tokens on `writer` and warms them on every replica.
 pub(crate) async fn steady_tokens(
-    writer: &mut Client,
-    all: &mut [Client],
+    writer: &Client,
+    all: &[Client],
     caller: &str,
     n: usize,
 ) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..n {
         let (_, v) = issue_named(writer, caller, &format!("steady {i}")).await;
-        for c in all.iter_mut() {
-            assert_eq!(
-                reason(c, caller, &v, &["svc:read"]).await,
-                pb::Reason::Valid
-            );
+        for c in all.iter() {
+            assert_eq!(c.reason(caller, &v, &["svc:read"]).await, pb::Reason::Valid);
         }
         out.push(v);
     }
@@ -394,7 +391,7 @@ pub(crate) fn assert_no_late_valid(shared: &Shared) {
 }
 
 /// Every dead value is rejected with its expected reason on `c`.
-pub(crate) async fn assert_all_dead(c: &mut Client, on: &str, caller: &str, shared: &Shared) {
+pub(crate) async fn assert_all_dead(c: &Client, on: &str, caller: &str, shared: &Shared) {
     let dead = shared.dead.lock().unwrap().clone();
     for d in &dead {
         let v = validate(c, caller, &d.value, &d.required)
