@@ -131,26 +131,26 @@ async fn fixture(adjust: impl FnOnce(&mut tokend::config::Config)) -> Fixture {
     let disabled = issue(&app, "carol", &["billing:read"], "").await;
     let revoked = issue(&app, "dave", &["billing:read"], "").await;
     let unprivileged = issue(&app, "eve", &["billing:read"], "").await.1;
-    let mut client = app.client();
+    let client = app.api.clone();
     client
-        .set_state(authed(
+        .set_state(
             &app.platform,
             pb::SetStateRequest {
                 id: disabled.0.clone(),
                 state: pb::State::Disabled as i32,
                 reason: "paused".into(),
             },
-        ))
+        )
         .await
         .unwrap();
     client
-        .revoke(authed(
+        .revoke(
             &app.platform,
             pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Id(revoked.0.clone())),
                 reason: "leaked".into(),
             },
-        ))
+        )
         .await
         .unwrap();
     let wait = soon - chrono::Utc::now() + chrono::Duration::milliseconds(50);
@@ -467,19 +467,18 @@ async fn ext_authz_check_allows_denies_and_refuses_like_envoy_expects() {
     );
 
     // Same path as Validate: an allowed Check records the token's last use.
-    let mut client = f.app.client();
+    let client = f.app.api.clone();
     let mut last_used = None;
     for _ in 0..60 {
         let token = client
-            .get(authed(
+            .get(
                 &f.app.platform,
                 pb::GetRequest {
                     id: valid_id.clone(),
                 },
-            ))
+            )
             .await
             .unwrap()
-            .into_inner()
             .token
             .unwrap();
         last_used = token.last_used_at;
@@ -492,13 +491,13 @@ async fn ext_authz_check_allows_denies_and_refuses_like_envoy_expects() {
 
     // A revoke is seen by the very next Check.
     client
-        .revoke(authed(
+        .revoke(
             &f.app.platform,
             pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Id(valid_id.clone())),
                 reason: "test".into(),
             },
-        ))
+        )
         .await
         .unwrap();
     let r = check(&f, Some(&f.gateway), request()).await.unwrap();

@@ -8,7 +8,7 @@ use prost_types::{FieldMask, Timestamp};
 use tokend::pb::{self};
 use tonic::Code;
 
-use crate::helpers::{authed, id_of, spawn_app, ts};
+use crate::helpers::{id_of, spawn_app, ts};
 
 fn at(t: &Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap()
@@ -60,7 +60,7 @@ fn kinds(events: &[pb::Event]) -> Vec<pb::EventKind> {
 #[tokio::test]
 async fn issue_echoes_every_field_and_get_returns_the_same_record() {
     let app = spawn_app().await;
-    let mut client = app.client();
+    let client = app.api.clone();
     let expires = Utc::now() + chrono::Duration::days(1);
     let expires = DateTime::from_timestamp(expires.timestamp(), 123_456_000).unwrap();
     let before = Utc::now();
@@ -142,7 +142,7 @@ async fn issue_echoes_every_field_and_get_returns_the_same_record() {
     // The new token works as a credential of its own (no tokens:* modules,
     // so Search is refused, but the credential itself is accepted).
     let err = client
-        .get(authed(&secret, pb::GetRequest { id: t.id.clone() }))
+        .get(&secret, pb::GetRequest { id: t.id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -674,7 +674,7 @@ async fn revoke_by_id_and_by_value_leaves_idempotent_tombstones() {
 #[tokio::test]
 async fn rotate_without_grace_kills_the_old_value_at_once() {
     let app = spawn_app().await;
-    let mut client = app.client();
+    let client = app.api.clone();
     let (id, old) = app.token_for("acme", "alice", &["billing:read"]).await;
     // Make sure the old value sits in the Validate cache first.
     assert_eq!(
@@ -722,7 +722,7 @@ async fn rotate_without_grace_kills_the_old_value_at_once() {
     );
     // The old credential no longer authenticates RPCs either.
     let err = client
-        .get(authed(&old, pb::GetRequest { id: id.clone() }))
+        .get(&old, pb::GetRequest { id: id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -847,7 +847,7 @@ async fn rotate_grace_is_bounded_and_revoked_cannot_rotate_but_disabled_can() {
 #[tokio::test]
 async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
     let app = spawn_app().await;
-    let mut client = app.client();
+    let client = app.api.clone();
     let (_, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
     let source = app
         .issue_as(
@@ -873,16 +873,15 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
     let src_before = app.token(&boss, &src.id).await.unwrap();
 
     let dup = client
-        .duplicate(authed(
+        .duplicate(
             &boss,
             pb::DuplicateRequest {
                 id: src.id.clone(),
                 name: String::new(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let d = dup.token.unwrap();
     assert_ne!(d.id, src.id);
     assert_eq!(d.name, "reporting (copy)");
@@ -923,16 +922,15 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
 
     // Custom name.
     let dup2 = client
-        .duplicate(authed(
+        .duplicate(
             &boss,
             pb::DuplicateRequest {
                 id: src.id.clone(),
                 name: "reporting v2".into(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let d2 = dup2.token.unwrap();
     assert_eq!(d2.name, "reporting v2");
     assert_ne!(d2.id, d.id);
@@ -954,13 +952,13 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
     // Revoked source: refused; copies live on.
     app.revoke_id(&boss, &src.id, "").await.unwrap();
     let err = client
-        .duplicate(authed(
+        .duplicate(
             &boss,
             pb::DuplicateRequest {
                 id: src.id.clone(),
                 name: String::new(),
             },
-        ))
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -976,7 +974,7 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
 #[tokio::test]
 async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
     let app = spawn_app().await;
-    let mut client = app.client();
+    let client = app.api.clone();
     let (boss_id, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
     let issued = app
         .issue_as(
@@ -1046,7 +1044,7 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
     let mut page_token = String::new();
     loop {
         let resp = client
-            .list_events(authed(
+            .list_events(
                 &boss,
                 pb::ListEventsRequest {
                     token_id: id.clone(),
@@ -1054,10 +1052,9 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
                     page_token: page_token.clone(),
                     ..Default::default()
                 },
-            ))
+            )
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         pages.push(resp.events);
         page_token = resp.next_page_token;
         if page_token.is_empty() {
@@ -1087,29 +1084,27 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
     assert_eq!(all[6].actor_owner_id, "ops");
     assert_eq!(all[7].token_id, platform_id);
     let acme = client
-        .list_events(authed(
+        .list_events(
             &app.platform,
             pb::ListEventsRequest {
                 account_id: "acme".into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(acme.events, all);
     assert!(acme.next_page_token.is_empty());
     let other = client
-        .list_events(authed(
+        .list_events(
             &app.platform,
             pb::ListEventsRequest {
                 account_id: "globex".into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(other.events.is_empty());
     app.stop().await;
 }
@@ -1117,7 +1112,7 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
 #[tokio::test]
 async fn list_events_is_scoped_like_search_and_pages_stay_stable() {
     let app = spawn_app().await;
-    let mut client = app.client();
+    let client = app.api.clone();
     let p = app.platform.clone();
     let (alice_id, alice) = app.token_for("acme", "alice", &["tokens:self"]).await;
     let (_, boss) = app.token_for("globex", "boss", &["tokens:admin"]).await;
@@ -1151,7 +1146,7 @@ async fn list_events_is_scoped_like_search_and_pages_stay_stable() {
     assert_eq!(seen[0].account_id, "globex");
     // validate-only: PERMISSION_DENIED.
     let err = client
-        .list_events(authed(&validator, pb::ListEventsRequest::default()))
+        .list_events(&validator, pb::ListEventsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -1159,16 +1154,15 @@ async fn list_events_is_scoped_like_search_and_pages_stay_stable() {
     // Stability: events added after the first page do not shift the next ones.
     let all = app.events(&p, "").await;
     let first = client
-        .list_events(authed(
+        .list_events(
             &p,
             pb::ListEventsRequest {
                 page_size: 2,
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(first.events, all[..2]);
     app.change_state(&p, &bob_id, pb::State::Disabled, "")
         .await
@@ -1178,17 +1172,16 @@ async fn list_events_is_scoped_like_search_and_pages_stay_stable() {
     let mut token = first.next_page_token;
     while !token.is_empty() {
         let resp = client
-            .list_events(authed(
+            .list_events(
                 &p,
                 pb::ListEventsRequest {
                     page_size: 2,
                     page_token: token,
                     ..Default::default()
                 },
-            ))
+            )
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         rest.extend(resp.events);
         token = resp.next_page_token;
     }

@@ -216,7 +216,7 @@ async fn unknown_ids_and_wrong_secrets_are_unknown() {
 #[tokio::test]
 async fn disabled_revoked_and_expired_carry_the_token_fields() {
     let app = spawn_app().await;
-    let mut client = app.client();
+    let client = app.api.clone();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
 
@@ -224,14 +224,14 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     let (id, value) = rich_token(&app, far).await;
     assert!(app.validate_with(&validator, &value, &[]).await.valid);
     client
-        .set_state(authed(
+        .set_state(
             &app.platform,
             pb::SetStateRequest {
                 id: id.clone(),
                 state: pb::State::Disabled as i32,
                 reason: String::new(),
             },
-        ))
+        )
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
@@ -248,13 +248,13 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     let (id, value) = rich_token(&app, far).await;
     assert!(app.validate_with(&validator, &value, &[]).await.valid);
     client
-        .revoke(authed(
+        .revoke(
             &app.platform,
             pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Id(id.clone())),
                 reason: String::new(),
             },
-        ))
+        )
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
@@ -278,10 +278,9 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     assert_eq!(v.reason(), pb::Reason::Expired);
     assert_fields(&v, &id, soon);
     let t = client
-        .get(authed(&app.platform, pb::GetRequest { id: id.clone() }))
+        .get(&app.platform, pb::GetRequest { id: id.clone() })
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert!(t.expired);
@@ -292,7 +291,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     assert_rejected_without_fields(&v, pb::Reason::Unknown);
     // An expired credential does not authenticate.
     let err = client
-        .get(authed(&value, pb::GetRequest { id: id.clone() }))
+        .get(&value, pb::GetRequest { id: id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -302,7 +301,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
 #[tokio::test]
 async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     let app = spawn_app().await;
-    let mut client = app.client();
+    let client = app.api.clone();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let soon = Utc::now() + chrono::Duration::milliseconds(1000);
     let soon = DateTime::from_timestamp_micros(soon.timestamp_micros()).unwrap();
@@ -319,14 +318,14 @@ async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     assert_fields(&v, &id, soon);
     // disabled + expired + missing modules
     client
-        .set_state(authed(
+        .set_state(
             &app.platform,
             pb::SetStateRequest {
                 id: id.clone(),
                 state: pb::State::Disabled as i32,
                 reason: String::new(),
             },
-        ))
+        )
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value, &missing).await;
@@ -334,13 +333,13 @@ async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     assert_fields(&v, &id, soon);
     // revoked + disabled + expired + missing modules
     client
-        .revoke(authed(
+        .revoke(
             &app.platform,
             pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Id(id.clone())),
                 reason: String::new(),
             },
-        ))
+        )
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value, &missing).await;
@@ -356,14 +355,14 @@ async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let (id2, value2) = rich_token(&app, far).await;
     client
-        .set_state(authed(
+        .set_state(
             &app.platform,
             pb::SetStateRequest {
                 id: id2.clone(),
                 state: pb::State::Disabled as i32,
                 reason: String::new(),
             },
-        ))
+        )
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value2, &missing).await;
@@ -466,7 +465,7 @@ async fn callers_scope_and_value_size() {
 #[tokio::test]
 async fn an_expired_token_validates_again_once_its_expiry_is_cleared_or_moved() {
     let app = spawn_app().await;
-    let mut client = app.client();
+    let client = app.api.clone();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let soon = Utc::now() + chrono::Duration::milliseconds(1000);
     let soon = DateTime::from_timestamp_micros(soon.timestamp_micros()).unwrap();
@@ -487,20 +486,16 @@ async fn an_expired_token_validates_again_once_its_expiry_is_cleared_or_moved() 
     };
     let later = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let t = client
-        .update(authed(&app.platform, update(Some(ts(later)))))
+        .update(&app.platform, update(Some(ts(later))))
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert!(!t.expired);
     let v = app.validate_with(&validator, &value, &[]).await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_fields(&v, &id, later);
-    client
-        .update(authed(&app.platform, update(None)))
-        .await
-        .unwrap();
+    client.update(&app.platform, update(None)).await.unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(v.expires_at, None);

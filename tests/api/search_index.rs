@@ -403,19 +403,18 @@ async fn every_listed_filter_combination_is_index_served_on_sqlite() {
 // ---------------------------------------------------------------------------
 
 async fn names_found(app: &TestApp, query: &str) -> Vec<String> {
-    let mut c = app.client();
+    let c = app.api.clone();
     let mut names: Vec<String> = c
-        .search(authed(
+        .search(
             &app.platform,
             pb::SearchRequest {
                 query: query.into(),
                 page_size: 500,
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .tokens
         .into_iter()
         .map(|t| t.name)
@@ -438,9 +437,9 @@ async fn unicode_matching(app: &TestApp, with_fts: bool) {
         "50% off_sale\\x",
         "Ж-key [prod]*?",
     ];
-    let mut c = app.client();
+    let c = app.api.clone();
     for name in names {
-        c.issue(authed(
+        c.issue(
             &app.platform,
             pb::IssueRequest {
                 account_id: "acme".into(),
@@ -448,7 +447,7 @@ async fn unicode_matching(app: &TestApp, with_fts: bool) {
                 name: name.into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap();
     }
@@ -550,7 +549,7 @@ async fn all_pages(app: &TestApp, mut req: pb::SearchRequest) -> (Vec<String>, O
 }
 
 async fn totals_and_write_paths(app: &TestApp) {
-    let mut c = app.client();
+    let c = app.api.clone();
     let mut issued = Vec::new();
     for (i, (name, modules)) in [
         ("Deploy CI", vec!["billing:read"]),
@@ -563,7 +562,7 @@ async fn totals_and_write_paths(app: &TestApp) {
     .enumerate()
     {
         let t = c
-            .issue(authed(
+            .issue(
                 &app.platform,
                 pb::IssueRequest {
                     account_id: "zeta".into(),
@@ -572,10 +571,9 @@ async fn totals_and_write_paths(app: &TestApp) {
                     modules: modules.into_iter().map(str::to_owned).collect(),
                     ..Default::default()
                 },
-            ))
+            )
             .await
             .unwrap()
-            .into_inner()
             .token
             .unwrap();
         issued.push(t.id);
@@ -596,7 +594,7 @@ async fn totals_and_write_paths(app: &TestApp) {
     assert_eq!(search(app, req("deploy", "")).await.total_size, None);
 
     // Rename through Update: the old name is gone from the index, the new one in.
-    c.update(authed(
+    c.update(
         &app.platform,
         pb::UpdateRequest {
             id: issued[0].clone(),
@@ -607,7 +605,7 @@ async fn totals_and_write_paths(app: &TestApp) {
             }),
             ..Default::default()
         },
-    ))
+    )
     .await
     .unwrap();
     assert_eq!(all_pages(app, req("deploy", "")).await.1, Some(2));
@@ -622,14 +620,14 @@ async fn totals_and_write_paths(app: &TestApp) {
     assert_eq!(all_pages(app, req("", "billing:read")).await.1, Some(1));
     assert_eq!(all_pages(app, req("", "storage:*")).await.1, Some(2));
     // A module search sees state changes (the token's own state).
-    c.set_state(authed(
+    c.set_state(
         &app.platform,
         pb::SetStateRequest {
             id: issued[2].clone(),
             state: pb::State::Disabled as i32,
             reason: String::new(),
         },
-    ))
+    )
     .await
     .unwrap();
     let disabled = |module: &str| pb::SearchRequest {
@@ -641,13 +639,13 @@ async fn totals_and_write_paths(app: &TestApp) {
         vec![issued[2].clone()]
     );
     assert_eq!(all_pages(app, disabled("billing:read")).await.1, Some(1));
-    c.revoke(authed(
+    c.revoke(
         &app.platform,
         pb::RevokeRequest {
             target: Some(pb::revoke_request::Target::Id(issued[2].clone())),
             reason: String::new(),
         },
-    ))
+    )
     .await
     .unwrap();
     assert_eq!(all_pages(app, req("", "storage:*")).await.1, Some(1));
