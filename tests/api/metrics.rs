@@ -12,7 +12,6 @@ use std::{
 use prost_types::FieldMask;
 use tokend::pb::{self, revoke_request::Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::{self};
 
@@ -123,10 +122,7 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
         .await
         .unwrap();
     c.issue(&p, pb::IssueRequest::default()).await.unwrap_err();
-    HealthClient::new(app.channel().await)
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap();
+    c.health_check("").await.unwrap();
     // Reflection, as grpcurl uses it (when installed; .ci/run installs it).
     if let Some(grpcurl) = crate::tls::grpcurl() {
         let listed = Command::new(grpcurl)
