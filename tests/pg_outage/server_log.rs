@@ -73,9 +73,9 @@ async fn name_search_uses_the_trigram_index_on_a_reused_connection() {
             .await
             .is_err()
     {
-        println!(
-            "skipped: name_search_uses_the_trigram_index_on_a_reused_connection needs \
-             auto_explain and a readable {log_path}"
+        helpers::not_run(
+            "name_search_uses_the_trigram_index_on_a_reused_connection",
+            &format!("needs auto_explain and a readable {log_path}"),
         );
         drop_database(&url).await;
         return;
