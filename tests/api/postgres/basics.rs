@@ -55,12 +55,49 @@ fn normalized(t: &pb::Token, labels: &Labels) -> String {
     )
 }
 
+/// What every phase of the walk shares: one client, the platform, admin and
+/// validator credentials, and the transcript with its labels.
+struct Walk {
+    c: Client,
+    p: String,
+    admin: String,
+    val: String,
+    out: Vec<String>,
+    l: Labels,
+}
+
+/// The tokens the Issue phase made, for the phases after it.
+struct Issued {
+    a: pb::Token,
+    a_value: String,
+    b: pb::Token,
+    b_value: String,
+    cc: pb::Token,
+    c_value: String,
+    d: pb::Token,
+    e: pb::Token,
+    f: pb::Token,
+    f_value: String,
+    x: pb::Token,
+    x_value: String,
+    expires: chrono::DateTime<Utc>,
+}
+
+/// What the mutations made: a copy of `a`, `a`'s new value and the end of its
+/// grace period.
+struct Mutated {
+    copy: pb::Token,
+    copy_value: String,
+    a_new: String,
+    grace_end: Instant,
+}
+
 /// Walks the whole API on one server; asserts the contract on the way and
 /// returns a transcript (labels instead of ids, no timestamps).
 async fn basics(app: &TestApp) -> Vec<String> {
     let c = client(app);
     let p = app.platform.clone();
-    let mut out = Vec::new();
+    let out = Vec::new();
     let mut l = Labels::default();
     l.add(&id_of(&p), "platform");
     let (admin_id, admin) = app.token_for("acme", "boss", &["tokens:admin"]).await;
@@ -68,10 +105,29 @@ async fn basics(app: &TestApp) -> Vec<String> {
     let (validator_id, val) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     l.add(&validator_id, "validator");
 
+    let mut w = Walk {
+        c,
+        p,
+        admin,
+        val,
+        out,
+        l,
+    };
+    let i = issue_all(&mut w).await;
+    let m = mutate(&mut w, &i).await;
+    search_every_filter(&mut w, &i, &m).await;
+    pages_and_events(&mut w, &i, &m).await;
+    expiry_and_records(&mut w, &i, &m).await;
+    w.out
+}
+
+/// Issue: tokens of every shape, the contract checked on each.
+async fn issue_all(w: &mut Walk) -> Issued {
+    let Walk { c, p, admin, l, .. } = w;
     // Issue.
     let (a, a_value) = issue(
-        &c,
-        &p,
+        c,
+        p,
         pb::IssueRequest {
             owner_id: "alice".into(),
             name: "Alpha Deploy".into(),
@@ -100,8 +156,8 @@ async fn basics(app: &TestApp) -> Vec<String> {
     );
     assert!(a.created_at.is_some() && a.last_used_at.is_none() && a.expires_at.is_none());
     let (b, b_value) = issue(
-        &c,
-        &admin,
+        c,
+        admin,
         pb::IssueRequest {
             owner_id: "bob".into(),
             name: "50%_off".into(),
@@ -116,8 +172,8 @@ async fn basics(app: &TestApp) -> Vec<String> {
         ("acme", "boss")
     );
     let (cc, c_value) = issue(
-        &c,
-        &p,
+        c,
+        p,
         pb::IssueRequest {
             owner_id: "alice".into(),
             name: "50xxoff".into(),
@@ -128,8 +184,8 @@ async fn basics(app: &TestApp) -> Vec<String> {
     .await;
     l.add(&cc.id, "c");
     let (d, _) = issue(
-        &c,
-        &p,
+        c,
+        p,
         pb::IssueRequest {
             account_id: "globex".into(),
             owner_id: "gina".into(),
@@ -144,16 +200,16 @@ async fn basics(app: &TestApp) -> Vec<String> {
         name: name.into(),
         ..Default::default()
     };
-    let (e, _) = issue(&c, &p, alice("a_b")).await;
+    let (e, _) = issue(c, p, alice("a_b")).await;
     l.add(&e.id, "e");
-    let (f, f_value) = issue(&c, &p, alice("axb")).await;
+    let (f, f_value) = issue(c, p, alice("axb")).await;
     l.add(&f.id, "f");
-    let (g, _) = issue(&c, &p, alice("Gamma never used")).await;
+    let (g, _) = issue(c, p, alice("Gamma never used")).await;
     l.add(&g.id, "g");
     let expires = Utc::now() + chrono::Duration::milliseconds(1200);
     let (x, x_value) = issue(
-        &c,
-        &p,
+        c,
+        p,
         pb::IssueRequest {
             owner_id: "carol".into(),
             name: "short-lived".into(),
@@ -165,8 +221,43 @@ async fn basics(app: &TestApp) -> Vec<String> {
     l.add(&x.id, "x");
     assert!(x.expires_at.is_some() && !x.expired);
 
+    Issued {
+        a,
+        a_value,
+        b,
+        b_value,
+        cc,
+        c_value,
+        d,
+        e,
+        f,
+        f_value,
+        x,
+        x_value,
+        expires,
+    }
+}
+
+/// Validate, Update, SetState, Rotate, Duplicate and Revoke.
+async fn mutate(w: &mut Walk, i: &Issued) -> Mutated {
+    let Walk {
+        c, p, val, out, l, ..
+    } = w;
+    let Issued {
+        a,
+        a_value,
+        b,
+        b_value,
+        cc,
+        c_value,
+        e,
+        f,
+        f_value,
+        x_value,
+        ..
+    } = i;
     // Validate.
-    let v = validate(&c, &val, &a_value, &[]).await.unwrap();
+    let v = validate(c, val, a_value, &[]).await.unwrap();
     assert!(v.valid);
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(
@@ -197,7 +288,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
         ),
         (
             "a wrong secret",
-            wrong_secret(&a_value),
+            wrong_secret(a_value),
             vec![],
             pb::Reason::Unknown,
         ),
@@ -216,9 +307,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
         ("x", x_value.clone(), vec![], pb::Reason::Valid),
     ];
     for (what, value, required, expected) in checks {
-        let v = validate(&c, &val, &value, &modules(&required))
-            .await
-            .unwrap();
+        let v = validate(c, val, &value, &modules(&required)).await.unwrap();
         assert_eq!(v.reason(), expected, "{what}");
         assert_eq!(v.valid, expected == pb::Reason::Valid, "{what}");
         let with_fields = matches!(expected, pb::Reason::Valid | pb::Reason::MissingModules);
@@ -228,8 +317,8 @@ async fn basics(app: &TestApp) -> Vec<String> {
 
     // Update.
     let a2 = update(
-        &c,
-        &p,
+        c,
+        p,
         pb::UpdateRequest {
             id: a.id.clone(),
             name: "Alpha Deploy v2".into(),
@@ -249,8 +338,8 @@ async fn basics(app: &TestApp) -> Vec<String> {
     assert_eq!(a2.description, "deploys");
     // Nothing changes: no event.
     update(
-        &c,
-        &p,
+        c,
+        p,
         pb::UpdateRequest {
             id: a.id.clone(),
             name: "Alpha Deploy v2".into(),
@@ -261,10 +350,10 @@ async fn basics(app: &TestApp) -> Vec<String> {
     .await
     .unwrap();
     assert_eq!(
-        c.reason(&val, &a_value, &["x_y"]).await,
+        c.reason(val, a_value, &["x_y"]).await,
         pb::Reason::MissingModules
     );
-    let v = validate(&c, &val, &a_value, &modules(&["billing:read"]))
+    let v = validate(c, val, a_value, &modules(&["billing:read"]))
         .await
         .unwrap();
     assert!(v.valid);
@@ -272,49 +361,49 @@ async fn basics(app: &TestApp) -> Vec<String> {
 
     // SetState.
     let t = c
-        .change_state(&p, &b.id, pb::State::Disabled, "audit")
+        .change_state(p, &b.id, pb::State::Disabled, "audit")
         .await
         .unwrap();
     assert_eq!(t.state(), pb::State::Disabled);
     assert!(t.disabled_at.is_some());
     assert_eq!(t.state_reason, "audit");
-    let v = validate(&c, &val, &b_value, &[]).await.unwrap();
+    let v = validate(c, val, b_value, &[]).await.unwrap();
     assert_eq!((v.valid, v.reason()), (false, pb::Reason::Disabled));
     assert_eq!(v.token_id, b.id);
-    c.change_state(&p, &b.id, pb::State::Disabled, "audit")
+    c.change_state(p, &b.id, pb::State::Disabled, "audit")
         .await
         .unwrap();
     let t = c
-        .change_state(&p, &b.id, pb::State::Active, "ok")
+        .change_state(p, &b.id, pb::State::Active, "ok")
         .await
         .unwrap();
     assert_eq!(t.state(), pb::State::Active);
     assert!(t.disabled_at.is_none());
-    assert_eq!(c.reason(&val, &b_value, &[]).await, pb::Reason::Valid);
-    c.change_state(&p, &b.id, pb::State::Disabled, "final")
+    assert_eq!(c.reason(val, b_value, &[]).await, pb::Reason::Valid);
+    c.change_state(p, &b.id, pb::State::Disabled, "final")
         .await
         .unwrap();
-    assert_eq!(c.reason(&val, &b_value, &[]).await, pb::Reason::Disabled);
+    assert_eq!(c.reason(val, b_value, &[]).await, pb::Reason::Disabled);
 
     // Rotate with a grace period, and without.
-    let (a3, a_new) = rotate(&c, &p, &a.id, Some(Duration::from_secs(1)))
+    let (a3, a_new) = rotate(c, p, &a.id, Some(Duration::from_secs(1)))
         .await
         .unwrap();
     let grace_end = Instant::now() + Duration::from_secs(1);
     assert_eq!(a3.id, a.id);
     assert!(a3.previous_secret_expires_at.is_some());
-    assert_ne!(a_new, a_value);
-    assert_eq!(c.reason(&val, &a_value, &[]).await, pb::Reason::Valid);
-    assert_eq!(c.reason(&val, &a_new, &[]).await, pb::Reason::Valid);
-    let (c2, c_new) = rotate(&c, &p, &cc.id, None).await.unwrap();
+    assert_ne!(&a_new, a_value);
+    assert_eq!(c.reason(val, a_value, &[]).await, pb::Reason::Valid);
+    assert_eq!(c.reason(val, &a_new, &[]).await, pb::Reason::Valid);
+    let (c2, c_new) = rotate(c, p, &cc.id, None).await.unwrap();
     assert!(c2.previous_secret_expires_at.is_none());
-    assert_eq!(c.reason(&val, &c_value, &[]).await, pb::Reason::Unknown);
-    assert_eq!(c.reason(&val, &c_new, &[]).await, pb::Reason::Valid);
+    assert_eq!(c.reason(val, c_value, &[]).await, pb::Reason::Unknown);
+    assert_eq!(c.reason(val, &c_new, &[]).await, pb::Reason::Valid);
 
     // Duplicate.
     let r = c
         .duplicate(
-            &p,
+            p,
             pb::DuplicateRequest {
                 id: a.id.clone(),
                 name: String::new(),
@@ -340,22 +429,22 @@ async fn basics(app: &TestApp) -> Vec<String> {
     assert_eq!(copy.metadata, a2.metadata);
 
     // Revoke by id (idempotent) and by value.
-    let t = revoke_id(&c, &p, &e.id).await.unwrap();
+    let t = revoke_id(c, p, &e.id).await.unwrap();
     assert_eq!(t.state(), pb::State::Revoked);
     assert!(t.revoked_at.is_some());
-    let again = revoke_id(&c, &p, &e.id).await.unwrap();
+    let again = revoke_id(c, p, &e.id).await.unwrap();
     assert_eq!(
         (again.state(), again.revoked_at),
         (pb::State::Revoked, t.revoked_at)
     );
     let err = c
-        .change_state(&p, &e.id, pb::State::Active, "")
+        .change_state(p, &e.id, pb::State::Active, "")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let t = c
         .revoke(
-            &p,
+            p,
             pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Token(f_value.clone())),
                 reason: String::new(),
@@ -369,14 +458,36 @@ async fn basics(app: &TestApp) -> Vec<String> {
         (t.id.as_str(), t.state()),
         (f.id.as_str(), pb::State::Revoked)
     );
-    assert_eq!(c.reason(&val, &f_value, &[]).await, pb::Reason::Revoked);
+    assert_eq!(c.reason(val, f_value, &[]).await, pb::Reason::Revoked);
 
+    Mutated {
+        copy,
+        copy_value,
+        a_new,
+        grace_end,
+    }
+}
+
+/// Pagination fodder, a recorded last use, and Search with every filter once.
+async fn search_every_filter(w: &mut Walk, i: &Issued, m: &Mutated) {
+    let Walk {
+        c,
+        p,
+        admin,
+        val,
+        out,
+        l,
+    } = w;
+    let Issued { a, b, cc, d, .. } = i;
+    let Mutated {
+        copy, copy_value, ..
+    } = m;
     // Pagination fodder.
     let mut pager = Vec::new();
     for i in 0..7 {
         let (t, _) = issue(
-            &c,
-            &p,
+            c,
+            p,
             pb::IssueRequest {
                 owner_id: "pager".into(),
                 name: format!("page {i}"),
@@ -392,7 +503,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let lu0 = Utc::now();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(c.reason(&val, &copy_value, &[]).await, pb::Reason::Valid);
+    assert_eq!(c.reason(val, copy_value, &[]).await, pb::Reason::Valid);
     let flushed = until(
         Instant::now(),
         Duration::from_secs(3),
@@ -485,71 +596,77 @@ async fn basics(app: &TestApp) -> Vec<String> {
         out.push(format!("search {what}: {got:?}"));
     };
     for (what, req, expected) in cases {
-        let ids = search_ids(&c, &p, req).await;
-        run(what.into(), ids, expected, &mut out);
+        let ids = search_ids(c, p, req).await;
+        run(what.into(), ids, expected, out);
     }
     let ranged = |after: &pb::Token, before: &pb::Token| pb::SearchRequest {
         created_after: after.created_at,
         created_before: before.created_at,
         ..Default::default()
     };
-    let ids = search_ids(&c, &p, ranged(&a, &d)).await;
-    run("created [a, d)".into(), ids, vec!["c", "b", "a"], &mut out);
-    let ids = search_ids(&c, &p, ranged(&b, &cc)).await;
-    run("created [b, c)".into(), ids, vec!["b"], &mut out);
+    let ids = search_ids(c, p, ranged(a, d)).await;
+    run("created [a, d)".into(), ids, vec!["c", "b", "a"], out);
+    let ids = search_ids(c, p, ranged(b, cc)).await;
+    run("created [b, c)".into(), ids, vec!["b"], out);
     let used = |after: bool| pb::SearchRequest {
         owner_id: "alice".into(),
         last_used_after: after.then(|| ts(lu0)),
         last_used_before: (!after).then(|| ts(lu0)),
         ..Default::default()
     };
-    let ids = search_ids(&c, &p, used(true)).await;
-    run("alice used since lu0".into(), ids, vec!["copy"], &mut out);
-    let ids = search_ids(&c, &p, used(false)).await;
+    let ids = search_ids(c, p, used(true)).await;
+    run("alice used since lu0".into(), ids, vec!["copy"], out);
+    let ids = search_ids(c, p, used(false)).await;
     run(
         "alice not used since lu0".into(),
         ids,
         vec!["g", "c", "a"],
-        &mut out,
+        out,
     );
     let ids = search_ids(
-        &c,
-        &p,
+        c,
+        p,
         pb::SearchRequest {
             query: copy_value.clone(),
             ..Default::default()
         },
     )
     .await;
-    run("query = copy's value".into(), ids, vec!["copy"], &mut out);
+    run("query = copy's value".into(), ids, vec!["copy"], out);
     let ids = search_ids(
-        &c,
-        &p,
+        c,
+        p,
         pb::SearchRequest {
-            query: wrong_secret(&copy_value),
+            query: wrong_secret(copy_value),
             ..Default::default()
         },
     )
     .await;
-    run("query = wrong secret".into(), ids, vec![], &mut out);
+    run("query = wrong secret".into(), ids, vec![], out);
     let ids = search_ids(
-        &c,
-        &admin,
+        c,
+        admin,
         pb::SearchRequest {
             query: "beta".into(),
             ..Default::default()
         },
     )
     .await;
-    run("admin of acme: beta".into(), ids, vec![], &mut out);
+    run("admin of acme: beta".into(), ids, vec![], out);
+}
 
+/// Search across pages, and ListEvents.
+async fn pages_and_events(w: &mut Walk, i: &Issued, m: &Mutated) {
+    let Walk { c, p, out, l, .. } = w;
+    let Issued { a, b, e, .. } = i;
+    let Mutated { copy, .. } = m;
     // Pagination across pages.
     let mut pages = Vec::new();
     let mut token = String::new();
     loop {
         let r = c
             .search(
-                &p,
+                p,
                 pb::SearchRequest {
                     owner_id: "pager".into(),
                     page_size: 3,
@@ -581,7 +698,7 @@ async fn basics(app: &TestApp) -> Vec<String> {
         }
     };
     let kinds_of = async |req: pb::ListEventsRequest| -> Vec<pb::Event> {
-        c.list_events(&p, req).await.unwrap().events
+        c.list_events(p, req).await.unwrap().events
     };
     use pb::EventKind as K;
     let expectations: Vec<(&str, &str, Vec<K>)> = vec![
@@ -624,35 +741,51 @@ async fn basics(app: &TestApp) -> Vec<String> {
         ));
     }
     let first = c
-        .list_events(&p, events(&b.id, "", 3, String::new()))
+        .list_events(p, events(&b.id, "", 3, String::new()))
         .await
         .unwrap();
     assert_eq!(first.events.len(), 3);
     assert!(!first.next_page_token.is_empty());
     let second = c
-        .list_events(&p, events(&b.id, "", 3, first.next_page_token))
+        .list_events(p, events(&b.id, "", 3, first.next_page_token))
         .await
         .unwrap();
     assert_eq!(second.events.len(), 1);
     assert_eq!(second.events[0].kind(), K::Issued);
     assert!(second.next_page_token.is_empty());
+}
 
+/// Expiry and the end of the grace period; then every record, normalized.
+async fn expiry_and_records(w: &mut Walk, i: &Issued, m: &Mutated) {
+    let Walk {
+        c, p, val, out, l, ..
+    } = w;
+    let Issued {
+        a_value,
+        x,
+        x_value,
+        expires,
+        ..
+    } = i;
+    let Mutated {
+        a_new, grace_end, ..
+    } = m;
     // Expiry and the end of the grace period.
-    let wait = grace_end
-        .max(Instant::now() + (expires - Utc::now()).to_std().unwrap_or_default())
+    let wait = (*grace_end)
+        .max(Instant::now() + (*expires - Utc::now()).to_std().unwrap_or_default())
         .saturating_duration_since(Instant::now());
     tokio::time::sleep(wait + Duration::from_millis(100)).await;
-    let v = validate(&c, &val, &x_value, &[]).await.unwrap();
+    let v = validate(c, val, x_value, &[]).await.unwrap();
     assert_eq!((v.valid, v.reason()), (false, pb::Reason::Expired));
     assert_eq!(v.token_id, x.id);
-    assert_eq!(c.reason(&val, &a_value, &[]).await, pb::Reason::Unknown);
-    assert_eq!(c.reason(&val, &a_new, &[]).await, pb::Reason::Valid);
+    assert_eq!(c.reason(val, a_value, &[]).await, pb::Reason::Unknown);
+    assert_eq!(c.reason(val, a_new, &[]).await, pb::Reason::Valid);
     out.push("after grace and expiry: x Expired, a old Unknown, a new Valid".into());
 
     // Every record, normalized.
     let all = c
         .search(
-            &p,
+            p,
             pb::SearchRequest {
                 include_revoked: true,
                 page_size: 500,
@@ -663,9 +796,8 @@ async fn basics(app: &TestApp) -> Vec<String> {
         .unwrap()
         .tokens;
     for t in &all {
-        out.push(normalized(t, &l));
+        out.push(normalized(t, l));
     }
-    out
 }
 
 #[tokio::test]
