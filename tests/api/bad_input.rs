@@ -576,26 +576,9 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
             "id",
             &format!("Get {bad:?}"),
         );
-        let r = client
-            .set_state(
-                &p,
-                pb::SetStateRequest {
-                    id: bad.into(),
-                    state: pb::State::Disabled as i32,
-                    reason: String::new(),
-                },
-            )
-            .await;
+        let r = client.change_state(&p, bad, pb::State::Disabled, "").await;
         assert_invalid(r.map(|_| ()), "id", &format!("SetState {bad:?}"));
-        let r = client
-            .revoke(
-                &p,
-                pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Id(bad.into())),
-                    reason: String::new(),
-                },
-            )
-            .await;
+        let r = client.revoke_id(&p, bad, "").await;
         assert_invalid(r.map(|_| ()), "id", &format!("Revoke {bad:?}"));
         let r = client
             .rotate(
@@ -640,14 +623,7 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
         assert_invalid(r.map(|_| ()), "state", &format!("SetState state={what}"));
     }
     let r = client
-        .set_state(
-            &p,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "r".repeat(501),
-            },
-        )
+        .change_state(&p, &id, pb::State::Disabled, &"r".repeat(501))
         .await;
     assert_invalid(r.map(|_| ()), "reason", "SetState 501-char reason");
 
@@ -663,36 +639,12 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
         .await;
     assert_invalid(r.map(|_| ()), "target", "Revoke without target");
     for bad in ["", "garbage", "tk_abc_def"] {
-        let r = client
-            .revoke(
-                &p,
-                pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Token(bad.into())),
-                    reason: String::new(),
-                },
-            )
-            .await;
+        let r = client.revoke_value(&p, bad, "").await;
         assert_invalid(r.map(|_| ()), "token", &format!("Revoke by value {bad:?}"));
     }
-    let r = client
-        .revoke(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token("a".repeat(513))),
-                reason: String::new(),
-            },
-        )
-        .await;
+    let r = client.revoke_value(&p, &"a".repeat(513), "").await;
     assert_invalid(r.map(|_| ()), "token", "Revoke by 513-byte value");
-    let r = client
-        .revoke(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.clone())),
-                reason: "r".repeat(501),
-            },
-        )
-        .await;
+    let r = client.revoke_id(&p, &id, &"r".repeat(501)).await;
     assert_invalid(r.map(|_| ()), "reason", "Revoke 501-char reason");
 
     // Rotate: negative or malformed grace, grace over the maximum.

@@ -946,14 +946,7 @@ async fn no_validate_started_after_set_state_disabled_sees_the_token_valid() {
     let client = app.api.clone();
     let samples = hammer_during(&app, &validator, &value, &[], async {
         client
-            .set_state(
-                &app.platform,
-                pb::SetStateRequest {
-                    id: id.clone(),
-                    state: pb::State::Disabled as i32,
-                    reason: "incident".into(),
-                },
-            )
+            .change_state(&app.platform, &id, pb::State::Disabled, "incident")
             .await
             .unwrap();
     })
@@ -969,13 +962,7 @@ async fn no_validate_started_after_revoke_sees_the_token_valid() {
     let client = app.api.clone();
     let samples = hammer_during(&app, &validator, &value, &[], async {
         client
-            .revoke(
-                &app.platform,
-                pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Id(id.clone())),
-                    reason: "leaked".into(),
-                },
-            )
+            .revoke_id(&app.platform, &id, "leaked")
             .await
             .unwrap();
     })
@@ -1050,14 +1037,7 @@ async fn no_rpc_started_after_its_credential_was_disabled_is_served() {
     let client = app.api.clone();
     let samples = hammer_during(&app, &validator, &value, &[], async {
         client
-            .set_state(
-                &app.platform,
-                pb::SetStateRequest {
-                    id: validator_id.clone(),
-                    state: pb::State::Disabled as i32,
-                    reason: String::new(),
-                },
-            )
+            .change_state(&app.platform, &validator_id, pb::State::Disabled, "")
             .await
             .unwrap();
     })
@@ -1198,16 +1178,9 @@ async fn a_cold_miss_racing_set_state_never_caches_the_old_state() {
         let (platform, racing_value) = (cold.platform.clone(), value.clone());
         let miss = tokio::spawn(async move { racer.check(&platform, &racing_value, &[]).await });
         tokio::time::sleep(Duration::from_millis(1)).await;
-        cold.set_state(
-            &cold.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+        cold.change_state(&cold.platform, id, pb::State::Disabled, "")
+            .await
+            .unwrap();
         for _ in 0..2 {
             let r = cold.check(&cold.platform, value, &[]).await.unwrap();
             assert!(!r.valid, "{id} valid after SetState(disabled) returned");
@@ -1358,26 +1331,12 @@ async fn a_change_on_one_replica_reaches_the_other_replicas_cache() {
 
     // Disable: replica 2 refreshes the snapshot and keeps the verified digest.
     on_one
-        .set_state(
-            &one.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&one.platform, &id, pb::State::Disabled, "")
         .await
         .unwrap();
     eventually(&two, &on_two, &value, &[], pb::Reason::Disabled, lag).await;
     on_one
-        .set_state(
-            &one.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Active as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&one.platform, &id, pb::State::Active, "")
         .await
         .unwrap();
     eventually(&two, &on_two, &value, &[], pb::Reason::Valid, lag).await;
@@ -1432,13 +1391,7 @@ async fn a_change_on_one_replica_reaches_the_other_replicas_cache() {
 
     // Revoke.
     on_one
-        .revoke(
-            &one.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.clone())),
-                reason: "leaked".into(),
-            },
-        )
+        .revoke_id(&one.platform, &id, "leaked")
         .await
         .unwrap();
     eventually(&two, &on_two, &rotated, &[], pb::Reason::Revoked, lag).await;

@@ -133,24 +133,11 @@ async fn fixture(adjust: impl FnOnce(&mut tokend::config::Config)) -> Fixture {
     let unprivileged = issue(&app, "eve", &["billing:read"], "").await.1;
     let client = app.api.clone();
     client
-        .set_state(
-            &app.platform,
-            pb::SetStateRequest {
-                id: disabled.0.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "paused".into(),
-            },
-        )
+        .change_state(&app.platform, &disabled.0, pb::State::Disabled, "paused")
         .await
         .unwrap();
     client
-        .revoke(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(revoked.0.clone())),
-                reason: "leaked".into(),
-            },
-        )
+        .revoke_id(&app.platform, &revoked.0, "leaked")
         .await
         .unwrap();
     let wait = soon - chrono::Utc::now() + chrono::Duration::milliseconds(50);
@@ -491,13 +478,7 @@ async fn ext_authz_check_allows_denies_and_refuses_like_envoy_expects() {
 
     // A revoke is seen by the very next Check.
     client
-        .revoke(
-            &f.app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(valid_id.clone())),
-                reason: "test".into(),
-            },
-        )
+        .revoke_id(&f.app.platform, valid_id, "test")
         .await
         .unwrap();
     let r = check(&f, Some(&f.gateway), request()).await.unwrap();

@@ -77,14 +77,7 @@ async fn the_per_owner_limit_counts_live_tokens_only() {
 
     // Disabled tokens still count.
     client
-        .set_state(
-            &p,
-            pb::SetStateRequest {
-                id: ids[1].clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&p, &ids[1], pb::State::Disabled, "")
         .await
         .unwrap();
     assert_exhausted(
@@ -124,16 +117,7 @@ async fn the_per_owner_limit_counts_live_tokens_only() {
         "after a repeated revoke",
     );
     // Revoke by value frees a slot too.
-    client
-        .revoke(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(new_value)),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke_value(&p, &new_value, "").await.unwrap();
     issue(&client, &p, "acme", "alice").await.unwrap();
     assert_exhausted(
         issue(&client, &p, "acme", "alice").await,

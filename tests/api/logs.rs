@@ -174,27 +174,9 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
         .await
         .unwrap();
     assert!(found.tokens.is_empty());
-    let err = client
-        .revoke(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(wrong.clone())),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = client.revoke_value(&p, &wrong, "").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = client
-        .revoke(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(typo.clone())),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = client.revoke_value(&p, &typo, "").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // Oversized values (containing a real one) are refused, and not logged either.
     let long = format!("{a_new}{}", "z".repeat(600));
@@ -210,13 +192,7 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     client
-        .revoke(
-            &validator,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(d_value.clone())),
-                reason: "leaked".into(),
-            },
-        )
+        .revoke_value(&validator, &d_value, "leaked")
         .await
         .unwrap();
     assert_eq!(
@@ -225,14 +201,7 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
     );
     // Other management calls with the bootstrap platform token.
     client
-        .set_state(
-            &p,
-            pb::SetStateRequest {
-                id: a.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "audit".into(),
-            },
-        )
+        .change_state(&p, &a, pb::State::Disabled, "audit")
         .await
         .unwrap();
     client

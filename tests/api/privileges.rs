@@ -472,14 +472,7 @@ impl Env {
             }
             Rpc::SetState => {
                 let r = c
-                    .set_state(
-                        cred,
-                        pb::SetStateRequest {
-                            id: t.id.clone(),
-                            state: pb::State::Disabled as i32,
-                            reason: "matrix".into(),
-                        },
-                    )
+                    .change_state(cred, &t.id, pb::State::Disabled, "matrix")
                     .await;
                 let now = self.get(&t.id).await.state();
                 let want = if r.is_ok() {
@@ -1008,25 +1001,10 @@ async fn bad_credentials_are_unauthenticated() {
         );
     }
 
-    c.set_state(
-        &root,
-        pb::SetStateRequest {
-            id: disabled_id,
-            state: pb::State::Disabled as i32,
-            reason: String::new(),
-        },
-    )
-    .await
-    .unwrap();
-    c.revoke(
-        &root,
-        pb::RevokeRequest {
-            target: Some(By::Id(revoked_id)),
-            reason: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    c.change_state(&root, &disabled_id, pb::State::Disabled, "")
+        .await
+        .unwrap();
+    c.revoke_id(&root, &revoked_id, "").await.unwrap();
     let rotated_new = c
         .rotate(
             &root,
@@ -1136,17 +1114,8 @@ async fn self_caller_disabling_its_own_credential_is_locked_out() {
     let (id, cred) = app.token_for(ACCOUNT, OWNER, &["tokens:self"]).await;
 
     let t = c
-        .set_state(
-            &cred,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "leaving".into(),
-            },
-        )
+        .change_state(&cred, &id, pb::State::Disabled, "leaving")
         .await
-        .unwrap()
-        .token
         .unwrap();
     assert_eq!(t.state(), pb::State::Disabled);
     assert_eq!(t.state_reason, "leaving");
@@ -1158,14 +1127,7 @@ async fn self_caller_disabling_its_own_credential_is_locked_out() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     let err = c
-        .set_state(
-            &cred,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Active as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&cred, &id, pb::State::Active, "")
         .await
         .unwrap_err();
     assert_eq!(
@@ -1179,16 +1141,9 @@ async fn self_caller_disabling_its_own_credential_is_locked_out() {
     );
 
     // Re-enabled by platform, it works again at once.
-    c.set_state(
-        &app.platform,
-        pb::SetStateRequest {
-            id: id.clone(),
-            state: pb::State::Active as i32,
-            reason: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    c.change_state(&app.platform, &id, pb::State::Active, "")
+        .await
+        .unwrap();
     let t = c
         .get(&cred, pb::GetRequest { id: id.clone() })
         .await
@@ -1212,16 +1167,7 @@ async fn revoke_by_value_works_from_another_account() {
     let (id, leaked) = app.token_for(ACCOUNT, OTHER_OWNER, &["billing:read"]).await;
 
     // By id it does not exist for the finder.
-    let err = c
-        .revoke(
-            &finder,
-            pb::RevokeRequest {
-                target: Some(By::Id(id.clone())),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = c.revoke_id(&finder, &id, "").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // A rotated-away value is no proof of possession.
@@ -1235,16 +1181,7 @@ async fn revoke_by_value_works_from_another_account() {
     )
     .await
     .unwrap();
-    let err = c
-        .revoke(
-            &finder,
-            pb::RevokeRequest {
-                target: Some(By::Token(old_value)),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = c.revoke_value(&finder, &old_value, "").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let old = c
         .get(&app.platform, pb::GetRequest { id: old_id })
@@ -1256,16 +1193,8 @@ async fn revoke_by_value_works_from_another_account() {
 
     // With the full value it may revoke.
     let tomb = c
-        .revoke(
-            &finder,
-            pb::RevokeRequest {
-                target: Some(By::Token(leaked.clone())),
-                reason: "found on a pastebin".into(),
-            },
-        )
+        .revoke_value(&finder, &leaked, "found on a pastebin")
         .await
-        .unwrap()
-        .token
         .unwrap();
     assert_eq!(tomb.id, id);
     assert_eq!(tomb.account_id, ACCOUNT);
@@ -1281,18 +1210,7 @@ async fn revoke_by_value_works_from_another_account() {
     );
 
     // Idempotent, also for a caller without any tokens:* module.
-    let again = c
-        .revoke(
-            &nobody,
-            pb::RevokeRequest {
-                target: Some(By::Token(leaked.clone())),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap()
-        .token
-        .unwrap();
+    let again = c.revoke_value(&nobody, &leaked, "").await.unwrap();
     assert_eq!(again.id, id);
     assert_eq!(again.state(), pb::State::Revoked);
 

@@ -224,14 +224,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     let (id, value) = rich_token(&app, far).await;
     assert!(app.validate_with(&validator, &value, &[]).await.valid);
     client
-        .set_state(
-            &app.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&app.platform, &id, pb::State::Disabled, "")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
@@ -247,16 +240,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     // REVOKED
     let (id, value) = rich_token(&app, far).await;
     assert!(app.validate_with(&validator, &value, &[]).await.valid);
-    client
-        .revoke(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.clone())),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke_id(&app.platform, &id, "").await.unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
     assert!(!v.valid);
     assert_eq!(v.reason(), pb::Reason::Revoked);
@@ -318,30 +302,14 @@ async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     assert_fields(&v, &id, soon);
     // disabled + expired + missing modules
     client
-        .set_state(
-            &app.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&app.platform, &id, pb::State::Disabled, "")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value, &missing).await;
     assert_eq!(v.reason(), pb::Reason::Disabled);
     assert_fields(&v, &id, soon);
     // revoked + disabled + expired + missing modules
-    client
-        .revoke(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.clone())),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke_id(&app.platform, &id, "").await.unwrap();
     let v = app.validate_with(&validator, &value, &missing).await;
     assert_eq!(v.reason(), pb::Reason::Revoked);
     assert_fields(&v, &id, soon);
@@ -355,14 +323,7 @@ async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let (id2, value2) = rich_token(&app, far).await;
     client
-        .set_state(
-            &app.platform,
-            pb::SetStateRequest {
-                id: id2.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&app.platform, &id2, pb::State::Disabled, "")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value2, &missing).await;

@@ -153,26 +153,10 @@ async fn every_filter_alone_and_combined() {
     let (t6, _) = issue(&app, &p, "acme", "carol", "Disabled one", &["x"]).await;
     let (t7, _) = issue(&app, &p, "acme", "carol", "revoked deploy", &[]).await;
     client
-        .set_state(
-            &p,
-            pb::SetStateRequest {
-                id: t6.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&p, &t6, pb::State::Disabled, "")
         .await
         .unwrap();
-    client
-        .revoke(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(t7.clone())),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke_id(&p, &t7, "").await.unwrap();
     let mut model = Vec::new();
     for id in [&id_of(&p), &boss_id, &t1, &t2, &t3, &t4, &t5, &t6, &t7] {
         model.push(client.token(&p, id).await.unwrap());
@@ -672,16 +656,7 @@ async fn query_with_a_token_value_matches_only_that_token_when_the_secret_verifi
     assert_eq!(ids(&client, &p, q(&r2.secret)).await, vec![a.clone()]);
 
     // Revoked: hidden by default, found with include_revoked.
-    client
-        .revoke(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(b_value.clone())),
-                reason: String::new(),
-            },
-        )
-        .await
-        .unwrap();
+    client.revoke_value(&p, &b_value, "").await.unwrap();
     assert!(ids(&client, &p, q(&b_value)).await.is_empty());
     assert_eq!(
         ids(

@@ -620,16 +620,9 @@ async fn totals_and_write_paths(app: &TestApp) {
     assert_eq!(all_pages(app, req("", "billing:read")).await.1, Some(1));
     assert_eq!(all_pages(app, req("", "storage:*")).await.1, Some(2));
     // A module search sees state changes (the token's own state).
-    c.set_state(
-        &app.platform,
-        pb::SetStateRequest {
-            id: issued[2].clone(),
-            state: pb::State::Disabled as i32,
-            reason: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    c.change_state(&app.platform, &issued[2], pb::State::Disabled, "")
+        .await
+        .unwrap();
     let disabled = |module: &str| pb::SearchRequest {
         states: vec![pb::State::Disabled as i32],
         ..req("", module)
@@ -639,15 +632,7 @@ async fn totals_and_write_paths(app: &TestApp) {
         vec![issued[2].clone()]
     );
     assert_eq!(all_pages(app, disabled("billing:read")).await.1, Some(1));
-    c.revoke(
-        &app.platform,
-        pb::RevokeRequest {
-            target: Some(pb::revoke_request::Target::Id(issued[2].clone())),
-            reason: String::new(),
-        },
-    )
-    .await
-    .unwrap();
+    c.revoke_id(&app.platform, &issued[2], "").await.unwrap();
     assert_eq!(all_pages(app, req("", "storage:*")).await.1, Some(1));
     let revoked_too = pb::SearchRequest {
         include_revoked: true,

@@ -33,14 +33,7 @@ async fn issue_validate_disable_search_revoke() {
     assert_eq!(v.token_id, token.id);
 
     client
-        .set_state(
-            &app.platform,
-            pb::SetStateRequest {
-                id: token.id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "audit".into(),
-            },
-        )
+        .change_state(&app.platform, &token.id, pb::State::Disabled, "audit")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &issued.secret, &[]).await;
@@ -61,13 +54,7 @@ async fn issue_validate_disable_search_revoke() {
     assert_eq!(found.tokens[0].state(), pb::State::Disabled);
 
     client
-        .revoke(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(token.id.clone())),
-                reason: String::new(),
-            },
-        )
+        .revoke_id(&app.platform, &token.id, "")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &issued.secret, &[]).await;

@@ -105,14 +105,7 @@ async fn a_restart_keeps_every_token_valid_without_argon2() {
     let client = first.api.clone();
     // One disabled, one rotated with a grace period (both values valid).
     client
-        .set_state(
-            &first.platform,
-            pb::SetStateRequest {
-                id: id_of(&values[0]),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        )
+        .change_state(&first.platform, &id_of(&values[0]), pb::State::Disabled, "")
         .await
         .unwrap();
     expected[0] = pb::Reason::Disabled;
@@ -701,13 +694,7 @@ async fn a_warm_start_on_postgres_misses_no_change_committed_during_the_load() {
     let mut revoked_while_loading = 0;
     for (id, _) in &real {
         client
-            .revoke(
-                &writer.platform,
-                pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Id(id.clone())),
-                    reason: "during the warm start".into(),
-                },
-            )
+            .revoke_id(&writer.platform, id, "during the warm start")
             .await
             .unwrap();
         if !replica.health.is_serving() {
