@@ -21,7 +21,7 @@ use tokend::{
 };
 use tonic::{Code, Status};
 
-use crate::helpers::{self, Api, SharedDb, TestApp, authed, spawn_app_with};
+use crate::helpers::{self, Api, SharedDb, TestApp, spawn_app_with};
 
 // ---------------------------------------------------------------------------
 // Harness for this file
@@ -815,17 +815,15 @@ async fn searching_by_value_is_not_a_use_of_the_token() {
     let app = spawn_app_with(|_| {}).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
     let found = app
-        .client()
-        .search(authed(
+        .search(
             &app.platform,
             pb::SearchRequest {
                 query: value,
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(found.tokens.len(), 1);
     assert_eq!(found.tokens[0].id, id);
     assert_eq!(found.tokens[0].last_used_at, None);
@@ -837,20 +835,7 @@ async fn searching_by_value_is_not_a_use_of_the_token() {
 async fn revoking_by_value_is_not_a_use_of_the_token() {
     let app = spawn_app_with(|_| {}).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
-    let revoked = app
-        .client()
-        .revoke(authed(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(value)),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-        .unwrap();
+    let revoked = app.revoke_value(&app.platform, &value, "").await.unwrap();
     assert_eq!(revoked.id, id);
     assert_eq!(revoked.state(), pb::State::Revoked);
     assert_eq!(last_used_after_flushes(&app, &id).await, None);

@@ -561,16 +561,7 @@ async fn a_revoke_on_one_replica_denies_on_every_replicas_ext_authz() {
     };
     let code = |r: CheckResponse| r.status.unwrap().code;
     assert_eq!(code(on_b.check(request()).await.unwrap().into_inner()), 0);
-    a.client()
-        .revoke(authed(
-            &a.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id)),
-                reason: "leaked".into(),
-            },
-        ))
-        .await
-        .unwrap();
+    a.revoke_id(&a.platform, &id, "leaked").await.unwrap();
     let revoked = std::time::Instant::now();
     loop {
         if code(on_b.check(request()).await.unwrap().into_inner()) == 16 {
@@ -1093,14 +1084,7 @@ async fn through_the_proxy(f: &Fixture, proxy: &Proxy, name: &str) {
         200
     );
     f.app
-        .client()
-        .revoke(authed(
-            &f.app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id)),
-                reason: "leaked".into(),
-            },
-        ))
+        .revoke_id(&f.app.platform, &id, "leaked")
         .await
         .unwrap();
     let r = conn

@@ -1,9 +1,10 @@
 //! Test harness: `spawn_app()` starts the real server on a random port with a
 //! fresh temporary SQLite database (or a fresh PostgreSQL database with
-//! `spawn_app_pg()`), bootstraps a platform token, and hands out a generated
-//! typed client (`Api`, reached through `TestApp`'s methods: one per RPC, over
-//! one connection made at spawn). Every log line of the test binary is captured at TRACE level
-//! so tests can prove that no secret ever reaches a log.
+//! `spawn_app_pg()`), bootstraps a platform token, and connects one typed
+//! client (`Api`: a method per RPC, each taking the caller's credential and the
+//! request), reached through `TestApp` (`app.issue(caller, request)`). Every
+//! log line of the test binary is captured at TRACE level so tests can prove
+//! that no secret ever reaches a log.
 
 #![allow(dead_code)]
 
@@ -684,19 +685,8 @@ impl Deref for TestApp {
 }
 
 impl TestApp {
-    /// The generated client on this app's one connection.
-    pub fn client(&self) -> TokenServiceClient<Channel> {
-        self.api.raw()
-    }
-
-    /// A generated client on a connection of its own, for tests about
-    /// connections (several at once, one dropped...).
-    pub async fn connect(&self) -> TokenServiceClient<Channel> {
-        TokenServiceClient::connect(self.endpoint.clone())
-            .await
-            .expect("connect client")
-    }
-
+    /// A connection of its own to this app, for what the typed client does
+    /// not cover (a health watch, other services) or a test about connections.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.endpoint.clone())
             .unwrap()

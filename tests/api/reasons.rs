@@ -12,7 +12,7 @@ use tokend::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, authed, id_of, spawn_app, ts};
+use crate::helpers::{TestApp, id_of, spawn_app, ts};
 
 /// A well-formed value (valid checksum) for `id` with a random, wrong secret.
 fn wrong_secret_for(id: &str) -> String {
@@ -190,17 +190,15 @@ async fn unknown_ids_and_wrong_secrets_are_unknown() {
     assert_rejected_without_fields(&v, pb::Reason::Unknown);
     // The value from before a Rotate without grace.
     let r = app
-        .client()
-        .rotate(authed(
+        .rotate(
             &app.platform,
             pb::RotateRequest {
                 id: id.clone(),
                 grace_period: None,
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
     assert_rejected_without_fields(&v, pb::Reason::Unknown);
     // Asked again (now from the negative cache): same answer.
@@ -338,19 +336,18 @@ async fn previous_secret_within_grace_validates_with_fields() {
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let (id, old) = rich_token(&app, far).await;
-    app.client()
-        .rotate(authed(
-            &app.platform,
-            pb::RotateRequest {
-                id: id.clone(),
-                grace_period: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    app.rotate(
+        &app.platform,
+        pb::RotateRequest {
+            id: id.clone(),
+            grace_period: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+        },
+    )
+    .await
+    .unwrap();
     let v = app.validate_with(&validator, &old, &["reports:*"]).await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_fields(&v, &id, far);
@@ -385,14 +382,13 @@ async fn callers_scope_and_value_size() {
     assert_eq!(v.token_id, own_id);
     // tokens:self alone may not validate.
     let err = app
-        .client()
-        .validate(authed(
+        .validate(
             &selfish,
             pb::ValidateRequest {
                 token: value.clone(),
                 required_modules: vec![],
             },
-        ))
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -400,14 +396,13 @@ async fn callers_scope_and_value_size() {
     // Over 512 bytes: INVALID_ARGUMENT on `token`, not a verdict.
     for long in ["a".repeat(513), format!("{value}{}", "a".repeat(513))] {
         let err = app
-            .client()
-            .validate(authed(
+            .validate(
                 &validator,
                 pb::ValidateRequest {
                     token: long,
                     required_modules: vec![],
                 },
-            ))
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");

@@ -1,6 +1,7 @@
 //! Search served from indexes: the plans of every filter combination the
-//! README lists (EXPLAIN QUERY PLAN on SQLite; `postgres::search_sql_uses_the_indexes`
-//! checks the same cases with EXPLAIN on PostgreSQL), Unicode-aware matching,
+//! README lists (EXPLAIN QUERY PLAN on SQLite;
+//! `postgres::indexes::search_sql_uses_the_indexes` checks the same cases with
+//! EXPLAIN on PostgreSQL), Unicode-aware matching,
 //! totals, indexes kept in step by every write path (service, raw SQL,
 //! migration backfill), and a property test comparing index-backed search with
 //! a brute-force filter on random data, on SQLite and (with
@@ -23,7 +24,7 @@ use tokend::{
     store::{SearchQuery, Store, StoreConfig, fold},
 };
 
-use crate::helpers::{self, TestApp, authed, spawn_app, spawn_app_pg};
+use crate::helpers::{self, TestApp, spawn_app, spawn_app_pg};
 
 // ---------------------------------------------------------------------------
 // Fixtures
@@ -520,11 +521,7 @@ async fn name_search_is_unicode_aware_on_postgres() {
 // ---------------------------------------------------------------------------
 
 async fn search(app: &TestApp, req: pb::SearchRequest) -> pb::SearchResponse {
-    app.client()
-        .search(authed(&app.platform, req))
-        .await
-        .unwrap()
-        .into_inner()
+    app.search(&app.platform, req).await.unwrap()
 }
 
 /// Every page of `req`, as token ids, and the total of its first page.
