@@ -28,7 +28,7 @@ use crate::{
     error::{Error, Result},
     health::{Condition, FollowerStatus, Health},
     http,
-    manage::TokenManager,
+    manage::{Secrets, TokenManager},
     pb,
     store::Store,
     supervisor::Supervisor,
@@ -41,6 +41,7 @@ use crate::{
         Validator,
         backfill::VerifierBackfill,
         cache::VerifiedCache,
+        clock::Clock,
         coherence,
         hasher::Hasher,
         key_file::{self, KeySource},
@@ -57,7 +58,10 @@ pub struct Services {
     pub store: Arc<Store>,
     pub usage: Arc<UsageRecorder>,
     pub backfill: Arc<VerifierBackfill>,
+    pub validator: Arc<Validator>,
     pub manager: Arc<TokenManager>,
+    /// The one clock of this process (the system clock).
+    pub clock: Clock,
 }
 
 impl Services {
@@ -92,14 +96,16 @@ impl Services {
         }
         store.migrate().await?;
         let hasher = Arc::new(Hasher::start(&config.hasher())?);
+        let keyring = Arc::new(keyring);
         let usage = Arc::new(UsageRecorder::default());
         let backfill = Arc::new(VerifierBackfill::default());
+        let clock = Clock::system();
         let validator = Arc::new(Validator::new(
             Arc::clone(&store),
-            hasher,
+            Arc::clone(&hasher),
             VerifiedCache::new(
                 config.cache(),
-                Arc::new(keyring),
+                Arc::clone(&keyring),
                 crate::api::wire::encode_verified,
             ),
             Arc::clone(&usage),
@@ -107,14 +113,18 @@ impl Services {
         ));
         let manager = Arc::new(TokenManager::new(
             Arc::clone(&store),
-            validator,
+            Arc::clone(&validator),
+            Secrets { hasher, keyring },
+            clock.clone(),
             config.policy(),
         ));
         Ok(Self {
             store,
             usage,
             backfill,
+            validator,
             manager,
+            clock,
         })
     }
 }
@@ -286,9 +296,10 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(
-                &services.manager,
-            ))))
+            .add_service(TokenServiceServer::new(TokenApi::new(
+                Arc::clone(&services.manager),
+                services.clock.clone(),
+            )))
             .add_service(AuthorizationServer::new(ExtAuthzApi::new(Arc::clone(
                 &services.manager,
             ))));
@@ -314,7 +325,7 @@ impl Application {
         // In-flight calls are done: stop the background work, which ends
         // with a final last-used flush.
         supervisor.shutdown().await;
-        let validator = services.manager.validator();
+        let validator = &services.validator;
         tracing::info!(
             argon2_verifications = validator.hasher().verifications(),
             cache_entries = validator.cache().len(),
@@ -352,7 +363,7 @@ fn background(
         });
     }
     {
-        let validator = Arc::clone(services.manager.validator_arc());
+        let validator = Arc::clone(&services.validator);
         let (warm, health) = (config.warm(), health.clone());
         supervisor.spawn("warm start", move |_, stop| {
             warm_then_ready(Arc::clone(&validator), warm.clone(), health.clone(), stop)
@@ -376,7 +387,7 @@ fn background(
     if postgres {
         let status = FollowerStatus::new(health.clone());
         let store = Arc::clone(store);
-        let validator = Arc::clone(services.manager.validator_arc());
+        let validator = Arc::clone(&services.validator);
         let coherence = config.coherence();
         supervisor.spawn("change-log follower", move |attempt, stop| {
             let (store, validator) = (Arc::clone(&store), Arc::clone(&validator));
@@ -402,7 +413,7 @@ fn serve_metrics(
     services: &Services,
     health: &Health,
 ) {
-    let validator = Arc::clone(services.manager.validator_arc());
+    let validator = Arc::clone(&services.validator);
     let store = Arc::clone(&services.store);
     let usage = Arc::clone(&services.usage);
     let sources: Vec<Source> = vec![
