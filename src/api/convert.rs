@@ -330,8 +330,8 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
         account_id: e.account_id.clone(),
         owner_id: e.owner_id.clone(),
         kind: event_kind_to_pb(e.kind) as i32,
-        actor_token_id: e.actor.token_id.clone(),
-        actor_owner_id: e.actor.owner_id.clone(),
+        actor_token_id: e.actor.recorded_id(),
+        actor_owner_id: e.actor.owner_id().to_owned(),
         at: Some(to_timestamp(e.at)),
         detail: e.detail.clone(),
     }

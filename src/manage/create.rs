@@ -141,8 +141,7 @@ impl TokenManager {
         };
         let event = NewEvent {
             kind: EventKind::Issued,
-            actor: Actor {
-                token_id: "bootstrap".into(),
+            actor: Actor::Bootstrap {
                 owner_id: owner_id.clone(),
             },
             detail: "tokend bootstrap".into(),

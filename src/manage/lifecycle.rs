@@ -52,7 +52,7 @@ fn updated(mut token: Token, input: UpdateInput, actor: Actor, now: DateTime<Utc
         return Change::Unchanged(token);
     }
     token.updated_at = now;
-    token.updated_by = actor.owner_id.clone();
+    token.updated_by = actor.owner_id().to_owned();
     Change::Changed {
         token,
         event: NewEvent {
@@ -79,7 +79,7 @@ fn state_set(
             token.state_reason = reason.clone();
             token.disabled_at = (state == TokenState::Disabled).then_some(now);
             token.updated_at = now;
-            token.updated_by = actor.owner_id.clone();
+            token.updated_by = actor.owner_id().to_owned();
             let kind = if state == TokenState::Disabled {
                 EventKind::Disabled
             } else {
@@ -109,7 +109,7 @@ fn revoked(mut token: Token, reason: String, actor: Actor, now: DateTime<Utc>) -
             token.revoked_at = Some(now);
             token.previous_secret = None;
             token.updated_at = now;
-            token.updated_by = actor.owner_id.clone();
+            token.updated_by = actor.owner_id().to_owned();
             Change::Changed {
                 token,
                 event: NewEvent {
@@ -155,7 +155,7 @@ fn rotated(
     };
     token.hint = new.hint;
     token.updated_at = now;
-    token.updated_by = actor.owner_id.clone();
+    token.updated_by = actor.owner_id().to_owned();
     let detail = format!("grace_period={}s", grace.num_seconds());
     Ok(Change::Changed {
         token,
@@ -285,10 +285,7 @@ mod tests {
     }
 
     fn bob() -> Actor {
-        Actor {
-            token_id: "0123456789abcdef".into(),
-            owner_id: "bob".into(),
-        }
+        Actor::from_recorded("0123456789abcdef".into(), "bob".into())
     }
 
     fn fixture() -> Token {

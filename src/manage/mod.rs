@@ -45,8 +45,8 @@ pub fn now() -> DateTime<Utc> {
 }
 
 fn actor(caller: &Caller) -> Actor {
-    Actor {
-        token_id: caller.token_id.to_string(),
+    Actor::Token {
+        id: caller.token_id,
         owner_id: caller.owner_id().to_owned(),
     }
 }
@@ -204,8 +204,9 @@ impl TokenManager {
         fresh: Option<&TokenValue>,
         decide: impl FnOnce(Token) -> Result<Change> + Send,
     ) -> Result<Token> {
-        let (token, changed) = self.store.update_token(id, decide).await?;
-        self.validator.apply(&token, fresh.filter(|_| changed));
-        Ok(token)
+        let updated = self.store.update_token(id, decide).await?;
+        let fresh = fresh.filter(|_| updated.committed());
+        self.validator.apply(updated.token(), fresh);
+        Ok(updated.into_token())
     }
 }

@@ -220,8 +220,8 @@ pub async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
     })
     .expect("hasher");
     let shared = hasher.hash("not any token's secret").await.expect("hash");
-    let actor = Actor {
-        token_id: "tokend-bench".into(),
+    let actor = Actor::Tool {
+        name: "tokend-bench".into(),
         owner_id: "bench".into(),
     };
     let now = Utc::now();

@@ -248,8 +248,8 @@ async fn seed(url: &str) -> Seeded {
     .expect("connect");
     store.migrate().await.expect("migrate");
     let phc = cheap_phc();
-    let actor = Actor {
-        token_id: "tokend-bench".into(),
+    let actor = Actor::Tool {
+        name: "tokend-bench".into(),
         owner_id: "bench".into(),
     };
     let mut rng = StdRng::seed_from_u64(20261201);
