@@ -5,7 +5,7 @@ use super::{EventsInput, SearchInput, SearchPage, TextQuery, TokenManager};
 use crate::{
     domain::{
         Caller, TokenState,
-        page::{self, EventCursor, TokenCursor},
+        page::{EventCursor, Filters, TokenCursor},
         token::Event,
     },
     error::{Error, Result},
@@ -69,19 +69,20 @@ impl TokenManager {
                 query_key = format!("id:{}", value.id());
             }
         }
-        let filters = page::fingerprint(&format!(
-            // The page size may change between pages; the filters may not.
-            "{scope:?}|{:?}|{query_key}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-            query.account_id,
-            query.states,
-            query.owner_id,
-            query.created_by,
-            query.module,
-            query.created_after,
-            query.created_before,
-            query.last_used_before,
-            query.last_used_after,
-        ));
+        // The page size may change between pages; the filters may not.
+        let filters = Filters::default()
+            .scope(&scope)
+            .text(query.account_id.as_deref())
+            .raw(&query_key)
+            .states(&query.states)
+            .text(query.owner_id.as_deref())
+            .text(query.created_by.as_deref())
+            .text(query.module.as_deref())
+            .time(query.created_after)
+            .time(query.created_before)
+            .time(query.last_used_before)
+            .time(query.last_used_after)
+            .fingerprint();
         if let Some(t) = &input.page_token {
             query.after = Some(TokenCursor::decode("page_token", t, filters)?);
         }
@@ -116,10 +117,11 @@ impl TokenManager {
         input: EventsInput,
     ) -> Result<(Vec<Event>, Option<String>)> {
         let scope = caller.listing_scope().map_err(|d| Error::denied(d, ""))?;
-        let filters = page::fingerprint(&format!(
-            "{scope:?}|{:?}|{:?}",
-            input.token_id, input.account_id
-        ));
+        let filters = Filters::default()
+            .scope(&scope)
+            .token_id(input.token_id)
+            .text(input.account_id.as_deref())
+            .fingerprint();
         let after = match &input.page_token {
             Some(t) => Some(EventCursor::decode("page_token", t, filters)?),
             None => None,
