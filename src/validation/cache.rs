@@ -495,7 +495,8 @@ impl VerifiedCache {
         verified: Option<(Matched, Digest)>,
         generation: u64,
     ) -> Arc<Entry> {
-        let carried = self.get(&token.id).map(|e| e.slots()).unwrap_or_default();
+        // Nothing cached: no verified digests to carry over.
+        let carried = self.get(&token.id).map_or_else(Vec::new, |e| e.slots());
         let entry = Arc::new(Entry::build(
             token,
             &self.keyring,
@@ -530,7 +531,8 @@ impl VerifiedCache {
         if existing.is_none() && fresh.is_none() {
             return;
         }
-        let carried = existing.map(|e| e.slots()).unwrap_or_default();
+        // Nothing cached: no verified digests to carry over.
+        let carried = existing.map_or_else(Vec::new, |e| e.slots());
         let entry = Entry::build(
             token,
             &self.keyring,

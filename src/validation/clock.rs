@@ -26,14 +26,25 @@ use std::{
 use chrono::{DateTime, Utc};
 
 /// A point in time, in microseconds since 1970-01-01T00:00:00Z: the
-/// resolution the store keeps timestamps at.
+/// resolution the store keeps timestamps at. Always within the range a
+/// `DateTime<Utc>` can hold (every constructor clamps to it), so converting
+/// back is exact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct UnixMicros(i64);
 
 impl UnixMicros {
+    /// The range of `DateTime<Utc>`, in microseconds.
+    fn clamped(micros: i64) -> Self {
+        let (min, max) = (
+            DateTime::<Utc>::MIN_UTC.timestamp_micros(),
+            DateTime::<Utc>::MAX_UTC.timestamp_micros(),
+        );
+        Self(micros.clamp(min, max))
+    }
+
     pub fn now() -> Self {
         match SystemTime::now().duration_since(UNIX_EPOCH) {
-            Ok(d) => Self(
+            Ok(d) => Self::clamped(
                 i64::try_from(d.as_secs())
                     .unwrap_or(i64::MAX / 1_000_000)
                     .saturating_mul(1_000_000)
@@ -50,7 +61,13 @@ impl UnixMicros {
     }
 
     pub fn to_datetime(self) -> DateTime<Utc> {
-        DateTime::from_timestamp_micros(self.0).unwrap_or_default()
+        // In range by construction (see the type); were it not, the nearest
+        // representable instant, never the epoch.
+        DateTime::from_timestamp_micros(self.0).unwrap_or(if self.0 < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
     }
 
     /// Whole seconds since the epoch (rounded down).
@@ -108,7 +125,8 @@ impl Clock {
     pub fn advance(&self, by: Duration) {
         if let Some(m) = &self.manual {
             let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
-            m.wall.fetch_add(micros, Ordering::Relaxed);
+            let wall = m.wall.load(Ordering::Relaxed).saturating_add(micros);
+            m.wall.store(UnixMicros::clamped(wall).0, Ordering::Relaxed);
             m.monotonic.fetch_add(micros, Ordering::Relaxed);
         }
     }
@@ -151,6 +169,13 @@ mod tests {
         let after = Utc::now().trunc_subsecs(6);
         assert!(UnixMicros::of(before) <= now && now <= UnixMicros::of(after));
         assert!(before <= now.to_datetime() && now.to_datetime() <= after);
+    }
+
+    #[test]
+    fn stays_within_the_range_of_a_datetime() {
+        let clock = Clock::manual(UnixMicros::of(DateTime::<Utc>::MAX_UTC));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now_utc(), DateTime::<Utc>::MAX_UTC.trunc_subsecs(6));
     }
 
     #[test]
