@@ -13,6 +13,10 @@
 //! The passes are driven by this process's own tonic client (128 requests in
 //! flight over 4 connections, on a runtime of its own): h2load sends one
 //! body per process, and every request here carries a different token.
+//!
+//! Longer than the usual file: its passes (warm, cold, miss cost, large
+//! start, flood) share the seeded store, the server restarts between them
+//! and the client, and read as one experiment.
 
 use std::{
     path::{Path, PathBuf},

@@ -10,6 +10,11 @@
 //! without (the triggers and the name index of migration 000004 dropped;
 //! PostgreSQL's copy gets back the `lower(name)` pg_trgm index it had
 //! before), in interleaved rounds.
+//!
+//! Longer than the usual file: the seeding, the query table and the
+//! interleaved write rounds are one measurement whose figures are only
+//! comparable because they run against the same seeded store in one order;
+//! splitting them would spread that order across files.
 
 use std::{
     path::Path,

@@ -8,6 +8,7 @@ use chrono::Utc;
 
 use super::*;
 use crate::domain::{Token, token::PreviousSecret};
+use crate::validation::cache::entry::digests_equal;
 
 const KEY_A: &str = "a:0101010101010101010101010101010101010101010101010101010101010101";
 const KEY_B: &str = "b:0202020202020202020202020202020202020202020202020202020202020202";
