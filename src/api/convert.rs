@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        FieldViolation, Token, TokenId, TokenState, TokenValue, fields,
+        AccountId, FieldViolation, OwnerId, Token, TokenId, TokenState, TokenValue, fields,
         fields::TokenName,
         page,
         token::{Event, EventKind},
@@ -78,12 +78,12 @@ pub fn opt_token_id(field: &str, s: &str) -> Parsed<Option<TokenId>> {
     }
 }
 
-pub fn opt_principal(field: &str, s: &str) -> Parsed<Option<String>> {
-    if s.is_empty() {
-        Ok(None)
-    } else {
-        fields::principal(field, s).map(Some)
-    }
+fn opt_account(field: &str, s: &str) -> Parsed<Option<AccountId>> {
+    optional(s, |s| AccountId::parse(field, s))
+}
+
+fn opt_owner(field: &str, s: &str) -> Parsed<Option<OwnerId>> {
+    optional(s, |s| OwnerId::parse(field, s))
 }
 
 fn optional<T>(s: &str, parse: impl FnOnce(&str) -> Parsed<T>) -> Parsed<Option<T>> {
@@ -102,8 +102,8 @@ fn page_token(s: String) -> Option<String> {
 /// Issue's fields; an expiry must be after `now`.
 pub fn issue_input(r: pb::IssueRequest, now: DateTime<Utc>) -> Result<IssueInput> {
     Ok(IssueInput {
-        account_id: opt_principal("account_id", &r.account_id)?,
-        owner_id: opt_principal("owner_id", &r.owner_id)?,
+        account_id: opt_account("account_id", &r.account_id)?,
+        owner_id: opt_owner("owner_id", &r.owner_id)?,
         name: TokenName::parse("name", &r.name)?,
         description: fields::description("description", &r.description)?,
         modules: fields::modules("modules", &r.modules)?,
@@ -212,7 +212,7 @@ pub fn search_input(r: pb::SearchRequest) -> Result<SearchInput> {
         })
     })?;
     Ok(SearchInput {
-        account_id: opt_principal("account_id", &r.account_id)?,
+        account_id: opt_account("account_id", &r.account_id)?,
         query,
         states: r
             .states
@@ -221,8 +221,8 @@ pub fn search_input(r: pb::SearchRequest) -> Result<SearchInput> {
             .map(|(i, s)| state(&format!("states[{i}]"), *s))
             .collect::<Result<_, _>>()?,
         include_revoked: r.include_revoked,
-        owner_id: opt_principal("owner_id", &r.owner_id)?,
-        created_by: opt_principal("created_by", &r.created_by)?,
+        owner_id: opt_owner("owner_id", &r.owner_id)?,
+        created_by: opt_owner("created_by", &r.created_by)?,
         module: optional(&r.module, |m| fields::module("module", m))?,
         created_after: opt_timestamp("created_after", r.created_after.as_ref())?,
         created_before: opt_timestamp("created_before", r.created_before.as_ref())?,
@@ -238,7 +238,7 @@ pub fn search_input(r: pb::SearchRequest) -> Result<SearchInput> {
 pub fn events_input(r: pb::ListEventsRequest) -> Result<EventsInput> {
     Ok(EventsInput {
         token_id: opt_token_id("token_id", &r.token_id)?,
-        account_id: opt_principal("account_id", &r.account_id)?,
+        account_id: opt_account("account_id", &r.account_id)?,
         page_size: page::page_size("page_size", r.page_size)?,
         page_token: page_token(r.page_token),
     })

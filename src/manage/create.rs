@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::{IssueInput, Issued, TokenManager, actor, grant, revoked_is_final};
 use crate::{
     domain::{
-        Caller, EventKind, NewEvent, Token, TokenId, TokenState, TokenValue,
+        AccountId, Caller, EventKind, NewEvent, OwnerId, Token, TokenId, TokenState, TokenValue,
         fields::TokenName,
         privilege::{Denied, Privilege},
         token::{Actor, SecretHash, StoredVerifier},
@@ -90,10 +90,10 @@ impl TokenManager {
     pub async fn issue(&self, caller: &Caller, input: IssueInput) -> Result<Issued> {
         let account_id = input
             .account_id
-            .unwrap_or_else(|| caller.account_id().to_owned());
+            .map_or_else(|| caller.account_id().to_owned(), AccountId::into_inner);
         let owner_id = input
             .owner_id
-            .unwrap_or_else(|| caller.owner_id().to_owned());
+            .map_or_else(|| caller.owner_id().to_owned(), OwnerId::into_inner);
         if let Err(denied) = caller.may_manage(&account_id, &owner_id) {
             return Err(match denied {
                 Denied::NotFound => Error::PermissionDenied(
@@ -127,10 +127,14 @@ impl TokenManager {
         .await
     }
 
-    /// `tokend bootstrap`: the first platform token, with no caller.
-    pub async fn bootstrap(&self, account_id: String, owner_id: String) -> Result<Issued> {
+    /// `tokend bootstrap`: the first platform token, with no caller. The
+    /// ids are parsed here, this use-case's edge (the `account` and `owner`
+    /// arguments of the command).
+    pub async fn bootstrap(&self, account: &str, owner: &str) -> Result<Issued> {
+        let account_id = AccountId::parse("account", account)?;
+        let owner_id = OwnerId::parse("owner", owner)?.into_inner();
         let template = Template {
-            account_id,
+            account_id: account_id.into_inner(),
             owner_id: owner_id.clone(),
             name: "bootstrap".into(),
             description: "created by `tokend bootstrap`".into(),

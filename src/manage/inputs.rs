@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Token, TokenId, TokenState, TokenValue, fields::TokenName};
+use crate::domain::{
+    AccountId, OwnerId, Token, TokenId, TokenState, TokenValue, fields::TokenName,
+};
 
 /// A token and its full value, handed out once.
 pub struct Issued {
@@ -15,8 +17,10 @@ pub struct Issued {
 }
 
 pub struct IssueInput {
-    pub account_id: Option<String>,
-    pub owner_id: Option<String>,
+    /// The caller's own account when `None`.
+    pub account_id: Option<AccountId>,
+    /// The caller's own owner when `None`.
+    pub owner_id: Option<OwnerId>,
     pub name: TokenName,
     pub description: String,
     pub modules: Vec<String>,
@@ -49,12 +53,12 @@ pub enum TextQuery {
 
 #[derive(Default)]
 pub struct SearchInput {
-    pub account_id: Option<String>,
+    pub account_id: Option<AccountId>,
     pub query: Option<TextQuery>,
     pub states: Vec<TokenState>,
     pub include_revoked: bool,
-    pub owner_id: Option<String>,
-    pub created_by: Option<String>,
+    pub owner_id: Option<OwnerId>,
+    pub created_by: Option<OwnerId>,
     pub module: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
@@ -76,7 +80,7 @@ pub struct SearchPage {
 
 pub struct EventsInput {
     pub token_id: Option<TokenId>,
-    pub account_id: Option<String>,
+    pub account_id: Option<AccountId>,
     pub page_size: u64,
     pub page_token: Option<String>,
 }

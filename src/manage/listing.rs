@@ -4,7 +4,7 @@
 use super::{EventsInput, SearchInput, SearchPage, TextQuery, TokenManager};
 use crate::{
     domain::{
-        Caller, TokenState,
+        AccountId, Caller, OwnerId, TokenState,
         page::{EventCursor, Filters, TokenCursor},
         token::Event,
     },
@@ -37,9 +37,9 @@ impl TokenManager {
         }
         let mut query = SearchQuery {
             scope: Some(scope.clone()),
-            account_id: input.account_id.clone(),
-            owner_id: input.owner_id.clone(),
-            created_by: input.created_by.clone(),
+            account_id: input.account_id.map(AccountId::into_inner),
+            owner_id: input.owner_id.map(OwnerId::into_inner),
+            created_by: input.created_by.map(OwnerId::into_inner),
             module: input.module.clone(),
             created_after: input.created_after,
             created_before: input.created_before,
@@ -120,7 +120,7 @@ impl TokenManager {
         let filters = Filters::default()
             .scope(&scope)
             .token_id(input.token_id)
-            .text(input.account_id.as_deref())
+            .text(input.account_id.as_ref().map(AccountId::as_str))
             .fingerprint();
         let after = match &input.page_token {
             Some(t) => Some(EventCursor::decode("page_token", t, filters)?),
@@ -129,7 +129,7 @@ impl TokenManager {
         let query = EventQuery {
             scope,
             token_id: input.token_id.map(|t| t.to_string()),
-            account_id: input.account_id,
+            account_id: input.account_id.map(AccountId::into_inner),
             after,
             limit: input.page_size + 1,
         };
