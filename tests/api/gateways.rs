@@ -869,7 +869,7 @@ async fn issue_direct(app: &TestApp, owner: &str, modules: &[&str]) -> (String, 
             &caller,
             tokend::manage::IssueInput {
                 account_id: None,
-                owner_id: Some(owner.into()),
+                owner_id: Some(tokend::domain::OwnerId::parse("owner_id", owner).unwrap()),
                 name: tokend::domain::fields::TokenName::parse("name", owner).unwrap(),
                 description: String::new(),
                 modules: modules.iter().map(|m| (*m).to_owned()).collect(),

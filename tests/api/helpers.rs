@@ -299,7 +299,7 @@ pub async fn start_unready(config: Config, dir: Option<tempfile::TempDir>) -> Te
     } = app.services();
     let (store, usage, manager) = (Arc::clone(store), Arc::clone(usage), Arc::clone(manager));
     let platform = manager
-        .bootstrap("acme".into(), "ops".into())
+        .bootstrap("acme", "ops")
         .await
         .expect("bootstrap")
         .value

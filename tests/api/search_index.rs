@@ -120,8 +120,8 @@ pub fn fixture(n: usize) -> Vec<Token> {
 
 /// Who the fixtures' `issued` events name.
 fn importer() -> Actor {
-    Actor {
-        token_id: "search-tests".into(),
+    Actor::Tool {
+        name: "search-tests".into(),
         owner_id: "tests".into(),
     }
 }

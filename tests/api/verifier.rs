@@ -457,8 +457,8 @@ async fn imported_tokens_validate_with_their_events_and_quotas() {
         });
         values.push(value.expose());
     }
-    let actor = Actor {
-        token_id: "import".into(),
+    let actor = Actor::Tool {
+        name: "import".into(),
         owner_id: "ops".into(),
     };
     first
