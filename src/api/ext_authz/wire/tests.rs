@@ -205,8 +205,9 @@ fn an_allowed_reply_with_long_fields_decodes_to_the_envoy_types_message() {
         modules.iter().map(String::as_str),
     );
     let message = reply.to_message();
-    let Some(HttpResponse::OkResponse(ok)) = &message.http_response else {
-        panic!("not an OK response: {message:?}");
+    let ok = match &message.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok.clone(),
+        other => unreachable!("not an OK response: {other:?}"),
     };
     assert_eq!(
         ok.headers,
