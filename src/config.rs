@@ -1,6 +1,11 @@
 //! Configuration, layered: built-in defaults < `TOKEND_*` environment < flags.
 //! clap does the layering, so `--help` documents every setting with its
-//! environment variable and default.
+//! environment variable and default. The `--policy-*` flags live in
+//! `config/policy_defaults.rs`.
+
+mod policy_defaults;
+
+pub use policy_defaults::PolicyDefaults;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -327,6 +332,8 @@ pub struct Config {
     /// /v1/forward-auth, over TLS when --tls-cert is set. Off unless set.
     #[arg(long, env = "TOKEND_HTTP_LISTEN", global = true)]
     pub http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub policy_defaults: PolicyDefaults,
 }
 
 impl Default for Config {
@@ -395,12 +402,15 @@ impl Config {
         }
     }
 
-    pub fn policy(&self) -> Policy {
-        Policy {
+    /// The service-wide rules; fails on `--policy-*` defaults that would be
+    /// refused through the API.
+    pub fn policy(&self) -> crate::error::Result<Policy> {
+        Ok(Policy {
             prefix: self.token_prefix.clone(),
             per_owner_limit: self.max_tokens_per_owner,
             max_rotate_grace: self.max_rotate_grace,
-        }
+            account_defaults: self.policy_defaults.account_policy()?,
+        })
     }
 }
 

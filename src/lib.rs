@@ -9,6 +9,7 @@
 //!   `health` (what grpc.health reports), `supervisor` (restarts background tasks).
 //! - `api/`: the gRPC wire layer (handlers only); `pb`: generated protobuf types.
 //! - `manage`: token-management use-cases (authorise, apply domain rules, commit, update the cache).
+//! - `manage_policy`: account policies (read, audited change) and the rules `manage` enforces.
 //! - `validation/`: the Validate core: verified-token cache, argon2 pool, last-used batching.
 //! - `domain/`: token format, fields, state machine, privileges.
 //! - `store/`: sea-orm entities, migrations and queries.
@@ -23,6 +24,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod manage;
+pub mod manage_policy;
 pub mod ops;
 pub mod pb;
 pub mod startup;

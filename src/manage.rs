@@ -17,6 +17,7 @@ use crate::{
         token_value::MalformedToken,
     },
     error::{Error, Result},
+    manage_policy::{self, AccountPolicies},
     store::{Change, EventQuery, SearchQuery, Store},
     validation::{Reason, Validator, Verdict},
 };
@@ -27,6 +28,8 @@ pub struct Policy {
     pub prefix: String,
     pub per_owner_limit: u32,
     pub max_rotate_grace: Duration,
+    /// The policy of accounts that have none of their own.
+    pub account_defaults: crate::domain::policy::AccountPolicy,
 }
 
 /// The current time at the precision the store keeps (microseconds), so that
@@ -130,15 +133,23 @@ pub struct TokenManager {
     store: Arc<Store>,
     validator: Arc<Validator>,
     policy: Policy,
+    policies: AccountPolicies,
 }
 
 impl TokenManager {
     pub fn new(store: Arc<Store>, validator: Arc<Validator>, policy: Policy) -> Self {
+        let policies = AccountPolicies::new(Arc::clone(&store), policy.account_defaults.clone());
         Self {
             store,
             validator,
             policy,
+            policies,
         }
+    }
+
+    /// Account policies (GetAccountPolicy, UpdateAccountPolicy).
+    pub fn policies(&self) -> &AccountPolicies {
+        &self.policies
     }
 
     pub fn validator(&self) -> &Validator {
@@ -214,6 +225,10 @@ impl TokenManager {
         }
         grant(caller, "modules", &input.modules)?;
         let now = now();
+        let rules = self.policies.effective(&account_id).await?;
+        rules
+            .check_expiry(input.expires_at, now)
+            .map_err(|b| manage_policy::refuse_field("expires_at", b))?;
         let template = Template {
             account_id,
             owner_id,
@@ -233,6 +248,7 @@ impl TokenManager {
                 detail: String::new(),
             },
             now,
+            rules.per_owner_limit(self.policy.per_owner_limit),
         )
         .await
     }
@@ -257,7 +273,8 @@ impl TokenManager {
             },
             detail: "tokend bootstrap".into(),
         };
-        self.create(template, owner_id, event, now()).await
+        let limit = self.policy.per_owner_limit;
+        self.create(template, owner_id, event, now(), limit).await
     }
 
     async fn create(
@@ -266,6 +283,7 @@ impl TokenManager {
         created_by: String,
         event: NewEvent,
         now: DateTime<Utc>,
+        per_owner_limit: u32,
     ) -> Result<Issued> {
         let value = TokenValue::generate(&self.policy.prefix)
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -296,7 +314,7 @@ impl TokenManager {
             revoked_at: None,
         };
         self.store
-            .insert_token(&token, &event, self.policy.per_owner_limit)
+            .insert_token(&token, &event, per_owner_limit)
             .await?;
         self.validator.apply(&token, Some(&value));
         Ok(Issued { token, value })
@@ -357,6 +375,15 @@ impl TokenManager {
 
     pub async fn update(&self, caller: &Caller, id: TokenId, input: UpdateInput) -> Result<Token> {
         let actor = actor(caller);
+        // A new expiry must fit the policy of the token's account (which never changes).
+        let rules = match input.expires_at {
+            Some(_) => Some(
+                self.policies
+                    .effective(&self.load(caller, id).await?.account_id)
+                    .await?,
+            ),
+            None => None,
+        };
         self.mutate(caller, id, None, |mut token| {
             token
                 .state
@@ -391,6 +418,11 @@ impl TokenManager {
                 changed.push("metadata");
             }
             if let Some(e) = input.expires_at {
+                if let Some(rules) = &rules {
+                    rules
+                        .check_expiry(e, now())
+                        .map_err(|b| manage_policy::refuse_field("expires_at", b))?;
+                }
                 token.expires_at = e;
                 changed.push("expires_at");
             }
@@ -512,6 +544,11 @@ impl TokenManager {
             .state
             .ensure_mutable("rotated")
             .map_err(revoked_is_final)?;
+        self.policies
+            .effective(&current.account_id)
+            .await?
+            .check_expiry(current.expires_at, now())
+            .map_err(|b| manage_policy::refuse_token("rotated", b))?;
         let value = TokenValue::generate_for(&self.policy.prefix, id)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let new_hash = self.validator.hasher().hash(value.secret()).await?;
@@ -584,12 +621,17 @@ impl TokenManager {
             metadata: source.metadata,
             expires_at: source.expires_at.filter(|e| *e > now),
         };
+        let rules = self.policies.effective(&template.account_id).await?;
+        rules
+            .check_expiry(template.expires_at, now)
+            .map_err(|b| manage_policy::refuse_token("duplicated", b))?;
         let event = NewEvent {
             kind: EventKind::Duplicated,
             actor: actor(caller),
             detail: format!("duplicate of {id}"),
         };
-        self.create(template, caller.owner_id().to_owned(), event, now)
+        let limit = rules.per_owner_limit(self.policy.per_owner_limit);
+        self.create(template, caller.owner_id().to_owned(), event, now, limit)
             .await
     }
 

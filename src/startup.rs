@@ -108,7 +108,7 @@ impl Services {
         let manager = Arc::new(TokenManager::new(
             Arc::clone(&store),
             validator,
-            config.policy(),
+            config.policy()?,
         ));
         Ok(Self {
             store,

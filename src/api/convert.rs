@@ -123,6 +123,7 @@ pub(super) fn event_kind_to_pb(k: EventKind) -> pb::EventKind {
         EventKind::Revoked => pb::EventKind::Revoked,
         EventKind::Rotated => pb::EventKind::Rotated,
         EventKind::Duplicated => pb::EventKind::Duplicated,
+        EventKind::PolicyUpdated => pb::EventKind::PolicyUpdated,
     }
 }
 

@@ -12,6 +12,7 @@ mod convert;
 pub mod export;
 pub mod ext_authz;
 pub mod gateway;
+mod policy;
 pub mod wire;
 
 use std::sync::Arc;
@@ -504,6 +505,32 @@ impl TokenService for TokenApi {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         reply(self.inner_list_events(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "GetAccountPolicy",
+        skip_all,
+        fields(caller, account)
+    )]
+    async fn get_account_policy(
+        &self,
+        request: Request<pb::GetAccountPolicyRequest>,
+    ) -> Result<Response<pb::GetAccountPolicyResponse>, Status> {
+        reply(self.inner_get_account_policy(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "UpdateAccountPolicy",
+        skip_all,
+        fields(caller, account)
+    )]
+    async fn update_account_policy(
+        &self,
+        request: Request<pb::UpdateAccountPolicyRequest>,
+    ) -> Result<Response<pb::UpdateAccountPolicyResponse>, Status> {
+        reply(self.inner_update_account_policy(request).await)
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `tokens`: token reads and the transactional write paths.
 //! - `search`: Search and its total, served from indexes; `fold`: its case folding.
 //! - `events`: the audit-trail listing.
+//! - `policies`: account policies and their audited changes.
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
 //! - `import`: bulk import of tokens with their audit events.
 //! - `verifiers`: verifier write-behind, per-key counts, the warm-start read.
@@ -28,6 +29,7 @@ mod events;
 pub mod fold;
 mod import;
 pub mod migration;
+mod policies;
 mod search;
 pub mod sqlite_file;
 mod tokens;

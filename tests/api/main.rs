@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod policy;
 mod postgres;
 mod privileges;
 mod reasons;
