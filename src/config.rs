@@ -1,11 +1,13 @@
 //! Configuration, layered: built-in defaults < `TOKEND_*` environment < flags.
 //! clap does the layering, so `--help` documents every setting with its
 //! environment variable and default. The `--policy-*` flags live in
-//! `config/policy_defaults.rs`.
+//! `config/policy_defaults.rs`, the `--watch-*` flags in `config/watch.rs`.
 
 mod policy_defaults;
+mod watch;
 
 pub use policy_defaults::PolicyDefaults;
+pub use watch::WatchFlags;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -334,6 +336,8 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub policy_defaults: PolicyDefaults,
+    #[command(flatten)]
+    pub watch: WatchFlags,
 }
 
 impl Default for Config {
@@ -410,6 +414,11 @@ impl Config {
             per_owner_limit: self.max_tokens_per_owner,
             max_rotate_grace: self.max_rotate_grace,
             account_defaults: self.policy_defaults.account_policy()?,
+            watch: crate::manage_watch::WatchConfig {
+                buffer: self.watch.watch_buffer,
+                lag_timeout: self.watch.watch_lag_timeout,
+                poll_interval: self.change_poll_interval,
+            },
         })
     }
 }

@@ -30,6 +30,8 @@ pub struct Policy {
     pub max_rotate_grace: Duration,
     /// The policy of accounts that have none of their own.
     pub account_defaults: crate::domain::policy::AccountPolicy,
+    /// WatchEvents' bounds.
+    pub watch: crate::manage_watch::WatchConfig,
 }
 
 /// The current time at the precision the store keeps (microseconds), so that
@@ -134,17 +136,34 @@ pub struct TokenManager {
     validator: Arc<Validator>,
     policy: Policy,
     policies: AccountPolicies,
+    watchers: crate::manage_watch::Watchers,
 }
 
 impl TokenManager {
     pub fn new(store: Arc<Store>, validator: Arc<Validator>, policy: Policy) -> Self {
         let policies = AccountPolicies::new(Arc::clone(&store), policy.account_defaults.clone());
+        let watchers = crate::manage_watch::Watchers::new(policy.watch.clone());
         Self {
             store,
             validator,
             policy,
             policies,
+            watchers,
         }
+    }
+
+    /// WatchEvents: the stream of `caller`'s events from `input`'s starting point.
+    pub async fn watch_events(
+        &self,
+        caller: &Caller,
+        input: crate::manage_watch::WatchInput,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::manage_watch::WatchItem>> {
+        self.watchers.start(&self.store, caller, input).await
+    }
+
+    /// Ends every WatchEvents stream (server drain).
+    pub fn stop_watches(&self) {
+        self.watchers.stop_all();
     }
 
     /// Account policies (GetAccountPolicy, UpdateAccountPolicy).

@@ -127,6 +127,20 @@ pub(super) fn event_kind_to_pb(k: EventKind) -> pb::EventKind {
     }
 }
 
+/// A requested event kind; UNSPECIFIED and unknown values are refused.
+pub(super) fn event_kind_from_pb(field: &str, value: i32) -> Parsed<EventKind> {
+    match pb::EventKind::try_from(value) {
+        Ok(k) => EventKind::ALL
+            .into_iter()
+            .find(|d| event_kind_to_pb(*d) == k)
+            .ok_or_else(|| FieldViolation::new(field, "must not be EVENT_KIND_UNSPECIFIED")),
+        Err(_) => Err(FieldViolation::new(
+            field,
+            format!("unknown event kind value {value}"),
+        )),
+    }
+}
+
 pub fn token_to_pb(t: &Token, now: DateTime<Utc>) -> pb::Token {
     pb::Token {
         id: t.id.to_string(),

@@ -13,6 +13,7 @@ pub mod export;
 pub mod ext_authz;
 pub mod gateway;
 mod policy;
+mod watch;
 pub mod wire;
 
 use std::sync::Arc;
@@ -382,6 +383,8 @@ fn reply<T>(result: Result<T>) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
+    type WatchEventsStream = watch::WatchStream;
+
     #[instrument(
         level = "debug",
         name = "Issue",
@@ -531,6 +534,19 @@ impl TokenService for TokenApi {
         request: Request<pb::UpdateAccountPolicyRequest>,
     ) -> Result<Response<pb::UpdateAccountPolicyResponse>, Status> {
         reply(self.inner_update_account_policy(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "WatchEvents",
+        skip_all,
+        fields(caller, account)
+    )]
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        reply(self.inner_watch_events(request).await)
     }
 }
 

@@ -65,6 +65,7 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
+        super::watch::order_events(&txn).await?;
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             token_event::Entity::insert_many(chunk.to_vec())
                 .exec_without_returning(&txn)
@@ -100,6 +101,7 @@ impl Store {
                 .await?;
         }
         txn.commit().await?;
+        self.events_committed();
         Ok(())
     }
 }

@@ -131,6 +131,7 @@ impl Store {
                 )
                 .exec_without_returning(&txn)
                 .await?;
+            super::watch::order_events(&txn).await?;
             token_event::Entity::insert(token_event::ActiveModel {
                 token_id: Set(String::new()),
                 account_id: Set(next.account_id.clone()),
@@ -145,6 +146,7 @@ impl Store {
             .exec_without_returning(&txn)
             .await?;
             txn.commit().await?;
+            self.events_committed();
             Ok(Some(next))
         })
         .await

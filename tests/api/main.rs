@@ -23,3 +23,4 @@ mod search_index;
 mod smoke;
 mod tls;
 mod verifier;
+mod watch;
