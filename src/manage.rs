@@ -96,6 +96,10 @@ pub struct SearchInput {
     pub page_token: Option<String>,
     /// Also count every match of the filters (ignoring paging).
     pub include_total: bool,
+    pub expires_before: Option<DateTime<Utc>>,
+    pub expires_after: Option<DateTime<Utc>>,
+    /// Tokens whose expiry breaks their account's current policy.
+    pub breaks_policy: bool,
 }
 
 /// One page of a Search.
@@ -674,6 +678,16 @@ impl TokenManager {
             created_before: input.created_before,
             last_used_before: input.last_used_before,
             last_used_after: input.last_used_after,
+            expires_before: input.expires_before,
+            expires_after: input.expires_after,
+            breaks: match input.breaks_policy {
+                true => Some(
+                    self.policies
+                        .breach_filter(caller, input.account_id.as_deref())
+                        .await?,
+                ),
+                false => None,
+            },
             limit: input.page_size + 1,
             ..SearchQuery::default()
         };
@@ -708,7 +722,7 @@ impl TokenManager {
         }
         let filters = page::fingerprint(&format!(
             // The page size may change between pages; the filters may not.
-            "{scope:?}|{:?}|{query_key}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            "{scope:?}|{:?}|{query_key}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
             query.account_id,
             query.states,
             query.owner_id,
@@ -718,6 +732,9 @@ impl TokenManager {
             query.created_before,
             query.last_used_before,
             query.last_used_after,
+            query.expires_before,
+            query.expires_after,
+            input.breaks_policy,
         ));
         if let Some(t) = &input.page_token {
             query.after = Some(TokenCursor::decode("page_token", t, filters)?);

@@ -15,7 +15,7 @@ use crate::{
         token::Actor,
     },
     error::{Error, Result},
-    store::Store,
+    store::{ExpiryBreach, Store},
 };
 
 /// A policy as callers see it: the rules in force and where they come from.
@@ -137,6 +137,33 @@ impl AccountPolicies {
         } else {
             "account policies require tokens:admin on the account or tokens:platform".into()
         }))
+    }
+
+    /// Search's `breaks_policy`: the expiries that break the policy of the
+    /// searched account (`account_id`, or a non-platform caller's own).
+    pub async fn breach_filter(
+        &self,
+        caller: &Caller,
+        account_id: Option<&str>,
+    ) -> Result<ExpiryBreach> {
+        let account = match account_id {
+            Some(a) => a.to_owned(),
+            None if caller.privileges.has(Privilege::Platform) => {
+                return Err(Error::invalid(
+                    "breaks_policy",
+                    "needs account_id: each account has its own policy",
+                ));
+            }
+            None => caller.account_id().to_owned(),
+        };
+        let (missing, later_than) = self
+            .effective(&account)
+            .await?
+            .breaking_expiries(crate::manage::now());
+        Ok(ExpiryBreach {
+            missing,
+            later_than,
+        })
     }
 
     pub async fn get(&self, caller: &Caller, account_id: Option<String>) -> Result<PolicyView> {

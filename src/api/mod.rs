@@ -342,6 +342,9 @@ impl TokenApi {
             page_size: page::page_size("page_size", r.page_size)?,
             page_token: (!r.page_token.is_empty()).then_some(r.page_token),
             include_total: r.include_total,
+            expires_before: opt_timestamp("expires_before", r.expires_before.as_ref())?,
+            expires_after: opt_timestamp("expires_after", r.expires_after.as_ref())?,
+            breaks_policy: r.breaks_policy,
         };
         let page = self.manager.search(&caller, input).await?;
         let now = manage::now();

@@ -210,6 +210,18 @@ impl AccountPolicy {
         self.max_tokens_per_owner.unwrap_or(server_default)
     }
 
+    /// The expiries that break this policy at `now`: a missing one (when
+    /// the first is true) and any later than the second. The same judgement
+    /// as `check_expiry`, as a filter.
+    pub fn breaking_expiries(&self, now: DateTime<Utc>) -> (bool, Option<DateTime<Utc>>) {
+        let missing = self.require_expiry || self.max_lifetime.is_some();
+        let later_than = self
+            .max_lifetime
+            .and_then(|m| chrono::Duration::from_std(m).ok())
+            .and_then(|m| now.checked_add_signed(m));
+        (missing, later_than)
+    }
+
     /// Checks an expiry a request asks for (or keeps) at `now`. A missing one
     /// breaks `require_expiry` and, when a lifetime cap is set, `max_lifetime`
     /// too (an unexpiring token outlives every cap).

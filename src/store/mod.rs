@@ -53,7 +53,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
-pub use search::{FTS_DRIVE_MAX, SearchPlans, SearchQuery};
+pub use search::{ExpiryBreach, FTS_DRIVE_MAX, SearchPlans, SearchQuery};
 pub use tokens::Change;
 pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 pub use watch::EventFilter;

@@ -92,6 +92,30 @@ async fn issue(
         .map(|r| r.into_inner())
 }
 
+/// The names of the tokens a Search as `caller` finds, sorted.
+async fn search_names(
+    client: &mut Client,
+    caller: &str,
+    filters: impl FnOnce(&mut pb::SearchRequest),
+) -> Vec<String> {
+    let mut req = pb::SearchRequest {
+        page_size: 500,
+        ..Default::default()
+    };
+    filters(&mut req);
+    let mut names: Vec<String> = client
+        .search(authed(caller, req))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
 async fn only_the_accounts_admin_or_a_platform_caller_may_read_or_change_its_policy() {
     let app = spawn_app().await;
@@ -424,6 +448,36 @@ async fn rules_are_enforced(app: &TestApp) {
         ))
         .await
         .unwrap();
+
+    // Search shows which tokens break the policy (to bring them in line),
+    // and filters by expiry.
+    assert_eq!(
+        search_names(&mut client, &admin, |r| r.breaks_policy = true).await,
+        ["alice token", "bootstrap", "renamed"]
+    );
+    let horizon = ts(Utc::now() + Days::days(15));
+    assert_eq!(
+        search_names(&mut client, &admin, |r| r.expires_before = Some(horizon)).await,
+        ["long", "long (copy)"]
+    );
+    assert_eq!(
+        search_names(&mut client, &admin, |r| r.expires_after = Some(horizon)).await,
+        ["alice token", "bootstrap", "fits", "renamed"]
+    );
+    let err = client
+        .search(authed(
+            &app.platform,
+            pb::SearchRequest {
+                breaks_policy: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), violation(&err)),
+        (Code::InvalidArgument, "breaks_policy".into())
+    );
 
     // max_tokens_per_owner (5) overrides the server's 100: owner alice holds
     // the admin token, forever, long, fits and the duplicate.
