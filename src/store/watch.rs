@@ -8,7 +8,9 @@
 //! transactions could commit out of order, so every transaction that records
 //! events takes one transaction-scoped advisory lock (`order_events`) just
 //! before its event insert and holds it to its commit (the tail of the
-//! transaction only: its token write and checks run before it).
+//! transaction only: its token write and checks run before it). It is taken
+//! after every row lock the transaction needs, so its holders never wait for
+//! a row, and it cannot be part of a deadlock.
 //!
 //! The signal is a counter bumped after each local commit and, on
 //! PostgreSQL, on each change notification from any replica (the change feed
