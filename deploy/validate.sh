@@ -355,7 +355,7 @@ if command -v promtool >/dev/null 2>&1; then
 else
   log "promtool not installed: skipping promtool check rules ($RULES)"
 fi
-"$PY" - "$RULES" deploy/grafana/tokend-dashboard.json src/telemetry/metrics.rs <<'PY'
+"$PY" - "$RULES" deploy/grafana/tokend-dashboard.json src/telemetry/metrics/mod.rs <<'PY'
 import json, re, sys, yaml
 rules_path, dash_path, code_path = sys.argv[1:4]
 with open(rules_path) as f:

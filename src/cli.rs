@@ -9,7 +9,7 @@ use secrecy::ExposeSecret;
 
 use crate::{
     config::{Cli, Command, Config, EventsCommand},
-    domain::fields,
+    domain::{AccountId, OwnerId},
     error::{Error, Result},
     ops,
     startup::{Application, Services, shutdown_signal},
@@ -175,14 +175,12 @@ async fn export_events(config: &Config, range: &EventRange, out: &str) -> Result
 }
 
 async fn bootstrap(config: &Config, account: &str, owner: &str) -> Result<()> {
-    let account =
-        fields::principal("account", account).map_err(|v| Error::InvalidArgument(vec![v]))?;
-    let owner = fields::principal("owner", owner).map_err(|v| Error::InvalidArgument(vec![v]))?;
+    // Checked before connecting, so a typo touches no database.
+    AccountId::parse("account", account)?;
+    OwnerId::parse("owner", owner)?;
     let services = Services::build(config).await?;
-    let issued = services
-        .manager
-        .bootstrap(account.clone(), owner.clone())
-        .await?;
+    let issued = services.manager.bootstrap(account, owner).await?;
+    let (account, owner) = (&issued.token.account_id, &issued.token.owner_id);
     tracing::info!(token_id = %issued.token.id, %account, %owner, "bootstrap platform token issued");
     // The one place a secret is printed: to the operator who asked for it.
     println!("{}", issued.value.expose());

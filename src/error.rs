@@ -33,6 +33,20 @@ pub enum Error {
     /// Start-up configuration that cannot work (never a request's fault).
     #[error("configuration: {0}")]
     Config(String),
+    /// The server could not start (`tokend serve`), or a listener could not
+    /// be bound again under the supervisor.
+    #[error(transparent)]
+    Startup(Box<crate::startup::StartupError>),
+}
+
+impl From<crate::startup::StartupError> for Error {
+    fn from(e: crate::startup::StartupError) -> Self {
+        match e {
+            // Not wrapped twice.
+            crate::startup::StartupError::Service(inner) => inner,
+            other => Self::Startup(Box::new(other)),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -102,6 +116,7 @@ impl Error {
             Self::Internal(detail) | Self::Config(detail) => {
                 tracing::error!(error = %detail, "internal error")
             }
+            Self::Startup(e) => tracing::error!(error = %e, "internal error"),
             _ => {}
         }
     }
@@ -131,7 +146,7 @@ impl From<Error> for Status {
             Error::Unavailable(..) => {
                 Status::unavailable("the token store is unavailable; retry later")
             }
-            Error::Database(_) | Error::Internal(_) | Error::Config(_) => {
+            Error::Database(_) | Error::Internal(_) | Error::Config(_) | Error::Startup(_) => {
                 Status::internal("internal error")
             }
         }

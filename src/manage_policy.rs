@@ -16,6 +16,7 @@ use crate::{
     },
     error::{Error, Result},
     store::{ExpiryBreach, Store},
+    validation::clock::Clock,
 };
 
 /// A policy as callers see it: the rules in force and where they come from.
@@ -41,6 +42,7 @@ pub struct PolicyPatch {
 pub struct AccountPolicies {
     store: Arc<Store>,
     defaults: AccountPolicy,
+    clock: Clock,
 }
 
 /// A request field that breaks the policy: INVALID_ARGUMENT naming the field
@@ -111,8 +113,12 @@ fn describe(field: PolicyField, p: &AccountPolicy) -> String {
 }
 
 impl AccountPolicies {
-    pub fn new(store: Arc<Store>, defaults: AccountPolicy) -> Self {
-        Self { store, defaults }
+    pub fn new(store: Arc<Store>, defaults: AccountPolicy, clock: Clock) -> Self {
+        Self {
+            store,
+            defaults,
+            clock,
+        }
     }
 
     /// The policy in force for `account_id`.
@@ -159,7 +165,7 @@ impl AccountPolicies {
         let (missing, later_than) = self
             .effective(&account)
             .await?
-            .breaking_expiries(crate::manage::now());
+            .breaking_expiries(self.clock.now_utc());
         Ok(ExpiryBreach {
             missing,
             later_than,
@@ -185,12 +191,12 @@ impl AccountPolicies {
             ));
         }
         let account_id = Self::authorize(caller, patch.account_id.clone())?;
-        let actor = Actor {
-            token_id: caller.token_id.to_string(),
+        let actor = Actor::Token {
+            id: caller.token_id,
             owner_id: caller.owner_id().to_owned(),
         };
         let defaults = self.defaults.clone();
-        let now = crate::manage::now();
+        let now = self.clock.now_utc();
         let id = account_id.clone();
         let written = self
             .store
@@ -226,7 +232,7 @@ impl AccountPolicies {
                     .map(|f| describe(*f, &policy))
                     .collect::<Vec<_>>()
                     .join("; ");
-                let updated_by = actor.owner_id.clone();
+                let updated_by = actor.owner_id().to_owned();
                 Ok(Some((
                     StoredPolicy {
                         account_id: id,

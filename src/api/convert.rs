@@ -1,13 +1,20 @@
 //! Wire <-> domain conversions. Request fields are parsed into domain types
-//! here, at the edge; each failure names the offending field.
+//! and use-case inputs here, at the edge; each failure names the offending
+//! field. The handlers in `api` only authenticate, call these, and call the
+//! use-case.
 
 use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        FieldViolation, Token, TokenId, TokenState, fields,
+        AccountId, FieldViolation, OwnerId, Token, TokenId, TokenState, TokenValue, fields,
+        fields::TokenName,
+        page,
         token::{Event, EventKind},
+        token_value::MAX_TOKEN_BYTES,
     },
+    error::{Error, Result},
+    manage::{EventsInput, IssueInput, RevokeTarget, SearchInput, TextQuery, UpdateInput},
     pb,
     validation::Reason,
 };
@@ -71,12 +78,173 @@ pub fn opt_token_id(field: &str, s: &str) -> Parsed<Option<TokenId>> {
     }
 }
 
-pub fn opt_principal(field: &str, s: &str) -> Parsed<Option<String>> {
+pub(super) fn opt_account(field: &str, s: &str) -> Parsed<Option<AccountId>> {
+    optional(s, |s| AccountId::parse(field, s))
+}
+
+fn opt_owner(field: &str, s: &str) -> Parsed<Option<OwnerId>> {
+    optional(s, |s| OwnerId::parse(field, s))
+}
+
+fn optional<T>(s: &str, parse: impl FnOnce(&str) -> Parsed<T>) -> Parsed<Option<T>> {
     if s.is_empty() {
         Ok(None)
     } else {
-        fields::principal(field, s).map(Some)
+        parse(s).map(Some)
     }
+}
+
+/// `page_token` as sent: empty means the first page.
+fn page_token(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Issue's fields; an expiry must be after `now`.
+pub fn issue_input(r: pb::IssueRequest, now: DateTime<Utc>) -> Result<IssueInput> {
+    Ok(IssueInput {
+        account_id: opt_account("account_id", &r.account_id)?,
+        owner_id: opt_owner("owner_id", &r.owner_id)?,
+        name: TokenName::parse("name", &r.name)?,
+        description: fields::description("description", &r.description)?,
+        modules: fields::modules("modules", &r.modules)?,
+        api_version: fields::api_version("api_version", &r.api_version)?,
+        metadata: fields::metadata("metadata", &r.metadata)?,
+        expires_at: opt_timestamp("expires_at", r.expires_at.as_ref())?
+            .map(|t| fields::future_expiry("expires_at", t, now))
+            .transpose()?,
+    })
+}
+
+/// Validate's `required_modules`, each a well-formed module name.
+pub fn check_required_modules(modules: &[String]) -> Result<()> {
+    for (i, m) in modules.iter().enumerate() {
+        if fields::check_module("required_modules", m).is_err() {
+            // Named with its index only when it is wrong: no format! per call.
+            fields::check_module(&format!("required_modules[{i}]"), m)?;
+        }
+    }
+    Ok(())
+}
+
+/// Update's fields, those its `update_mask` names (at least one); an expiry
+/// must be after `now`.
+pub fn update_input(r: pb::UpdateRequest, now: DateTime<Utc>) -> Result<UpdateInput> {
+    let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(Error::invalid(
+            "update_mask",
+            "must name at least one of: name, description, modules, api_version, metadata, expires_at",
+        ));
+    }
+    let mut input = UpdateInput::default();
+    for (i, path) in paths.iter().enumerate() {
+        match path.as_str() {
+            "name" => input.name = Some(TokenName::parse("name", &r.name)?),
+            "description" => {
+                input.description = Some(fields::description("description", &r.description)?)
+            }
+            "modules" => input.modules = Some(fields::modules("modules", &r.modules)?),
+            "api_version" => {
+                input.api_version = Some(fields::api_version("api_version", &r.api_version)?)
+            }
+            "metadata" => input.metadata = Some(fields::metadata("metadata", &r.metadata)?),
+            "expires_at" => {
+                let at = opt_timestamp("expires_at", r.expires_at.as_ref())?;
+                input.expires_at = Some(
+                    at.map(|t| fields::future_expiry("expires_at", t, now))
+                        .transpose()?,
+                );
+            }
+            other => {
+                return Err(Error::invalid(
+                    format!("update_mask.paths[{i}]"),
+                    format!("{other:?} is not an updatable field"),
+                ));
+            }
+        }
+    }
+    Ok(input)
+}
+
+/// SetState's target state (active or disabled) and reason.
+pub fn set_state_input(r: &pb::SetStateRequest) -> Result<(TokenState, String)> {
+    let state = match state("state", r.state)? {
+        s @ (TokenState::Active | TokenState::Disabled) => s,
+        TokenState::Revoked => {
+            return Err(Error::invalid(
+                "state",
+                "must be STATE_ACTIVE or STATE_DISABLED; use Revoke to revoke",
+            ));
+        }
+    };
+    Ok((state, fields::reason("reason", &r.reason)?))
+}
+
+/// Revoke's target (an id or a whole token value) and reason.
+pub fn revoke_input(r: pb::RevokeRequest) -> Result<(RevokeTarget, String)> {
+    let reason = fields::reason("reason", &r.reason)?;
+    let target = match r.target {
+        None => return Err(Error::invalid("target", "one of id or token is required")),
+        Some(pb::revoke_request::Target::Id(id)) => RevokeTarget::Id(token_id("id", &id)?),
+        Some(pb::revoke_request::Target::Token(value)) => RevokeTarget::Value(
+            TokenValue::parse(&value)
+                .map_err(|e| Error::invalid("token", format!("is not a token value: {e}")))?,
+        ),
+    };
+    Ok((target, reason))
+}
+
+/// Duplicate's optional new name.
+pub fn duplicate_name(r: &pb::DuplicateRequest) -> Result<Option<TokenName>> {
+    Ok(optional(&r.name, |n| TokenName::parse("name", n))?)
+}
+
+/// Search's filters: `query` is a whole token value if it parses as one,
+/// else a name substring.
+pub fn search_input(r: pb::SearchRequest) -> Result<SearchInput> {
+    if r.query.len() > MAX_TOKEN_BYTES {
+        return Err(Error::invalid("query", "must be at most 512 bytes"));
+    }
+    let query = optional(&r.query, |q| {
+        Ok(match TokenValue::parse(q) {
+            Ok(value) => TextQuery::Value(value),
+            Err(_) => TextQuery::Name(q.to_owned()),
+        })
+    })?;
+    Ok(SearchInput {
+        account_id: opt_account("account_id", &r.account_id)?,
+        query,
+        states: r
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| state(&format!("states[{i}]"), *s))
+            .collect::<Result<_, _>>()?,
+        include_revoked: r.include_revoked,
+        owner_id: opt_owner("owner_id", &r.owner_id)?,
+        created_by: opt_owner("created_by", &r.created_by)?,
+        module: optional(&r.module, |m| fields::module("module", m))?,
+        created_after: opt_timestamp("created_after", r.created_after.as_ref())?,
+        created_before: opt_timestamp("created_before", r.created_before.as_ref())?,
+        last_used_before: opt_timestamp("last_used_before", r.last_used_before.as_ref())?,
+        last_used_after: opt_timestamp("last_used_after", r.last_used_after.as_ref())?,
+        page_size: page::page_size("page_size", r.page_size)?,
+        page_token: page_token(r.page_token),
+        include_total: r.include_total,
+        expires_before: opt_timestamp("expires_before", r.expires_before.as_ref())?,
+        expires_after: opt_timestamp("expires_after", r.expires_after.as_ref())?,
+        breaks_policy: r.breaks_policy,
+    })
+}
+
+/// ListEvents' filters.
+pub fn events_input(r: pb::ListEventsRequest) -> Result<EventsInput> {
+    Ok(EventsInput {
+        token_id: opt_token_id("token_id", &r.token_id)?,
+        account_id: opt_account("account_id", &r.account_id)?,
+        page_size: page::page_size("page_size", r.page_size)?,
+        page_token: page_token(r.page_token),
+    })
 }
 
 pub fn state(field: &str, value: i32) -> Parsed<TokenState> {
@@ -180,8 +348,8 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
         account_id: e.account_id.clone(),
         owner_id: e.owner_id.clone(),
         kind: event_kind_to_pb(e.kind) as i32,
-        actor_token_id: e.actor.token_id.clone(),
-        actor_owner_id: e.actor.owner_id.clone(),
+        actor_token_id: e.actor.recorded_id(),
+        actor_owner_id: e.actor.owner_id().to_owned(),
         at: Some(to_timestamp(e.at)),
         detail: e.detail.clone(),
     }

@@ -22,8 +22,8 @@ pub fn event_json_line(e: &Event) -> String {
         "account_id": e.account_id,
         "owner_id": e.owner_id,
         "kind": event_kind_to_pb(e.kind).as_str_name(),
-        "actor_token_id": e.actor.token_id,
-        "actor_owner_id": e.actor.owner_id,
+        "actor_token_id": e.actor.recorded_id(),
+        "actor_owner_id": e.actor.owner_id(),
         "at": e.at.to_rfc3339_opts(SecondsFormat::Micros, true),
         "detail": e.detail,
     })
@@ -44,10 +44,7 @@ mod tests {
             account_id: "acme".into(),
             owner_id: "alice".into(),
             kind: EventKind::Disabled,
-            actor: Actor {
-                token_id: "JQQQavrtCuFCnPet".into(),
-                owner_id: "ops".into(),
-            },
+            actor: Actor::from_recorded("JQQQavrtCuFCnPet".into(), "ops".into()),
             at: chrono::DateTime::from_timestamp_micros(1_795_334_024_855_787).unwrap(),
             detail: "leaked\nin logs".into(),
         };

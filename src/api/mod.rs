@@ -21,19 +21,15 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::{Span, instrument};
 
-use self::convert::{
-    event_to_pb, opt_principal, opt_timestamp, opt_token_id, reason_to_pb, token_id, token_to_pb,
-};
+use self::convert::{event_to_pb, reason_to_pb, token_id, token_to_pb};
 use self::wire::{ValidateCall, ValidateReply};
 use crate::{
-    domain::{Caller, TokenState, TokenValue, fields, fields::TokenName, page},
+    domain::Caller,
     error::{Error, Result},
-    manage::{
-        self, EventsInput, IssueInput, RevokeTarget, SearchInput, TextQuery, TokenManager,
-        UpdateInput,
-    },
+    manage::{RevokeTarget, TokenManager},
     pb::{self, token_service_server::TokenService},
     telemetry::metrics,
+    validation::clock::Clock,
 };
 
 pub use crate::pb::token_service_server::TokenServiceServer;
@@ -42,11 +38,13 @@ pub use crate::pb::token_service_server::TokenServiceServer;
 #[derive(Clone)]
 pub struct TokenApi {
     manager: Arc<TokenManager>,
+    /// For the `expired` flag of returned tokens and expiry checks on input.
+    clock: Clock,
 }
 
 impl TokenApi {
-    pub fn new(manager: Arc<TokenManager>) -> Self {
-        Self { manager }
+    pub fn new(manager: Arc<TokenManager>, clock: Clock) -> Self {
+        Self { manager, clock }
     }
 
     async fn caller(&self, metadata: &MetadataMap) -> Result<Caller> {
@@ -117,34 +115,11 @@ fn record_token(id: impl std::fmt::Display) {
     }
 }
 
-fn optional<T>(
-    s: &str,
-    parse: impl FnOnce(&str) -> Result<T, fields::FieldViolation>,
-) -> Result<Option<T>> {
-    if s.is_empty() {
-        Ok(None)
-    } else {
-        Ok(Some(parse(s)?))
-    }
-}
-
 impl TokenApi {
     async fn inner_issue(&self, req: Request<pb::IssueRequest>) -> Result<pb::IssueResponse> {
         let caller = self.caller(req.metadata()).await?;
-        let r = req.into_inner();
-        let now = manage::now();
-        let input = IssueInput {
-            account_id: opt_principal("account_id", &r.account_id)?,
-            owner_id: opt_principal("owner_id", &r.owner_id)?,
-            name: TokenName::parse("name", &r.name)?,
-            description: fields::description("description", &r.description)?,
-            modules: fields::modules("modules", &r.modules)?,
-            api_version: fields::api_version("api_version", &r.api_version)?,
-            metadata: fields::metadata("metadata", &r.metadata)?,
-            expires_at: opt_timestamp("expires_at", r.expires_at.as_ref())?
-                .map(|t| fields::future_expiry("expires_at", t, now))
-                .transpose()?,
-        };
+        let now = self.clock.now_utc();
+        let input = convert::issue_input(req.into_inner(), now)?;
         let issued = self.manager.issue(&caller, input).await?;
         record_token(issued.token.id);
         Ok(pb::IssueResponse {
@@ -156,12 +131,7 @@ impl TokenApi {
     async fn inner_validate(&self, req: Request<ValidateCall>) -> Result<ValidateReply> {
         let caller = self.caller(req.metadata()).await?;
         let call = req.get_ref();
-        for (i, m) in call.required_modules().iter().enumerate() {
-            if fields::check_module("required_modules", m).is_err() {
-                // Named with its index only when it is wrong: no format! per call.
-                fields::check_module(&format!("required_modules[{i}]"), m)?;
-            }
-        }
+        convert::check_required_modules(call.required_modules())?;
         let value = call.token();
         if let Ok(v) = value {
             record_token(v.id());
@@ -185,7 +155,7 @@ impl TokenApi {
         record_token(id);
         let token = self.manager.get(&caller, id).await?;
         Ok(pb::GetResponse {
-            token: Some(token_to_pb(&token, manage::now())),
+            token: Some(token_to_pb(&token, self.clock.now_utc())),
         })
     }
 
@@ -194,42 +164,11 @@ impl TokenApi {
         let r = req.into_inner();
         let id = token_id("id", &r.id)?;
         record_token(id);
-        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        if paths.is_empty() {
-            return Err(Error::invalid(
-                "update_mask",
-                "must name at least one of: name, description, modules, api_version, metadata, expires_at",
-            ));
-        }
-        let now = manage::now();
-        let mut input = UpdateInput::default();
-        for (i, path) in paths.iter().enumerate() {
-            match path.as_str() {
-                "name" => input.name = Some(TokenName::parse("name", &r.name)?),
-                "description" => {
-                    input.description = Some(fields::description("description", &r.description)?)
-                }
-                "modules" => input.modules = Some(fields::modules("modules", &r.modules)?),
-                "api_version" => {
-                    input.api_version = Some(fields::api_version("api_version", &r.api_version)?)
-                }
-                "metadata" => input.metadata = Some(fields::metadata("metadata", &r.metadata)?),
-                "expires_at" => {
-                    let at = opt_timestamp("expires_at", r.expires_at.as_ref())?;
-                    input.expires_at = Some(
-                        at.map(|t| fields::future_expiry("expires_at", t, now))
-                            .transpose()?,
-                    );
-                }
-                other => {
-                    return Err(Error::invalid(
-                        format!("update_mask.paths[{i}]"),
-                        format!("{other:?} is not an updatable field"),
-                    ));
-                }
-            }
-        }
-        let token = self.manager.update(&caller, id, input).await?;
+        let now = self.clock.now_utc();
+        let token = self
+            .manager
+            .update(&caller, id, convert::update_input(r, now)?)
+            .await?;
         Ok(pb::UpdateResponse {
             token: Some(token_to_pb(&token, now)),
         })
@@ -240,56 +179,37 @@ impl TokenApi {
         req: Request<pb::SetStateRequest>,
     ) -> Result<pb::SetStateResponse> {
         let caller = self.caller(req.metadata()).await?;
-        let r = req.into_inner();
-        let id = token_id("id", &r.id)?;
+        let id = token_id("id", &req.get_ref().id)?;
         record_token(id);
-        let state = match convert::state("state", r.state)? {
-            s @ (TokenState::Active | TokenState::Disabled) => s,
-            TokenState::Revoked => {
-                return Err(Error::invalid(
-                    "state",
-                    "must be STATE_ACTIVE or STATE_DISABLED; use Revoke to revoke",
-                ));
-            }
-        };
-        let reason = fields::reason("reason", &r.reason)?;
+        let (state, reason) = convert::set_state_input(req.get_ref())?;
         let token = self.manager.set_state(&caller, id, state, reason).await?;
         Ok(pb::SetStateResponse {
-            token: Some(token_to_pb(&token, manage::now())),
+            token: Some(token_to_pb(&token, self.clock.now_utc())),
         })
     }
 
     async fn inner_revoke(&self, req: Request<pb::RevokeRequest>) -> Result<pb::RevokeResponse> {
         let caller = self.caller(req.metadata()).await?;
-        let r = req.into_inner();
-        let reason = fields::reason("reason", &r.reason)?;
-        let target = match r.target {
-            None => return Err(Error::invalid("target", "one of id or token is required")),
-            Some(pb::revoke_request::Target::Id(id)) => RevokeTarget::Id(token_id("id", &id)?),
-            Some(pb::revoke_request::Target::Token(value)) => RevokeTarget::Value(
-                TokenValue::parse(&value)
-                    .map_err(|e| Error::invalid("token", format!("is not a token value: {e}")))?,
-            ),
-        };
+        let (target, reason) = convert::revoke_input(req.into_inner())?;
         if let RevokeTarget::Id(id) = &target {
             record_token(id);
         }
         let token = self.manager.revoke(&caller, target, reason).await?;
         record_token(token.id);
         Ok(pb::RevokeResponse {
-            token: Some(token_to_pb(&token, manage::now())),
+            token: Some(token_to_pb(&token, self.clock.now_utc())),
         })
     }
 
     async fn inner_rotate(&self, req: Request<pb::RotateRequest>) -> Result<pb::RotateResponse> {
         let caller = self.caller(req.metadata()).await?;
-        let r = req.into_inner();
+        let r = req.get_ref();
         let id = token_id("id", &r.id)?;
         record_token(id);
         let grace = convert::duration("grace_period", r.grace_period.as_ref())?;
         let issued = self.manager.rotate(&caller, id, grace).await?;
         Ok(pb::RotateResponse {
-            token: Some(token_to_pb(&issued.token, manage::now())),
+            token: Some(token_to_pb(&issued.token, self.clock.now_utc())),
             secret: issued.value.expose(),
         })
     }
@@ -299,55 +219,21 @@ impl TokenApi {
         req: Request<pb::DuplicateRequest>,
     ) -> Result<pb::DuplicateResponse> {
         let caller = self.caller(req.metadata()).await?;
-        let r = req.into_inner();
-        let id = token_id("id", &r.id)?;
-        let name = optional(&r.name, |n| TokenName::parse("name", n))?;
+        let id = token_id("id", &req.get_ref().id)?;
+        let name = convert::duplicate_name(req.get_ref())?;
         let issued = self.manager.duplicate(&caller, id, name).await?;
         record_token(issued.token.id);
         Ok(pb::DuplicateResponse {
-            token: Some(token_to_pb(&issued.token, manage::now())),
+            token: Some(token_to_pb(&issued.token, self.clock.now_utc())),
             secret: issued.value.expose(),
         })
     }
 
     async fn inner_search(&self, req: Request<pb::SearchRequest>) -> Result<pb::SearchResponse> {
         let caller = self.caller(req.metadata()).await?;
-        let r = req.into_inner();
-        if r.query.len() > crate::domain::token_value::MAX_TOKEN_BYTES {
-            return Err(Error::invalid("query", "must be at most 512 bytes"));
-        }
-        let query = optional(&r.query, |q| {
-            Ok(match TokenValue::parse(q) {
-                Ok(value) => TextQuery::Value(value),
-                Err(_) => TextQuery::Name(q.to_owned()),
-            })
-        })?;
-        let input = SearchInput {
-            account_id: opt_principal("account_id", &r.account_id)?,
-            query,
-            states: r
-                .states
-                .iter()
-                .enumerate()
-                .map(|(i, s)| convert::state(&format!("states[{i}]"), *s))
-                .collect::<Result<_, _>>()?,
-            include_revoked: r.include_revoked,
-            owner_id: opt_principal("owner_id", &r.owner_id)?,
-            created_by: opt_principal("created_by", &r.created_by)?,
-            module: optional(&r.module, |m| fields::module("module", m))?,
-            created_after: opt_timestamp("created_after", r.created_after.as_ref())?,
-            created_before: opt_timestamp("created_before", r.created_before.as_ref())?,
-            last_used_before: opt_timestamp("last_used_before", r.last_used_before.as_ref())?,
-            last_used_after: opt_timestamp("last_used_after", r.last_used_after.as_ref())?,
-            page_size: page::page_size("page_size", r.page_size)?,
-            page_token: (!r.page_token.is_empty()).then_some(r.page_token),
-            include_total: r.include_total,
-            expires_before: opt_timestamp("expires_before", r.expires_before.as_ref())?,
-            expires_after: opt_timestamp("expires_after", r.expires_after.as_ref())?,
-            breaks_policy: r.breaks_policy,
-        };
+        let input = convert::search_input(req.into_inner())?;
         let page = self.manager.search(&caller, input).await?;
-        let now = manage::now();
+        let now = self.clock.now_utc();
         Ok(pb::SearchResponse {
             tokens: page.tokens.iter().map(|t| token_to_pb(t, now)).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -360,13 +246,7 @@ impl TokenApi {
         req: Request<pb::ListEventsRequest>,
     ) -> Result<pb::ListEventsResponse> {
         let caller = self.caller(req.metadata()).await?;
-        let r = req.into_inner();
-        let input = EventsInput {
-            token_id: opt_token_id("token_id", &r.token_id)?,
-            account_id: opt_principal("account_id", &r.account_id)?,
-            page_size: page::page_size("page_size", r.page_size)?,
-            page_token: (!r.page_token.is_empty()).then_some(r.page_token),
-        };
+        let input = convert::events_input(req.into_inner())?;
         let (events, next) = self.manager.list_events(&caller, input).await?;
         Ok(pb::ListEventsResponse {
             events: events.iter().map(event_to_pb).collect(),

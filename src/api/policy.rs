@@ -5,7 +5,7 @@ use tonic::Request;
 
 use super::{
     TokenApi,
-    convert::{duration, opt_principal, to_timestamp},
+    convert::{duration, opt_account, to_timestamp},
 };
 use crate::{
     domain::{
@@ -109,7 +109,8 @@ fn patch(p: pb::AccountPolicy, paths: &[String]) -> Result<PolicyPatch> {
         }
     }
     Ok(PolicyPatch {
-        account_id: opt_principal("policy.account_id", &p.account_id)?,
+        account_id: opt_account("policy.account_id", &p.account_id)?
+            .map(crate::domain::AccountId::into_inner),
         values,
         fields,
     })
@@ -121,7 +122,8 @@ impl TokenApi {
         req: Request<pb::GetAccountPolicyRequest>,
     ) -> Result<pb::GetAccountPolicyResponse> {
         let caller = self.caller(req.metadata()).await?;
-        let account = opt_principal("account_id", &req.get_ref().account_id)?;
+        let account = opt_account("account_id", &req.get_ref().account_id)?
+            .map(crate::domain::AccountId::into_inner);
         let v = self.manager.policies().get(&caller, account).await?;
         Ok(pb::GetAccountPolicyResponse {
             policy: Some(policy_to_pb(&v)),

@@ -11,7 +11,7 @@ use tonic::{Request, Status};
 
 use super::{
     TokenApi,
-    convert::{event_kind_from_pb, event_to_pb, opt_principal},
+    convert::{event_kind_from_pb, event_to_pb, opt_account},
 };
 use crate::{
     error::{Error, Result},
@@ -76,7 +76,8 @@ impl TokenApi {
             return Err(Error::invalid("after_id", "must not be negative"));
         }
         let input = WatchInput {
-            account_id: opt_principal("account_id", &r.account_id)?,
+            account_id: opt_account("account_id", &r.account_id)?
+                .map(crate::domain::AccountId::into_inner),
             kinds,
             after_id: r.after_id,
         };

@@ -17,15 +17,12 @@ const MAX_MODULE_LEN: usize = 127;
 #[derive(Clone, PartialEq, Eq)]
 pub struct TokenIdentity {
     text: Arc<str>,
-    account_end: u32,
-    owner_end: u32,
-    modules_end: u32,
-}
-
-fn offset(n: usize) -> u32 {
-    // The text is the sum of bounded fields (ids, 64 modules of 64 bytes,
-    // a version): far below 4 GiB.
-    u32::try_from(n).unwrap_or(u32::MAX)
+    /// Byte offsets into `text`, each taken right after a whole `&str` or
+    /// ASCII length char was appended, so each is a char boundary within it:
+    /// the fields are immutable and set only by `new`.
+    account_end: usize,
+    owner_end: usize,
+    modules_end: usize,
 }
 
 impl TokenIdentity {
@@ -39,14 +36,14 @@ impl TokenIdentity {
                 + api_version.len(),
         );
         text.push_str(account_id);
-        let account_end = offset(text.len());
+        let account_end = text.len();
         text.push_str(owner_id);
-        let owner_end = offset(text.len());
+        let owner_end = text.len();
         for m in modules.iter().filter(|m| m.len() <= MAX_MODULE_LEN) {
             text.push(char::from(m.len() as u8));
             text.push_str(m);
         }
-        let modules_end = offset(text.len());
+        let modules_end = text.len();
         text.push_str(api_version);
         Self {
             text: Arc::from(text),
@@ -56,9 +53,11 @@ impl TokenIdentity {
         }
     }
 
-    fn slice(&self, from: u32, to: Option<u32>) -> &str {
-        let (from, to) = (from as usize, to.map_or(self.text.len(), |t| t as usize));
-        self.text.get(from..to).unwrap_or_default()
+    /// A field. Indexing cannot fail: the offsets are char boundaries of
+    /// `text` by construction (see the fields), and a broken invariant
+    /// would fail loudly rather than read as an empty id.
+    fn slice(&self, from: usize, to: Option<usize>) -> &str {
+        &self.text[from..to.unwrap_or(self.text.len())]
     }
 
     pub fn account_id(&self) -> &str {

@@ -11,6 +11,7 @@
 
 pub mod fields;
 pub mod identity;
+pub mod ids;
 pub mod page;
 pub mod policy;
 pub mod privilege;
@@ -20,6 +21,7 @@ pub mod token_value;
 
 pub use fields::FieldViolation;
 pub use identity::TokenIdentity;
+pub use ids::{AccountId, OwnerId};
 pub use privilege::{Caller, Privilege, Privileges};
 pub use state::TokenState;
 pub use token::{EventKind, NewEvent, Token};

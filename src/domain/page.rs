@@ -2,10 +2,12 @@
 //! previous page ended and a fingerprint of the filters it was made for, so a
 //! token replayed with other filters is refused instead of silently skipping rows.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::{DateTime, Utc};
+use std::fmt::Write as _;
 
-use super::{FieldViolation, TokenId};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::{FieldViolation, TokenId, TokenState, privilege::Scope};
 
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
 pub const MAX_PAGE_SIZE: u64 = 500;
@@ -25,6 +27,119 @@ pub fn page_size(field: &str, requested: i32) -> Result<u64, FieldViolation> {
 /// A fingerprint of a listing's filters.
 pub fn fingerprint(canonical_filters: &str) -> u64 {
     super::fingerprint64(canonical_filters.as_bytes())
+}
+
+/// The canonical text of a listing's filters, fields separated by `|`, each
+/// written by hand (never through `Debug`), so a derive or a dependency
+/// upgrade cannot change it and invalidate the page tokens in flight across
+/// a deploy. The form is the one earlier releases produced through `Debug`
+/// for the values the api accepts, so tokens made by them stay valid; a
+/// unit test pins it.
+#[derive(Debug, Default)]
+pub struct Filters(String);
+
+impl Filters {
+    fn next(&mut self) -> &mut String {
+        if !self.0.is_empty() {
+            self.0.push('|');
+        }
+        &mut self.0
+    }
+
+    /// A quoted string, `"` and `\` escaped.
+    fn quote(out: &mut String, s: &str) {
+        out.push('"');
+        for c in s.chars() {
+            if matches!(c, '"' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+
+    fn optional<T>(out: &mut String, v: Option<T>, write: impl FnOnce(&mut String, T)) {
+        match v {
+            None => out.push_str("None"),
+            Some(v) => {
+                out.push_str("Some(");
+                write(out, v);
+                out.push(')');
+            }
+        }
+    }
+
+    pub fn scope(mut self, scope: &Scope) -> Self {
+        let out = self.next();
+        match scope {
+            Scope::Everything => out.push_str("Everything"),
+            Scope::Account(a) => {
+                out.push_str("Account(");
+                Self::quote(out, a);
+                out.push(')');
+            }
+            Scope::Owner {
+                account_id,
+                owner_id,
+            } => {
+                out.push_str("Owner { account_id: ");
+                Self::quote(out, account_id);
+                out.push_str(", owner_id: ");
+                Self::quote(out, owner_id);
+                out.push_str(" }");
+            }
+        }
+        self
+    }
+
+    /// An optional string filter.
+    pub fn text(mut self, v: Option<&str>) -> Self {
+        Self::optional(self.next(), v, Self::quote);
+        self
+    }
+
+    /// A field already in canonical form.
+    pub fn raw(mut self, v: &str) -> Self {
+        self.next().push_str(v);
+        self
+    }
+
+    pub fn states(mut self, states: &[TokenState]) -> Self {
+        let out = self.next();
+        out.push('[');
+        for (i, s) in states.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(match s {
+                TokenState::Active => "Active",
+                TokenState::Disabled => "Disabled",
+                TokenState::Revoked => "Revoked",
+            });
+        }
+        out.push(']');
+        self
+    }
+
+    /// An optional instant: RFC 3339 in UTC, with as many fractional digits
+    /// (0, 3, 6 or 9) as it needs.
+    pub fn time(mut self, t: Option<DateTime<Utc>>) -> Self {
+        Self::optional(self.next(), t, |out, t| {
+            out.push_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        });
+        self
+    }
+
+    pub fn token_id(mut self, id: Option<TokenId>) -> Self {
+        Self::optional(self.next(), id, |out, id| {
+            let _ = write!(out, "TokenId({id})");
+        });
+        self
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        fingerprint(&self.0)
+    }
 }
 
 /// Position after the last token of a page (tokens are listed newest first).
@@ -113,6 +228,50 @@ impl EventCursor {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn filter_fingerprints_are_pinned() {
+        use chrono::TimeZone;
+        let at = Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap();
+        let f = Filters::default()
+            .scope(&Scope::Owner {
+                account_id: "acme".into(),
+                owner_id: "alice".into(),
+            })
+            .text(Some("acme"))
+            .raw("name:ci")
+            .states(&[TokenState::Active, TokenState::Disabled])
+            .text(None)
+            .time(Some(at))
+            .time(Some(Utc.timestamp_opt(1_700_000_000, 0).unwrap()))
+            .token_id(TokenId::parse("0123456789abcdef"));
+        // The text earlier releases fingerprinted (through Debug): a page
+        // token made before a deploy must still be accepted after it.
+        assert_eq!(
+            f.0,
+            r#"Owner { account_id: "acme", owner_id: "alice" }|Some("acme")|name:ci|[Active, Disabled]|None|Some(2023-11-14T22:13:20.123456Z)|Some(2023-11-14T22:13:20Z)|Some(TokenId(0123456789abcdef))"#
+        );
+        assert_eq!(f.fingerprint(), 0xb315_ed39_7d74_f593);
+        let legacy = format!(
+            "{:?}|{:?}|name:ci|{:?}|{:?}|{:?}|{:?}|{:?}",
+            Scope::Owner {
+                account_id: "acme".into(),
+                owner_id: "alice".into()
+            },
+            Some("acme"),
+            [TokenState::Active, TokenState::Disabled],
+            None::<String>,
+            Some(at),
+            Some(Utc.timestamp_opt(1_700_000_000, 0).unwrap()),
+            TokenId::parse("0123456789abcdef"),
+        );
+        assert_eq!(f.0, legacy, "the same text as the Debug form it replaces");
+        assert_eq!(Filters::default().scope(&Scope::Everything).0, "Everything");
+        assert_eq!(
+            Filters::default().scope(&Scope::Account("a\"b".into())).0,
+            r#"Account("a\"b")"#
+        );
+    }
 
     #[test]
     fn cursors_round_trip_and_bind_filters() {

@@ -241,11 +241,50 @@ impl EventKind {
     }
 }
 
-/// Who made a change: the caller's credential token and its owner.
+/// Who made a change, and on behalf of which owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    pub token_id: String,
-    pub owner_id: String,
+pub enum Actor {
+    /// A caller, by its credential token.
+    Token { id: TokenId, owner_id: String },
+    /// `tokend bootstrap`, which has no caller.
+    Bootstrap { owner_id: String },
+    /// A tool that wrote rows directly (`tokend import`, benchmark seeding),
+    /// by the name it recorded.
+    Tool { name: String, owner_id: String },
+}
+
+impl Actor {
+    /// How the bootstrap actor is recorded and shown (`actor_token_id`).
+    pub const BOOTSTRAP: &'static str = "bootstrap";
+
+    /// The actor of a recorded event, from its recorded id and owner: a
+    /// token id, `bootstrap`, or else a tool's name.
+    pub fn from_recorded(id: String, owner_id: String) -> Self {
+        if id == Self::BOOTSTRAP {
+            Self::Bootstrap { owner_id }
+        } else if let Some(id) = TokenId::parse(&id) {
+            Self::Token { id, owner_id }
+        } else {
+            Self::Tool { name: id, owner_id }
+        }
+    }
+
+    /// The recorded form of who acted (the `actor_token_id` of an event).
+    pub fn recorded_id(&self) -> String {
+        match self {
+            Self::Token { id, .. } => id.to_string(),
+            Self::Bootstrap { .. } => Self::BOOTSTRAP.to_owned(),
+            Self::Tool { name, .. } => name.clone(),
+        }
+    }
+
+    pub fn owner_id(&self) -> &str {
+        match self {
+            Self::Token { owner_id, .. }
+            | Self::Bootstrap { owner_id }
+            | Self::Tool { owner_id, .. } => owner_id,
+        }
+    }
 }
 
 /// An audit event to record in the same transaction as the change it describes.
@@ -272,6 +311,31 @@ pub struct Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actors_round_trip_through_their_recorded_form() {
+        let owner = || "ops".to_owned();
+        let token = Actor::Token {
+            id: TokenId::parse("0123456789abcdef").unwrap_or_else(|| unreachable!()),
+            owner_id: owner(),
+        };
+        for actor in [
+            token,
+            Actor::Bootstrap { owner_id: owner() },
+            Actor::Tool {
+                name: "tokend-bench".into(),
+                owner_id: owner(),
+            },
+        ] {
+            let back = Actor::from_recorded(actor.recorded_id(), actor.owner_id().to_owned());
+            assert_eq!(back, actor);
+        }
+        assert_eq!(
+            Actor::Bootstrap { owner_id: owner() }.recorded_id(),
+            "bootstrap",
+            "the form existing databases hold"
+        );
+    }
 
     #[test]
     fn event_kinds_round_trip() {

@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use arrayvec::ArrayString;
 use rand::{TryRngCore, rngs::OsRng};
 
 /// Length of the public id part.
@@ -36,31 +37,29 @@ pub enum MalformedToken {
     Checksum,
 }
 
-/// The public identifier of a token: 16 base62 ASCII bytes, stored inline so it
-/// is `Copy` and cheap as a cache key.
+/// The public identifier of a token: 16 base62 ASCII bytes, stored inline (as
+/// text, so reading it back cannot fail) so it is `Copy` and cheap as a cache
+/// key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenId([u8; ID_LEN]);
+pub struct TokenId(ArrayString<ID_LEN>);
 
 impl TokenId {
     /// Parses an id as it appears in requests and in the store.
     pub fn parse(s: &str) -> Option<Self> {
-        let bytes: [u8; ID_LEN] = s.as_bytes().try_into().ok()?;
-        all_alphanumeric(&bytes).then_some(Self(bytes))
+        (s.len() == ID_LEN && all_alphanumeric(s.as_bytes()))
+            .then(|| ArrayString::from(s).ok().map(Self))
+            .flatten()
     }
 
-    fn generate() -> Result<Self, rand::rand_core::OsError> {
+    fn generate() -> Result<Self, GenerateError> {
         let mut buf = [0u8; 16];
         OsRng.try_fill_bytes(&mut buf)?;
         let n = u128::from_le_bytes(buf) & ID_BITS_MASK;
-        let text = pad_base62(n, ID_LEN);
-        let mut bytes = [b'0'; ID_LEN];
-        bytes.copy_from_slice(text.as_bytes());
-        Ok(Self(bytes))
+        Self::parse(&pad_base62(n, ID_LEN)).ok_or(GenerateError::Id)
     }
 
     pub fn as_str(&self) -> &str {
-        // Only ever built from ASCII alphanumerics (see `parse` and `generate`).
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        self.0.as_str()
     }
 }
 
@@ -117,7 +116,7 @@ impl TokenValue {
             return Err(MalformedToken::Checksum);
         }
         Ok(Self {
-            raw: Inline::new(value).ok_or(MalformedToken::Shape)?,
+            raw: Inline::from(value).map_err(|_| MalformedToken::Shape)?,
             id,
             prefix_len,
         })
@@ -145,7 +144,7 @@ impl TokenValue {
         let checksum = checksum_of(&raw);
         raw.push_str(&checksum);
         Ok(Self {
-            raw: Inline::new(&raw).ok_or(GenerateError::Prefix)?,
+            raw: Inline::from(&raw).map_err(|_| GenerateError::Prefix)?,
             id,
             prefix_len: prefix.len(),
         })
@@ -159,11 +158,17 @@ impl TokenValue {
     /// many tokens sharing one secret, so that one argon2 hash serves them
     /// all; never for issuing.
     pub fn with_id(&self, id: TokenId) -> Self {
-        let prefix = &self.raw.as_str()[..self.prefix_len];
-        let mut raw = format!("{prefix}_{id}_{}", self.secret());
-        raw.push_str(&checksum_of(&raw));
+        let mut raw = self.raw;
+        // The same length as `self` (only the id and the checksum change),
+        // so it fits the capacity as `self` does.
+        raw.truncate(self.prefix_len + 1);
+        for part in [id.as_str(), "_", self.secret()] {
+            raw.push_str(part);
+        }
+        let checksum = checksum_of(&raw);
+        raw.push_str(&checksum);
         Self {
-            raw: Inline::new(&raw).unwrap_or_default(),
+            raw,
             id,
             prefix_len: self.prefix_len,
         }
@@ -184,7 +189,7 @@ impl TokenValue {
 
     /// The length of the full value in bytes (it is ASCII).
     pub fn text_len(&self) -> usize {
-        usize::from(self.raw.len)
+        self.raw.len()
     }
 
     /// The full value. Named loudly: it is handed to the caller once, at Issue,
@@ -219,46 +224,17 @@ pub enum GenerateError {
     /// Start-up refuses such a prefix; this guards the invariant anyway.
     #[error("the configured token prefix is not valid")]
     Prefix,
+    /// The random id did not encode to 16 base62 characters (cannot happen:
+    /// ids are 95 bits, and 62^16 > 2^95).
+    #[error("a generated token id is not 16 base62 characters")]
+    Id,
 }
 
 /// The longest well-formed value: the longest prefix and the fixed-size rest.
 const MAX_VALUE_LEN: usize = MAX_PREFIX_LEN + 1 + ID_LEN + 1 + SECRET_LEN + CHECKSUM_LEN;
 
 /// An ASCII string of at most `MAX_VALUE_LEN` bytes, kept in place.
-#[derive(Clone, Copy)]
-struct Inline {
-    len: u8,
-    bytes: [u8; MAX_VALUE_LEN],
-}
-
-impl Inline {
-    fn new(s: &str) -> Option<Self> {
-        let mut bytes = [0u8; MAX_VALUE_LEN];
-        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
-        Some(Self {
-            len: u8::try_from(s.len()).ok()?,
-            bytes,
-        })
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-
-    fn as_str(&self) -> &str {
-        // Built only from whole `&str`s (see `new`).
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
-    }
-}
-
-impl Default for Inline {
-    fn default() -> Self {
-        Self {
-            len: 0,
-            bytes: [0; MAX_VALUE_LEN],
-        }
-    }
-}
+type Inline = ArrayString<MAX_VALUE_LEN>;
 
 /// Whether `prefix` is an acceptable token prefix (also used to check config).
 pub fn valid_prefix(prefix: &str) -> bool {

@@ -204,10 +204,7 @@ pub fn event_from_model(m: token_event::Model) -> Result<Event> {
         account_id: m.account_id,
         owner_id: m.owner_id,
         kind,
-        actor: Actor {
-            token_id: m.actor_token_id,
-            owner_id: m.actor_owner_id,
-        },
+        actor: Actor::from_recorded(m.actor_token_id, m.actor_owner_id),
         at: m.at,
         detail: m.detail,
     })
@@ -220,8 +217,8 @@ pub fn event_to_active(token: &Token, event: &NewEvent) -> token_event::ActiveMo
         account_id: Set(token.account_id.clone()),
         owner_id: Set(token.owner_id.clone()),
         kind: Set(event.kind.as_str().to_owned()),
-        actor_token_id: Set(event.actor.token_id.clone()),
-        actor_owner_id: Set(event.actor.owner_id.clone()),
+        actor_token_id: Set(event.actor.recorded_id()),
+        actor_owner_id: Set(event.actor.owner_id().to_owned()),
         at: Set(token.updated_at),
         detail: Set(event.detail.clone()),
         ..Default::default()

@@ -51,8 +51,8 @@ impl Store {
                 account_id: Set(t.account_id.clone()),
                 owner_id: Set(t.owner_id.clone()),
                 kind: Set(crate::domain::EventKind::Issued.as_str().to_owned()),
-                actor_token_id: Set(actor.token_id.clone()),
-                actor_owner_id: Set(actor.owner_id.clone()),
+                actor_token_id: Set(actor.recorded_id()),
+                actor_owner_id: Set(actor.owner_id().to_owned()),
                 at: Set(t.created_at),
                 detail: Set(detail.to_owned()),
                 ..Default::default()

@@ -54,7 +54,7 @@ pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
 pub use search::{ExpiryBreach, FTS_DRIVE_MAX, SearchPlans, SearchQuery};
-pub use tokens::Change;
+pub use tokens::{Change, Updated};
 pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 pub use watch::EventFilter;
 

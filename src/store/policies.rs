@@ -137,8 +137,8 @@ impl Store {
                 account_id: Set(next.account_id.clone()),
                 owner_id: Set(String::new()),
                 kind: Set(event.kind.as_str().to_owned()),
-                actor_token_id: Set(event.actor.token_id.clone()),
-                actor_owner_id: Set(event.actor.owner_id.clone()),
+                actor_token_id: Set(event.actor.recorded_id()),
+                actor_owner_id: Set(event.actor.owner_id().to_owned()),
                 at: Set(next.updated_at),
                 detail: Set(event.detail.clone()),
                 ..Default::default()

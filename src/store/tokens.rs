@@ -32,6 +32,34 @@ pub enum Change {
     },
 }
 
+/// What `Store::update_token` did.
+#[derive(Debug)]
+pub enum Updated {
+    /// `decide` found nothing to write: the current record.
+    Unchanged(Token),
+    /// The change committed with its audit event: the new record.
+    Committed(Token),
+}
+
+impl Updated {
+    /// The token as it now is, written or not.
+    pub fn token(&self) -> &Token {
+        match self {
+            Self::Unchanged(t) | Self::Committed(t) => t,
+        }
+    }
+
+    pub fn into_token(self) -> Token {
+        match self {
+            Self::Unchanged(t) | Self::Committed(t) => t,
+        }
+    }
+
+    pub fn committed(&self) -> bool {
+        matches!(self, Self::Committed(_))
+    }
+}
+
 impl Store {
     /// One token by id.
     pub async fn find_token(&self, id: TokenId) -> Result<Option<Token>> {
@@ -90,7 +118,7 @@ impl Store {
     /// Read-modify-write of one token: `decide` sees the locked current record
     /// and applies the domain rules; its change commits with its audit event.
     /// Returns `NotFound` when there is no such token.
-    pub async fn update_token<F>(&self, id: TokenId, decide: F) -> Result<(Token, bool)>
+    pub async fn update_token<F>(&self, id: TokenId, decide: F) -> Result<Updated>
     where
         F: FnOnce(Token) -> Result<Change> + Send,
     {
@@ -108,7 +136,7 @@ impl Store {
             match decide(token_from_model(current)?)? {
                 Change::Unchanged(token) => {
                     txn.rollback().await?;
-                    Ok((token, false))
+                    Ok(Updated::Unchanged(token))
                 }
                 Change::Changed {
                     token,
@@ -134,7 +162,7 @@ impl Store {
                     super::changes::record(&txn, &self.instance, token.id).await?;
                     txn.commit().await?;
                     self.events_committed();
-                    Ok((token, true))
+                    Ok(Updated::Committed(token))
                 }
             }
         })

@@ -26,13 +26,13 @@ use std::{
         Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use quick_cache::sync::Cache;
 
 use super::{
-    clock::UnixMicros,
+    clock::{Clock, Monotonic, UnixMicros},
     verifier::{Digest, Keyring},
 };
 use crate::{
@@ -52,6 +52,10 @@ type Entries = Cache<
     CountEvictions,
 >;
 
+mod entry;
+
+pub use self::entry::{Check, Entry, Matched, ReplyEncoder, Snapshot};
+
 const STRIPES: usize = 1024;
 
 /// Tuning of the cache; see `ValidationConfig` for defaults.
@@ -65,297 +69,15 @@ pub struct CacheConfig {
     pub failures_per_window: u32,
 }
 
-/// What Validate needs to judge a token, and the reply a hit sends. Up to a
-/// million of these live in memory, so the strings share allocations: the
-/// identity (account, owner, modules, version) is one shared string, and
-/// the reply's verified-token part is encoded once, when the entry is built,
-/// by the api layer (`ReplyEncoder`): a hit then sends `valid`, `reason` and
-/// a copy of those bytes, with no per-request strings, map or encoder work.
-/// The bytes are opaque here: only the api layer knows the wire format.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub id: TokenId,
-    pub state: TokenState,
-    pub expires_at: Option<UnixMicros>,
-    /// What the token may do as a caller of this service, read once here
-    /// rather than from its modules on every RPC it authenticates.
-    pub privileges: Privileges,
-    pub identity: TokenIdentity,
-    reply: Box<[u8]>,
-}
-
-/// Encodes the verified-token part of a Validate reply for a token (the api
-/// layer's `wire::encode_verified`); given to the cache at start-up.
-pub type ReplyEncoder = fn(&ValidationView<'_>) -> Box<[u8]>;
-
-impl Snapshot {
-    pub fn of(token: &ValidationView<'_>, encode: ReplyEncoder) -> Self {
-        Self {
-            id: token.id,
-            state: token.state,
-            expires_at: token.expires_at.map(UnixMicros::of),
-            privileges: Privileges::from_modules(token.modules.iter().map(String::as_str)),
-            identity: TokenIdentity::new(
-                token.account_id,
-                token.owner_id,
-                token.modules,
-                token.api_version,
-            ),
-            reply: encode(token),
-        }
-    }
-
-    /// The encoded verified-token part of a Validate reply (opaque here).
-    pub fn reply(&self) -> &[u8] {
-        &self.reply
-    }
-
-    pub fn account_id(&self) -> &str {
-        self.identity.account_id()
-    }
-
-    pub fn owner_id(&self) -> &str {
-        self.identity.owner_id()
-    }
-
-    pub fn api_version(&self) -> &str {
-        self.identity.api_version()
-    }
-
-    pub fn modules(&self) -> impl Iterator<Item = &str> {
-        self.identity.modules()
-    }
-
-    /// Runs on every Validate that names modules.
-    pub fn has_modules(&self, required: &[String]) -> bool {
-        self.identity.has_modules(required)
-    }
-}
-
-/// Redacted: a digest is a MAC of a secret, and has no business in a log line.
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot")
-            .field("tag", &self.tag)
-            .field("key", &self.mac.map(|(key, _)| key))
-            .finish()
-    }
-}
-
-/// Constant-time equality of two digests, as four 64-bit words: every hit
-/// compares one, and a byte-wise compare costs several times as much.
-fn digests_equal(a: &Digest, b: &Digest) -> bool {
-    use subtle::ConstantTimeEq;
-    let word = |d: &Digest, i: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&d[i * 8..i * 8 + 8]);
-        u64::from_le_bytes(w)
-    };
-    bool::from(
-        word(a, 0).ct_eq(&word(b, 0))
-            & word(a, 1).ct_eq(&word(b, 1))
-            & word(a, 2).ct_eq(&word(b, 2))
-            & word(a, 3).ct_eq(&word(b, 3)),
-    )
-}
-
-/// A secret slot: the tag of the stored hash, and the digest of the value that
-/// matches it, with the index of the key it is under (0: the current key),
-/// once known: from the stored verifier, or proven by argon2.
-#[derive(Clone, Copy)]
-struct Slot {
-    tag: u64,
-    mac: Option<(u8, Digest)>,
-}
-
-impl Slot {
-    /// The slot of `hash`, from its stored verifier or a digest carried over
-    /// from the previous entry, preferring the newer key.
-    fn of(
-        hash: &SecretHash,
-        stored: Option<&StoredVerifier>,
-        keyring: &Keyring,
-        carried: &[Slot],
-    ) -> Self {
-        let tag = hash.tag();
-        let from_row = stored.and_then(|v| keyring.recognise(v));
-        let kept = carried.iter().find(|s| s.tag == tag).and_then(|s| s.mac);
-        let mac = match (from_row, kept) {
-            (Some(row), Some(kept)) if kept.0 < row.0 => Some(kept),
-            (row, kept) => row.or(kept),
-        };
-        Self { tag, mac }
-    }
-
-    /// Whether the presented value is the one this slot knows; `None` when the
-    /// slot knows no digest yet. `under` computes the value's digest under an
-    /// older key, which only rows written before a key rotation need.
-    fn check(&self, digest: &Digest, under: &impl Fn(u8) -> Option<Digest>) -> Option<(bool, u8)> {
-        let (key, known) = self.mac?;
-        let same = if key == 0 {
-            digests_equal(&known, digest)
-        } else {
-            under(key).is_some_and(|d| digests_equal(&known, &d))
-        };
-        Some((same, key))
-    }
-}
-
-/// What an entry says of a presented value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// It is the token's value (the slot it matched, and the index of the key
-    /// that slot's digest is under).
-    Match(Matched, u8),
-    /// Every live slot has a known digest and none matches: a wrong secret.
-    Mismatch,
-    /// It matches no known digest, but a live slot has none yet (a token from
-    /// before verifiers): only argon2 can tell.
-    Unverified,
-}
-
-#[derive(Debug)]
-pub struct Entry {
-    pub snapshot: Snapshot,
-    current: Slot,
-    /// Boxed: only tokens inside a rotate grace period have one.
-    previous: Option<Box<(Slot, UnixMicros)>>,
-    /// Unix second of the last recorded use, so a hot token records its use at
-    /// most once a second.
-    last_recorded: AtomicI64,
-}
-
-/// Which stored secret a presented value matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Matched {
-    Current,
-    Previous,
-}
-
-impl Entry {
-    /// Builds an entry for `token`: each slot's digest from its stored
-    /// verifier or carried over from `carried`, and `verified` (proven by
-    /// argon2 or freshly generated, under the current key) for its slot.
-    fn build(
-        token: &ValidationView<'_>,
-        keyring: &Keyring,
-        encode: ReplyEncoder,
-        carried: &[Slot],
-        verified: Option<(Matched, Digest)>,
-    ) -> Self {
-        let mut current = Slot::of(token.secret_hash, token.verifier, keyring, carried);
-        let mut previous = token.previous_secret.map(|p| {
-            Box::new((
-                Slot::of(&p.hash, p.verifier.as_ref(), keyring, carried),
-                UnixMicros::of(p.expires_at),
-            ))
-        });
-        match verified {
-            Some((Matched::Current, d)) => current.mac = Some((0, d)),
-            Some((Matched::Previous, d)) => {
-                if let Some(prev) = previous.as_mut() {
-                    prev.0.mac = Some((0, d));
-                }
-            }
-            None => {}
-        }
-        Self {
-            snapshot: Snapshot::of(token, encode),
-            current,
-            previous,
-            last_recorded: AtomicI64::new(0),
-        }
-    }
-
-    /// The same entry with `slot`'s digest now under the current key (after a
-    /// value matched under an older one).
-    fn rekeyed(&self, slot: Matched, digest: Digest) -> Self {
-        let mut current = self.current;
-        let mut previous = self.previous.clone();
-        match slot {
-            Matched::Current => current.mac = Some((0, digest)),
-            Matched::Previous => {
-                if let Some(prev) = previous.as_mut() {
-                    prev.0.mac = Some((0, digest));
-                }
-            }
-        }
-        Self {
-            snapshot: self.snapshot.clone(),
-            current,
-            previous,
-            last_recorded: AtomicI64::new(self.last_recorded.load(Ordering::Relaxed)),
-        }
-    }
-
-    fn slots(&self) -> Vec<Slot> {
-        let mut v = vec![self.current];
-        v.extend(self.previous.as_ref().map(|p| p.0));
-        v
-    }
-
-    /// Checks a presented value's digest (under the current key) against the
-    /// entry's slots, in constant time per compare. The previous slot counts
-    /// only while its grace period runs.
-    pub fn check(
-        &self,
-        digest: &Digest,
-        under: impl Fn(u8) -> Option<Digest>,
-        now: UnixMicros,
-    ) -> Check {
-        let mut unverified = false;
-        match self.current.check(digest, &under) {
-            Some((true, key)) => return Check::Match(Matched::Current, key),
-            Some((false, _)) => {}
-            None => unverified = true,
-        }
-        if let Some((slot, until)) = self.previous.as_deref()
-            && *until > now
-        {
-            match slot.check(digest, &under) {
-                Some((true, key)) => return Check::Match(Matched::Previous, key),
-                Some((false, _)) => {}
-                None => unverified = true,
-            }
-        }
-        if unverified {
-            Check::Unverified
-        } else {
-            Check::Mismatch
-        }
-    }
-
-    /// Whether the slot has no known digest (only argon2 can check a value
-    /// against it).
-    pub fn unverified(&self, slot: Matched) -> bool {
-        match slot {
-            Matched::Current => self.current.mac.is_none(),
-            Matched::Previous => self.previous.as_ref().is_some_and(|p| p.0.mac.is_none()),
-        }
-    }
-
-    /// Whether the entry can answer every value without argon2.
-    pub fn fully_verified(&self) -> bool {
-        !self.unverified(Matched::Current) && !self.unverified(Matched::Previous)
-    }
-
-    /// Whether this use should be recorded (at most once per second per entry).
-    pub fn should_record_use(&self, now_secs: i64) -> bool {
-        // Read first: a hot entry (a service's own caller credential) is hit
-        // from every core, and an unconditional swap would make each hit write
-        // to a cache line that all cores share.
-        self.last_recorded.load(Ordering::Relaxed) != now_secs
-            && self.last_recorded.swap(now_secs, Ordering::Relaxed) != now_secs
-    }
-}
-
 pub struct VerifiedCache {
     keyring: Arc<Keyring>,
     encode: ReplyEncoder,
     entries: Entries,
-    failed: Cache<Digest, Instant>,
-    unknown: Cache<TokenId, Instant>,
-    failures: Cache<TokenId, (Instant, u32)>,
+    failed: Cache<Digest, Monotonic>,
+    unknown: Cache<TokenId, Monotonic>,
+    failures: Cache<TokenId, (Monotonic, u32)>,
+    /// Time for the TTLs above and for Validate's expiry checks.
+    clock: Clock,
     /// Bumped by every invalidation of an id in the stripe, so a slow miss that
     /// read the store before a mutation committed does not cache stale data.
     generations: Box<[AtomicU64]>,
@@ -402,7 +124,19 @@ impl VerifiedCache {
             loading: parking_lot::Mutex::new(None),
             config,
             stripes: RandomState::new(),
+            clock: Clock::system(),
         }
+    }
+
+    /// The same cache on `clock` (a manual one in tests, so TTLs are tested
+    /// by advancing it instead of sleeping).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -481,7 +215,8 @@ impl VerifiedCache {
         verified: Option<(Matched, Digest)>,
         generation: u64,
     ) -> Arc<Entry> {
-        let carried = self.get(&token.id).map(|e| e.slots()).unwrap_or_default();
+        // Nothing cached: no verified digests to carry over.
+        let carried = self.get(&token.id).map_or_else(Vec::new, |e| e.slots());
         let entry = Arc::new(Entry::build(
             token,
             &self.keyring,
@@ -516,7 +251,8 @@ impl VerifiedCache {
         if existing.is_none() && fresh.is_none() {
             return;
         }
-        let carried = existing.map(|e| e.slots()).unwrap_or_default();
+        // Nothing cached: no verified digests to carry over.
+        let carried = existing.map_or_else(Vec::new, |e| e.slots());
         let entry = Entry::build(
             token,
             &self.keyring,
@@ -584,26 +320,26 @@ impl VerifiedCache {
         true
     }
 
-    fn fresh(at: Option<Instant>, ttl: Duration) -> bool {
-        at.is_some_and(|t| t.elapsed() < ttl)
+    fn fresh(&self, at: Option<Monotonic>, ttl: Duration) -> bool {
+        at.is_some_and(|t| t.until(self.clock.elapsed()) < ttl)
     }
 
     pub fn recently_failed(&self, digest: &Digest) -> bool {
-        Self::fresh(self.failed.get(digest), self.config.negative_ttl)
+        self.fresh(self.failed.get(digest), self.config.negative_ttl)
     }
 
     /// A value that matched no known digest: answered from memory for a while.
     pub fn remember_failed_value(&self, digest: Digest) {
-        self.failed.insert(digest, Instant::now());
+        self.failed.insert(digest, self.clock.elapsed());
     }
 
     /// A value that argon2 rejected: remembered, and counted towards the
     /// id's throttle (only argon2 work needs one).
     pub fn remember_failure(&self, id: TokenId, digest: Digest) {
         self.remember_failed_value(digest);
-        let now = Instant::now();
+        let now = self.clock.elapsed();
         let (start, count) = match self.failures.get(&id) {
-            Some((start, count)) if start.elapsed() < self.config.failure_window => {
+            Some((start, count)) if start.until(now) < self.config.failure_window => {
                 (start, count + 1)
             }
             _ => (now, 1),
@@ -613,320 +349,19 @@ impl VerifiedCache {
 
     /// Whether argon2 work on this id is throttled after repeated failures.
     pub fn throttled(&self, id: &TokenId) -> bool {
-        matches!(self.failures.get(id), Some((start, count)) if start.elapsed() < self.config.failure_window && count >= self.config.failures_per_window)
+        matches!(self.failures.get(id), Some((start, count)) if self.fresh(Some(start), self.config.failure_window) && count >= self.config.failures_per_window)
     }
 
     pub fn recently_unknown(&self, id: &TokenId) -> bool {
-        Self::fresh(self.unknown.get(id), self.config.unknown_ttl)
+        self.fresh(self.unknown.get(id), self.config.unknown_ttl)
     }
 
     pub fn remember_unknown(&self, id: TokenId, generation: u64) {
         if self.generation(&id) == generation {
-            self.unknown.insert(id, Instant::now());
+            self.unknown.insert(id, self.clock.elapsed());
         }
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    #![allow(clippy::unwrap_used)]
-    use std::collections::BTreeMap;
-
-    use chrono::Utc;
-
-    use super::*;
-    use crate::domain::{Token, token::PreviousSecret};
-
-    const KEY_A: &str = "a:0101010101010101010101010101010101010101010101010101010101010101";
-    const KEY_B: &str = "b:0202020202020202020202020202020202020202020202020202020202020202";
-
-    pub(crate) fn token(id: TokenId, hash: &str) -> Token {
-        let now = Utc::now();
-        Token {
-            id,
-            account_id: "acme".into(),
-            owner_id: "alice".into(),
-            created_by: "alice".into(),
-            updated_by: "alice".into(),
-            name: "n".into(),
-            description: String::new(),
-            modules: vec!["a:read".into()],
-            api_version: "v1".into(),
-            metadata: BTreeMap::new(),
-            state: TokenState::Active,
-            state_reason: String::new(),
-            secret_hash: SecretHash::new(hash.into()),
-            verifier: None,
-            previous_secret: None,
-            hint: String::new(),
-            created_at: now,
-            updated_at: now,
-            last_used_at: None,
-            expires_at: None,
-            disabled_at: None,
-            revoked_at: None,
-        }
-    }
-
-    pub(crate) fn config() -> CacheConfig {
-        CacheConfig {
-            capacity: 1000,
-            negative_capacity: 1000,
-            negative_ttl: Duration::from_secs(30),
-            unknown_ttl: Duration::from_secs(10),
-            failure_window: Duration::from_secs(10),
-            failures_per_window: 3,
-        }
-    }
-
-    pub(crate) fn keyring(text: &str) -> Arc<Keyring> {
-        Arc::new(Keyring::parse(text).unwrap())
-    }
-
-    fn with_keys(keys: &str) -> VerifiedCache {
-        VerifiedCache::new(config(), keyring(keys), crate::api::wire::encode_verified)
-    }
-
-    pub(crate) fn cache() -> VerifiedCache {
-        with_keys(KEY_A)
-    }
-
-    fn check(cache: &VerifiedCache, id: &TokenId, v: &TokenValue, now: UnixMicros) -> Check {
-        let e = cache.get(id).unwrap();
-        cache.check(&e, v, &cache.digest(v), now)
-    }
-
-    #[test]
-    fn a_snapshot_reads_its_identity_and_keeps_the_encoded_reply() {
-        let v = TokenValue::generate("tk").unwrap();
-        let mut t = token(v.id(), "h");
-        t.modules = vec!["a:read".into(), "b/*".into()];
-        let s = Snapshot::of(&t.validation(), |_| Box::new(*b"opaque"));
-        assert_eq!(s.account_id(), "acme");
-        assert_eq!(s.owner_id(), "alice");
-        assert_eq!(s.api_version(), "v1");
-        assert_eq!(s.modules().collect::<Vec<_>>(), vec!["a:read", "b/*"]);
-        assert!(s.has_modules(&["b/*".into(), "a:read".into()]));
-        assert!(!s.has_modules(&["c".into()]));
-        assert_eq!(s.reply(), b"opaque");
-    }
-
-    #[test]
-    fn an_entry_debug_shows_no_digest() {
-        let cache = cache();
-        let v = TokenValue::generate("tk").unwrap();
-        cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
-        let shown = format!("{:?}", cache.get(&v.id()).unwrap());
-        assert!(shown.contains("key: Some(0)"), "{shown}");
-        let digest = format!("{:?}", cache.digest(&v));
-        assert!(!shown.contains(&digest[1..digest.len() - 1]), "{shown}");
-    }
-
-    #[test]
-    fn digests_are_equal_only_when_every_byte_is() {
-        let a: Digest = std::array::from_fn(|i| i as u8);
-        assert!(digests_equal(&a, &a));
-        for i in 0..32 {
-            let mut b = a;
-            b[i] ^= 0x80;
-            assert!(!digests_equal(&a, &b), "byte {i}");
-        }
-    }
-
-    #[test]
-    fn an_entry_built_from_a_row_settles_every_value_without_argon2() {
-        let cache = cache();
-        let v = TokenValue::generate("tk").unwrap();
-        let wrong = TokenValue::generate_for("tk", v.id()).unwrap();
-        let mut t = token(v.id(), "h1");
-        t.verifier = Some(cache.keyring().seal(&v));
-        let g = cache.generation(&v.id());
-        cache.fill(&t.validation(), None, g);
-        let now = UnixMicros::now();
-        assert_eq!(
-            check(&cache, &v.id(), &v, now),
-            Check::Match(Matched::Current, 0)
-        );
-        assert_eq!(check(&cache, &v.id(), &wrong, now), Check::Mismatch);
-    }
-
-    #[test]
-    fn a_row_without_a_verifier_needs_argon2_until_one_is_proven() {
-        let cache = cache();
-        let v = TokenValue::generate("tk").unwrap();
-        let t = token(v.id(), "h1");
-        let g = cache.generation(&v.id());
-        cache.fill(&t.validation(), None, g);
-        let now = UnixMicros::now();
-        assert_eq!(check(&cache, &v.id(), &v, now), Check::Unverified);
-        // argon2 proved it: the digest is kept, and survives a refresh of the
-        // row that still has no verifier (the write-behind has not landed).
-        cache.fill(
-            &t.validation(),
-            Some((Matched::Current, cache.digest(&v))),
-            g,
-        );
-        cache.apply(&t.validation(), None);
-        assert_eq!(
-            check(&cache, &v.id(), &v, now),
-            Check::Match(Matched::Current, 0)
-        );
-    }
-
-    #[test]
-    fn a_mutation_between_read_and_fill_prevents_caching() {
-        let cache = cache();
-        let v = TokenValue::generate("tk").unwrap();
-        let t = token(v.id(), "h1");
-        let g = cache.generation(&v.id());
-        cache.invalidate(&v.id());
-        cache.fill(
-            &t.validation(),
-            Some((Matched::Current, cache.digest(&v))),
-            g,
-        );
-        assert!(cache.get(&v.id()).is_none());
-    }
-
-    #[test]
-    fn rows_under_an_older_key_match_and_are_rekeyed() {
-        let old = with_keys(KEY_A);
-        let cache = with_keys(&format!("{KEY_B}\n{KEY_A}"));
-        let v = TokenValue::generate("tk").unwrap();
-        let mut t = token(v.id(), "h1");
-        t.verifier = Some(old.keyring().seal(&v));
-        let g = cache.generation(&v.id());
-        let e = cache.fill(&t.validation(), None, g);
-        let now = UnixMicros::now();
-        assert_eq!(
-            check(&cache, &v.id(), &v, now),
-            Check::Match(Matched::Current, 1)
-        );
-        let wrong = TokenValue::generate_for("tk", v.id()).unwrap();
-        assert_eq!(check(&cache, &v.id(), &wrong, now), Check::Mismatch);
-        cache.rekey(v.id(), &e, Matched::Current, cache.digest(&v));
-        assert_eq!(
-            check(&cache, &v.id(), &v, now),
-            Check::Match(Matched::Current, 0)
-        );
-        // A key nobody lists any more cannot settle anything.
-        let other = with_keys(KEY_B);
-        other.fill(&t.validation(), None, other.generation(&v.id()));
-        assert_eq!(check(&other, &v.id(), &v, now), Check::Unverified);
-    }
-
-    #[test]
-    fn apply_keeps_digests_of_hashes_still_in_use() {
-        let cache = cache();
-        let old = TokenValue::generate("tk").unwrap();
-        let new = TokenValue::generate_for("tk", old.id()).unwrap();
-        let mut t = token(old.id(), "h-old");
-        cache.apply(&t.validation(), Some(cache.digest(&old)));
-        // Disable: same hash, digest kept, state updated.
-        t.state = TokenState::Disabled;
-        cache.apply(&t.validation(), None);
-        let e = cache.get(&old.id()).unwrap();
-        assert_eq!(e.snapshot.state, TokenState::Disabled);
-        let now = UnixMicros::now();
-        assert!(matches!(
-            check(&cache, &old.id(), &old, now),
-            Check::Match(..)
-        ));
-        // Rotate with grace: old hash becomes previous, its digest follows it.
-        t.state = TokenState::Active;
-        t.previous_secret = Some(PreviousSecret {
-            hash: t.secret_hash.clone(),
-            verifier: None,
-            expires_at: Utc::now() + chrono::Duration::seconds(60),
-        });
-        t.secret_hash = SecretHash::new("h-new".into());
-        cache.apply(&t.validation(), Some(cache.digest(&new)));
-        assert_eq!(
-            check(&cache, &old.id(), &new, now),
-            Check::Match(Matched::Current, 0)
-        );
-        assert_eq!(
-            check(&cache, &old.id(), &old, now),
-            Check::Match(Matched::Previous, 0)
-        );
-        let later = UnixMicros::of(Utc::now() + chrono::Duration::seconds(61));
-        assert_eq!(check(&cache, &old.id(), &old, later), Check::Mismatch);
-        // Rotate without grace: the old digest is gone.
-        t.previous_secret = None;
-        cache.apply(&t.validation(), None);
-        assert_eq!(check(&cache, &old.id(), &old, now), Check::Mismatch);
-    }
-
-    #[test]
-    fn a_warm_load_skips_tokens_changed_since_it_began() {
-        let cache = cache();
-        let sealed = |v: &TokenValue| {
-            let mut t = token(v.id(), "h");
-            t.verifier = Some(cache.keyring().seal(v));
-            t.validation().to_record()
-        };
-        let (a, b, c, d) = (
-            TokenValue::generate("tk").unwrap(),
-            TokenValue::generate("tk").unwrap(),
-            TokenValue::generate("tk").unwrap(),
-            TokenValue::generate("tk").unwrap(),
-        );
-        cache.begin_load();
-        cache.invalidate(&b.id());
-        assert!(cache.load(&sealed(&a)));
-        assert!(!cache.load(&sealed(&b)), "changed during the load");
-        assert!(
-            !cache.load(&token(c.id(), "h").validation().to_record()),
-            "no verifier"
-        );
-        cache.clear();
-        assert!(!cache.load(&sealed(&d)), "everything changed");
-        cache.end_load();
-        assert!(cache.load(&sealed(&d)));
-        assert!(!cache.load(&sealed(&d)), "already cached");
-    }
-
-    #[test]
-    fn failures_throttle_after_the_window_limit() {
-        let cache = cache();
-        let v = TokenValue::generate("tk").unwrap();
-        for _ in 0..2 {
-            cache.remember_failure(v.id(), [0; 32]);
-        }
-        assert!(!cache.throttled(&v.id()));
-        cache.remember_failed_value([9; 32]);
-        assert!(!cache.throttled(&v.id()), "only argon2 failures count");
-        cache.remember_failure(v.id(), [1; 32]);
-        assert!(cache.throttled(&v.id()));
-        assert!(cache.recently_failed(&[1; 32]));
-        assert!(cache.recently_failed(&[9; 32]));
-        assert!(!cache.recently_failed(&[2; 32]));
-    }
-
-    #[test]
-    fn unknown_ids_are_forgotten_when_the_token_appears() {
-        let cache = cache();
-        let v = TokenValue::generate("tk").unwrap();
-        cache.remember_unknown(v.id(), cache.generation(&v.id()));
-        assert!(cache.recently_unknown(&v.id()));
-        cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
-        assert!(!cache.recently_unknown(&v.id()));
-    }
-
-    #[test]
-    fn capacity_is_bounded() {
-        let cache = VerifiedCache::new(
-            CacheConfig {
-                capacity: 100,
-                ..config()
-            },
-            keyring(KEY_A),
-            crate::api::wire::encode_verified,
-        );
-        for _ in 0..1000 {
-            let v = TokenValue::generate("tk").unwrap();
-            cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
-        }
-        assert!(cache.len() <= 110, "cache grew to {}", cache.len());
-    }
-}
+pub(crate) mod tests;

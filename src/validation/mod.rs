@@ -157,7 +157,7 @@ impl Validator {
         required_modules: &[String],
         account: Option<&str>,
     ) -> Result<Verdict> {
-        let now = UnixMicros::now();
+        let now = self.cache.clock().now();
         let (found, hit) = self.verified(value, now).await?;
         let Some(entry) = found else {
             return Ok(Verdict {
@@ -186,7 +186,7 @@ impl Validator {
     /// verifies (current, or previous within its grace), whatever its state.
     /// Searching for or revoking a leaked value must not make it look used.
     pub async fn possessed(&self, value: &TokenValue) -> Result<Option<Arc<Entry>>> {
-        Ok(self.verified(value, UnixMicros::now()).await?.0)
+        Ok(self.verified(value, self.cache.clock().now()).await?.0)
     }
 
     /// The cached entry whose verified digest matches `value`, verifying on a

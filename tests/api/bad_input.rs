@@ -5,13 +5,11 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use prost_types::{FieldMask, Timestamp};
-use tokend::pb::{self, token_service_client::TokenServiceClient};
-use tonic::{Code, transport::Channel};
+use tokend::pb::{self};
+use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, authed, spawn_app, ts};
-
-type Client = TokenServiceClient<Channel>;
+use crate::helpers::{Api, TestApp, spawn_app, ts};
 
 fn raw_ts(seconds: i64, nanos: i32) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos })
@@ -67,46 +65,18 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
     })
 }
 
-async fn counts(client: &mut Client, caller: &str) -> (usize, usize) {
-    let tokens = client
-        .search(authed(
-            caller,
-            pb::SearchRequest {
-                include_revoked: true,
-                page_size: 500,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .len();
-    let events = client
-        .list_events(authed(
-            caller,
-            pb::ListEventsRequest {
-                page_size: 500,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-        .len();
-    (tokens, events)
+/// (tokens, events) the caller sees, revoked tokens included.
+async fn counts(client: &Api, caller: &str) -> (usize, usize) {
+    let req = pb::SearchRequest {
+        include_revoked: true,
+        ..Default::default()
+    };
+    let tokens = client.search_ids(caller, req).await.len();
+    (tokens, client.events(caller, "").await.len())
 }
 
-async fn issue(
-    client: &mut Client,
-    caller: &str,
-    req: pb::IssueRequest,
-) -> Result<String, tonic::Status> {
-    client
-        .issue(authed(caller, req))
-        .await
-        .map(|r| r.into_inner().token.unwrap().id)
+async fn issue(client: &Api, caller: &str, req: pb::IssueRequest) -> Result<String, tonic::Status> {
+    client.issue(caller, req).await.map(|r| r.token.unwrap().id)
 }
 
 fn base() -> pb::IssueRequest {
@@ -132,9 +102,9 @@ fn metadata(n: usize, key_len: usize, value_len: usize) -> HashMap<String, Strin
 #[tokio::test]
 async fn issue_rejects_each_bad_field_and_writes_nothing() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
-    let before = counts(&mut client, &p).await;
+    let before = counts(&client, &p).await;
 
     let mut cases: Vec<(&str, pb::IssueRequest, &str)> = vec![
         (
@@ -349,17 +319,17 @@ async fn issue_rejects_each_bad_field_and_writes_nothing() {
         ));
     }
     for (what, req, field) in cases {
-        assert_invalid(issue(&mut client, &p, req).await, field, what);
+        assert_invalid(issue(&client, &p, req).await, field, what);
     }
     assert_eq!(
-        counts(&mut client, &p).await,
+        counts(&client, &p).await,
         before,
         "rejected Issues wrote something"
     );
 
     // The boundaries themselves are accepted.
     let max_expiry = issue(
-        &mut client,
+        &client,
         &p,
         pb::IssueRequest {
             name: "é".repeat(100),
@@ -379,10 +349,9 @@ async fn issue_rejects_each_bad_field_and_writes_nothing() {
     .await
     .unwrap();
     let t = client
-        .get(authed(&p, pb::GetRequest { id: max_expiry }))
+        .get(&p, pb::GetRequest { id: max_expiry })
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert_eq!(t.name, "é".repeat(100));
@@ -397,17 +366,16 @@ async fn issue_rejects_each_bad_field_and_writes_nothing() {
 #[tokio::test]
 async fn update_rejects_bad_masks_and_fields_and_writes_nothing() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
-    let id = issue(&mut client, &p, base()).await.unwrap();
+    let id = issue(&client, &p, base()).await.unwrap();
     let original = client
-        .get(authed(&p, pb::GetRequest { id: id.clone() }))
+        .get(&p, pb::GetRequest { id: id.clone() })
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
-    let before = counts(&mut client, &p).await;
+    let before = counts(&client, &p).await;
     let req = |paths: &[&str]| pb::UpdateRequest {
         id: id.clone(),
         name: "renamed".into(),
@@ -566,22 +534,18 @@ async fn update_rejects_bad_masks_and_fields_and_writes_nothing() {
         ));
     }
     for (what, r, field) in cases {
-        let result = client
-            .update(authed(&p, r))
-            .await
-            .map(|r| r.into_inner().token.map(|t| t.id));
+        let result = client.update(&p, r).await.map(|r| r.token.map(|t| t.id));
         assert_invalid(result, field, what);
     }
     assert_eq!(
-        counts(&mut client, &p).await,
+        counts(&client, &p).await,
         before,
         "rejected Updates wrote something"
     );
     let now = client
-        .get(authed(&p, pb::GetRequest { id: id.clone() }))
+        .get(&p, pb::GetRequest { id: id.clone() })
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert_eq!(now.name, original.name);
@@ -593,10 +557,10 @@ async fn update_rejects_bad_masks_and_fields_and_writes_nothing() {
 #[tokio::test]
 async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
-    let id = issue(&mut client, &p, base()).await.unwrap();
-    let before = counts(&mut client, &p).await;
+    let id = issue(&client, &p, base()).await.unwrap();
+    let before = counts(&client, &p).await;
     let bad_ids = [
         "",
         "abc",
@@ -606,53 +570,34 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
     ];
 
     for bad in bad_ids {
-        let r = client
-            .get(authed(&p, pb::GetRequest { id: bad.into() }))
-            .await;
+        let r = client.get(&p, pb::GetRequest { id: bad.into() }).await;
         assert_invalid(
-            r.map(|r| r.into_inner().token.map(|t| t.id)),
+            r.map(|r| r.token.map(|t| t.id)),
             "id",
             &format!("Get {bad:?}"),
         );
-        let r = client
-            .set_state(authed(
-                &p,
-                pb::SetStateRequest {
-                    id: bad.into(),
-                    state: pb::State::Disabled as i32,
-                    reason: String::new(),
-                },
-            ))
-            .await;
+        let r = client.change_state(&p, bad, pb::State::Disabled, "").await;
         assert_invalid(r.map(|_| ()), "id", &format!("SetState {bad:?}"));
-        let r = client
-            .revoke(authed(
-                &p,
-                pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Id(bad.into())),
-                    reason: String::new(),
-                },
-            ))
-            .await;
+        let r = client.revoke_id(&p, bad, "").await;
         assert_invalid(r.map(|_| ()), "id", &format!("Revoke {bad:?}"));
         let r = client
-            .rotate(authed(
+            .rotate(
                 &p,
                 pb::RotateRequest {
                     id: bad.into(),
                     grace_period: None,
                 },
-            ))
+            )
             .await;
         assert_invalid(r.map(|_| ()), "id", &format!("Rotate {bad:?}"));
         let r = client
-            .duplicate(authed(
+            .duplicate(
                 &p,
                 pb::DuplicateRequest {
                     id: bad.into(),
                     name: String::new(),
                 },
-            ))
+            )
             .await;
         assert_invalid(r.map(|_| ()), "id", &format!("Duplicate {bad:?}"));
     }
@@ -666,71 +611,40 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
         (99, "99"),
     ] {
         let r = client
-            .set_state(authed(
+            .set_state(
                 &p,
                 pb::SetStateRequest {
                     id: id.clone(),
                     state,
                     reason: String::new(),
                 },
-            ))
+            )
             .await;
         assert_invalid(r.map(|_| ()), "state", &format!("SetState state={what}"));
     }
     let r = client
-        .set_state(authed(
-            &p,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "r".repeat(501),
-            },
-        ))
+        .change_state(&p, &id, pb::State::Disabled, &"r".repeat(501))
         .await;
     assert_invalid(r.map(|_| ()), "reason", "SetState 501-char reason");
 
     // Revoke: no target, malformed value, over-long value, long reason.
     let r = client
-        .revoke(authed(
+        .revoke(
             &p,
             pb::RevokeRequest {
                 target: None,
                 reason: String::new(),
             },
-        ))
+        )
         .await;
     assert_invalid(r.map(|_| ()), "target", "Revoke without target");
     for bad in ["", "garbage", "tk_abc_def"] {
-        let r = client
-            .revoke(authed(
-                &p,
-                pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Token(bad.into())),
-                    reason: String::new(),
-                },
-            ))
-            .await;
+        let r = client.revoke_value(&p, bad, "").await;
         assert_invalid(r.map(|_| ()), "token", &format!("Revoke by value {bad:?}"));
     }
-    let r = client
-        .revoke(authed(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token("a".repeat(513))),
-                reason: String::new(),
-            },
-        ))
-        .await;
+    let r = client.revoke_value(&p, &"a".repeat(513), "").await;
     assert_invalid(r.map(|_| ()), "token", "Revoke by 513-byte value");
-    let r = client
-        .revoke(authed(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.clone())),
-                reason: "r".repeat(501),
-            },
-        ))
-        .await;
+    let r = client.revoke_id(&p, &id, &"r".repeat(501)).await;
     assert_invalid(r.map(|_| ()), "reason", "Revoke 501-char reason");
 
     // Rotate: negative or malformed grace, grace over the maximum.
@@ -743,13 +657,13 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
         (i64::MAX, 0),
     ] {
         let r = client
-            .rotate(authed(
+            .rotate(
                 &p,
                 pb::RotateRequest {
                     id: id.clone(),
                     grace_period: Some(prost_types::Duration { seconds, nanos }),
                 },
-            ))
+            )
             .await;
         assert_invalid(
             r.map(|_| ()),
@@ -761,27 +675,26 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
     // Duplicate: bad names.
     for bad in ["   ".to_owned(), "n".repeat(101), "a\nb".to_owned()] {
         let r = client
-            .duplicate(authed(
+            .duplicate(
                 &p,
                 pb::DuplicateRequest {
                     id: id.clone(),
                     name: bad.clone(),
                 },
-            ))
+            )
             .await;
         assert_invalid(r.map(|_| ()), "name", &format!("Duplicate name {bad:?}"));
     }
 
     assert_eq!(
-        counts(&mut client, &p).await,
+        counts(&client, &p).await,
         before,
         "rejected calls wrote something"
     );
     let t = client
-        .get(authed(&p, pb::GetRequest { id: id.clone() }))
+        .get(&p, pb::GetRequest { id: id.clone() })
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert_eq!(t.state(), pb::State::Active);
@@ -792,7 +705,7 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
 #[tokio::test]
 async fn validate_rejects_oversized_values_and_bad_required_modules() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let (_, value) = app.token_for("acme", "alice", &["x"]).await;
     let validate = |token: String, required: Vec<String>| pb::ValidateRequest {
@@ -805,12 +718,8 @@ async fn validate_rejects_oversized_values_and_bad_required_modules() {
         "é".repeat(257),
         format!("{value}{}", " ".repeat(600)),
     ] {
-        let r = client.validate(authed(&p, validate(long, vec![]))).await;
-        assert_invalid(
-            r.map(|r| r.into_inner().valid),
-            "token",
-            "Validate over 512 bytes",
-        );
+        let r = client.validate(&p, validate(long, vec![])).await;
+        assert_invalid(r.map(|r| r.valid), "token", "Validate over 512 bytes");
     }
     for (required, what) in [
         (vec![String::new()], "empty"),
@@ -818,21 +727,18 @@ async fn validate_rejects_oversized_values_and_bad_required_modules() {
         (vec!["has space".into()], "space"),
         (vec!["m".repeat(65)], "65 chars"),
     ] {
-        let r = client
-            .validate(authed(&p, validate(value.clone(), required)))
-            .await;
+        let r = client.validate(&p, validate(value.clone(), required)).await;
         assert_invalid(
-            r.map(|r| r.into_inner().valid),
+            r.map(|r| r.valid),
             "required_modules",
             &format!("Validate required {what}"),
         );
     }
     // Still fine.
     let v = client
-        .validate(authed(&p, validate(value, vec!["x".into()])))
+        .validate(&p, validate(value, vec!["x".into()]))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(v.reason(), pb::Reason::Valid);
     app.stop().await;
 }
@@ -840,7 +746,7 @@ async fn validate_rejects_oversized_values_and_bad_required_modules() {
 #[tokio::test]
 async fn search_and_list_events_reject_bad_filters_and_pages() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let t = Some(ts(Utc::now()));
     let s = pb::SearchRequest::default;
@@ -988,14 +894,11 @@ async fn search_and_list_events_reject_bad_filters_and_pages() {
         ));
     }
     for (what, req, field) in cases {
-        let r = client
-            .search(authed(&p, req))
-            .await
-            .map(|r| r.into_inner().tokens.len());
+        let r = client.search(&p, req).await.map(|r| r.tokens.len());
         assert_invalid(r, field, what);
     }
     // Empty strings are "no filter", not errors.
-    let all = client.search(authed(&p, s())).await.unwrap().into_inner();
+    let all = client.search(&p, s()).await.unwrap();
     assert_eq!(all.tokens.len(), 1);
 
     let e = pb::ListEventsRequest::default;
@@ -1042,28 +945,24 @@ async fn search_and_list_events_reject_bad_filters_and_pages() {
         ),
     ];
     for (what, req, field) in cases {
-        let r = client
-            .list_events(authed(&p, req))
-            .await
-            .map(|r| r.into_inner().events.len());
+        let r = client.list_events(&p, req).await.map(|r| r.events.len());
         assert_invalid(r, field, what);
     }
     // A page token of one event listing replayed with another filter.
-    let _ = issue(&mut client, &p, base()).await.unwrap();
+    let _ = issue(&client, &p, base()).await.unwrap();
     let first = client
-        .list_events(authed(
+        .list_events(
             &p,
             pb::ListEventsRequest {
                 page_size: 1,
                 ..e()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!first.next_page_token.is_empty());
     let r = client
-        .list_events(authed(
+        .list_events(
             &p,
             pb::ListEventsRequest {
                 page_size: 1,
@@ -1071,46 +970,45 @@ async fn search_and_list_events_reject_bad_filters_and_pages() {
                 page_token: first.next_page_token.clone(),
                 ..e()
             },
-        ))
+        )
         .await
-        .map(|r| r.into_inner().events.len());
+        .map(|r| r.events.len());
     assert_invalid(r, "page_token", "ListEvents page token with another filter");
     // And a search page token is no event page token.
     let sp = client
-        .search(authed(
+        .search(
             &p,
             pb::SearchRequest {
                 page_size: 1,
                 ..s()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(!sp.next_page_token.is_empty());
     let r = client
-        .list_events(authed(
+        .list_events(
             &p,
             pb::ListEventsRequest {
                 page_size: 1,
                 page_token: sp.next_page_token.clone(),
                 ..e()
             },
-        ))
+        )
         .await
-        .map(|r| r.into_inner().events.len());
+        .map(|r| r.events.len());
     assert_invalid(r, "page_token", "ListEvents with a Search page token");
     let r = client
-        .search(authed(
+        .search(
             &p,
             pb::SearchRequest {
                 page_size: 1,
                 page_token: first.next_page_token,
                 ..s()
             },
-        ))
+        )
         .await
-        .map(|r| r.into_inner().tokens.len());
+        .map(|r| r.tokens.len());
     assert_invalid(r, "page_token", "Search with a ListEvents page token");
     app.stop().await;
 }
@@ -1118,15 +1016,16 @@ async fn search_and_list_events_reject_bad_filters_and_pages() {
 #[tokio::test]
 async fn requests_without_valid_credentials_are_unauthenticated_before_input_checks() {
     let app: TestApp = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     // Bad input and no credential: the credential is checked first.
     let err = client
+        .raw()
         .issue(tonic::Request::new(pb::IssueRequest::default()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = client
-        .issue(authed("garbage", pb::IssueRequest::default()))
+        .issue("garbage", pb::IssueRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);

@@ -17,11 +17,11 @@ use chrono::{DateTime, Utc};
 use tokend::{
     config::Config,
     domain::{TokenId, TokenValue},
-    pb::{self, token_service_client::TokenServiceClient},
+    pb::{self},
 };
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 
-use crate::helpers::{self, SharedDb, TestApp, authed, spawn_app_with};
+use crate::helpers::{self, Api, SharedDb, TestApp, spawn_app_with};
 
 // ---------------------------------------------------------------------------
 // Harness for this file
@@ -63,25 +63,6 @@ const FREE: Cost = Cost {
     verifications: 0,
 };
 
-/// Validate, returning the status instead of panicking on an error.
-async fn validate(
-    client: &mut TokenServiceClient<Channel>,
-    caller: &str,
-    token: &str,
-    required: &[&str],
-) -> Result<pb::ValidateResponse, Status> {
-    client
-        .validate(authed(
-            caller,
-            pb::ValidateRequest {
-                token: token.into(),
-                required_modules: required.iter().map(|m| (*m).to_owned()).collect(),
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// A well-formed value for `id` with a secret that is not the token's.
 fn wrong_value_for(id: &str) -> String {
     TokenValue::generate_for("tk", TokenId::parse(id).unwrap())
@@ -113,20 +94,10 @@ fn to_utc(t: &prost_types::Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap()
 }
 
-async fn get_token(app: &TestApp, caller: &str, id: &str) -> pb::Token {
-    app.client()
-        .await
-        .get(authed(caller, pb::GetRequest { id: id.into() }))
-        .await
-        .expect("Get")
-        .into_inner()
-        .token
-        .unwrap()
-}
-
 async fn last_used(app: &TestApp, caller: &str, id: &str) -> Option<DateTime<Utc>> {
-    get_token(app, caller, id)
+    app.token(caller, id)
         .await
+        .unwrap()
         .last_used_at
         .map(|t| to_utc(&t))
 }
@@ -157,10 +128,9 @@ async fn issue_many(
     modules: &[&str],
     n: usize,
 ) -> Vec<(String, String)> {
-    let channel = app.channel().await;
     let mut tasks = Vec::new();
     for i in 0..n {
-        let mut client = TokenServiceClient::new(channel.clone());
+        let client = app.api.clone();
         let platform = app.platform.clone();
         let req = pb::IssueRequest {
             owner_id: owner.into(),
@@ -168,14 +138,9 @@ async fn issue_many(
             modules: modules.iter().map(|m| (*m).to_owned()).collect(),
             ..Default::default()
         };
-        tasks.push(tokio::spawn(async move {
-            let r = client
-                .issue(authed(&platform, req))
-                .await
-                .expect("Issue")
-                .into_inner();
-            (r.token.unwrap().id, r.secret)
-        }));
+        tasks.push(tokio::spawn(
+            async move { client.issued(&platform, req).await },
+        ));
     }
     let mut out = Vec::new();
     for t in tasks {
@@ -193,11 +158,12 @@ async fn a_hit_costs_no_statement_and_no_argon2() {
     let app = spawn_app_with(quiet).await;
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (id, value) = app.token_for("acme", "alice", &["billing:read"]).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
 
     // Issue pre-warmed both the caller and the token: even the first Validate is a hit.
     let before = cost(&app);
-    let r = validate(&mut client, &validator, &value, &["billing:read"])
+    let r = client
+        .check(&validator, &value, &["billing:read"])
         .await
         .unwrap();
     assert_valid(&r, &id);
@@ -205,7 +171,8 @@ async fn a_hit_costs_no_statement_and_no_argon2() {
 
     let before = cost(&app);
     for _ in 0..100 {
-        let r = validate(&mut client, &validator, &value, &["billing:read"])
+        let r = client
+            .check(&validator, &value, &["billing:read"])
             .await
             .unwrap();
         assert_valid(&r, &id);
@@ -213,7 +180,8 @@ async fn a_hit_costs_no_statement_and_no_argon2() {
         assert_eq!(r.modules, vec!["billing:read".to_owned()]);
     }
     // A rejection judged on the snapshot (missing module) is a hit too.
-    let r = validate(&mut client, &validator, &value, &["billing:write"])
+    let r = client
+        .check(&validator, &value, &["billing:write"])
         .await
         .unwrap();
     assert!(!r.valid);
@@ -227,21 +195,21 @@ async fn rotate_and_duplicate_prewarm_the_new_value() {
     let app = spawn_app_with(quiet).await;
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (id, _) = app.token_for("acme", "alice", &["billing:read"]).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
 
     let rotated = client
-        .rotate(authed(
+        .rotate(
             &app.platform,
             pb::RotateRequest {
                 id: id.clone(),
                 grace_period: None,
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let before = cost(&app);
-    let r = validate(&mut client, &validator, &rotated.secret, &[])
+    let r = client
+        .check(&validator, &rotated.secret, &[])
         .await
         .unwrap();
     assert_valid(&r, &id);
@@ -252,19 +220,19 @@ async fn rotate_and_duplicate_prewarm_the_new_value() {
     );
 
     let dup = client
-        .duplicate(authed(
+        .duplicate(
             &app.platform,
             pb::DuplicateRequest {
                 id: id.clone(),
                 name: String::new(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let dup_id = dup.token.unwrap().id;
     let before = cost(&app);
-    let r = validate(&mut client, &validator, &dup.secret, &["billing:read"])
+    let r = client
+        .check(&validator, &dup.secret, &["billing:read"])
         .await
         .unwrap();
     assert_valid(&r, &dup_id);
@@ -289,9 +257,10 @@ async fn a_miss_costs_one_lookup_and_no_argon2_then_hits() {
     // A second instance on the same database, without warm start: its cache
     // has never seen the value. The stored verifier settles it.
     let cold = db.spawn_cold(quiet).await;
-    let mut client = cold.client().await;
+    let client = cold.api.clone();
     let before = cost(&cold);
-    let r = validate(&mut client, &cold.platform, &value, &["billing:read"])
+    let r = client
+        .check(&cold.platform, &value, &["billing:read"])
         .await
         .unwrap();
     assert_valid(&r, &id);
@@ -308,7 +277,8 @@ async fn a_miss_costs_one_lookup_and_no_argon2_then_hits() {
 
     let before = cost(&cold);
     for _ in 0..5 {
-        let r = validate(&mut client, &cold.platform, &value, &["billing:read"])
+        let r = client
+            .check(&cold.platform, &value, &["billing:read"])
             .await
             .unwrap();
         assert_valid(&r, &id);
@@ -320,14 +290,10 @@ async fn a_miss_costs_one_lookup_and_no_argon2_then_hits() {
     let before = cost(&cold);
     for _ in 0..5 {
         assert_unknown(
-            &validate(
-                &mut client,
-                &cold.platform,
-                &wrong_value_for(&other_id),
-                &[],
-            )
-            .await
-            .unwrap(),
+            &client
+                .check(&cold.platform, &wrong_value_for(&other_id), &[])
+                .await
+                .unwrap(),
         );
     }
     assert_eq!(
@@ -349,12 +315,10 @@ async fn a_token_without_a_known_verifier_costs_argon2_once_per_deployment() {
 
     // To an instance with another key the token has no usable verifier.
     let legacy = db.spawn_legacy(quiet).await;
-    let mut client = legacy.client().await;
+    let client = legacy.api.clone();
     let before = cost(&legacy);
     assert_valid(
-        &validate(&mut client, &legacy.platform, &value, &[])
-            .await
-            .unwrap(),
+        &client.check(&legacy.platform, &value, &[]).await.unwrap(),
         &id,
     );
     assert_eq!(
@@ -367,9 +331,7 @@ async fn a_token_without_a_known_verifier_costs_argon2_once_per_deployment() {
     );
     let before = cost(&legacy);
     assert_valid(
-        &validate(&mut client, &legacy.platform, &value, &[])
-            .await
-            .unwrap(),
+        &client.check(&legacy.platform, &value, &[]).await.unwrap(),
         &id,
     );
     assert_eq!(cost_since(&legacy, before), FREE, "then a hit");
@@ -377,12 +339,10 @@ async fn a_token_without_a_known_verifier_costs_argon2_once_per_deployment() {
     legacy.stop().await;
     // ...so the next instance with that key needs no argon2.
     let next = db.spawn_legacy(quiet).await;
-    let mut client = next.client().await;
+    let client = next.api.clone();
     let before = cost(&next);
     assert_valid(
-        &validate(&mut client, &next.platform, &value, &[])
-            .await
-            .unwrap(),
+        &client.check(&next.platform, &value, &[]).await.unwrap(),
         &id,
     );
     assert_eq!(
@@ -410,12 +370,13 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
     let app = db.spawn(ttls).await;
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
 
     // Wrong values for a cached token: its verifier answers, nothing else runs.
     let before = cost(&app);
     for _ in 0..10 {
-        let r = validate(&mut client, &validator, &wrong_value_for(&id), &[])
+        let r = client
+            .check(&validator, &wrong_value_for(&id), &[])
             .await
             .unwrap();
         assert_unknown(&r);
@@ -425,9 +386,7 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
     let unknown = unknown_value();
     let before = cost(&app);
     for _ in 0..10 {
-        let r = validate(&mut client, &validator, &unknown, &[])
-            .await
-            .unwrap();
+        let r = client.check(&validator, &unknown, &[]).await.unwrap();
         assert_unknown(&r);
     }
     assert_eq!(
@@ -441,11 +400,7 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     let before = cost(&app);
     for _ in 0..3 {
-        assert_unknown(
-            &validate(&mut client, &validator, &unknown, &[])
-                .await
-                .unwrap(),
-        );
+        assert_unknown(&client.check(&validator, &unknown, &[]).await.unwrap());
     }
     assert_eq!(
         cost_since(&app, before),
@@ -460,13 +415,11 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
     // Where only argon2 can tell (no usable verifier), a rejected value is
     // remembered: argon2 once per value and TTL.
     let app = db.spawn_legacy(ttls).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let wrong = wrong_value_for(&id);
     let before = cost(&app);
     for _ in 0..10 {
-        let r = validate(&mut client, &app.platform, &wrong, &[])
-            .await
-            .unwrap();
+        let r = client.check(&app.platform, &wrong, &[]).await.unwrap();
         assert_unknown(&r);
     }
     assert_eq!(
@@ -481,9 +434,7 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
     // The real value is unaffected by the remembered failure on its id.
     let before = cost(&app);
     assert_valid(
-        &validate(&mut client, &app.platform, &value, &[])
-            .await
-            .unwrap(),
+        &client.check(&app.platform, &value, &[]).await.unwrap(),
         &id,
     );
     assert_eq!(
@@ -497,7 +448,8 @@ async fn wrong_values_and_unknown_ids_are_remembered_until_their_ttl() {
     // Once proven, wrong values are settled by the proven digest.
     let before = cost(&app);
     assert_unknown(
-        &validate(&mut client, &app.platform, &wrong_value_for(&id), &[])
+        &client
+            .check(&app.platform, &wrong_value_for(&id), &[])
             .await
             .unwrap(),
     );
@@ -525,18 +477,15 @@ async fn repeated_failures_on_one_id_throttle_argon2_until_the_window_ends() {
         })
         .await;
     let validator = app.platform.clone();
-    let mut client = app.client().await;
+    let client = app.api.clone();
 
     let started = Instant::now();
     let first_wrong = wrong_value_for(&id);
     let before = cost(&app);
-    assert_unknown(
-        &validate(&mut client, &validator, &first_wrong, &[])
-            .await
-            .unwrap(),
-    );
+    assert_unknown(&client.check(&validator, &first_wrong, &[]).await.unwrap());
     for _ in 1..3 {
-        let r = validate(&mut client, &validator, &wrong_value_for(&id), &[])
+        let r = client
+            .check(&validator, &wrong_value_for(&id), &[])
             .await
             .unwrap();
         assert_unknown(&r);
@@ -550,7 +499,8 @@ async fn repeated_failures_on_one_id_throttle_argon2_until_the_window_ends() {
     // Further unseen values for this id: RESOURCE_EXHAUSTED, no argon2, no lookup.
     let before = cost(&app);
     for _ in 0..5 {
-        let status = validate(&mut client, &validator, &wrong_value_for(&id), &[])
+        let status = client
+            .check(&validator, &wrong_value_for(&id), &[])
             .await
             .expect_err("throttled");
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -558,20 +508,15 @@ async fn repeated_failures_on_one_id_throttle_argon2_until_the_window_ends() {
     assert_eq!(cost_since(&app, before), FREE, "throttled Validates");
 
     // An already-rejected value is still answered from the negative cache.
-    assert_unknown(
-        &validate(&mut client, &validator, &first_wrong, &[])
-            .await
-            .unwrap(),
-    );
+    assert_unknown(&client.check(&validator, &first_wrong, &[]).await.unwrap());
     // Other ids are not throttled.
-    let r = validate(&mut client, &validator, &wrong_value_for(&other_id), &[])
+    let r = client
+        .check(&validator, &wrong_value_for(&other_id), &[])
         .await
         .unwrap();
     assert_unknown(&r);
     assert_valid(
-        &validate(&mut client, &validator, &other_value, &[])
-            .await
-            .unwrap(),
+        &client.check(&validator, &other_value, &[]).await.unwrap(),
         &other_id,
     );
     assert_eq!(cost_since(&app, before).verifications, 2);
@@ -583,16 +528,12 @@ async fn repeated_failures_on_one_id_throttle_argon2_until_the_window_ends() {
     // Once the window has passed, verification resumes: the real value validates.
     tokio::time::sleep(window.saturating_sub(started.elapsed()) + Duration::from_millis(50)).await;
     let before = cost(&app);
-    let r = validate(&mut client, &validator, &wrong_value_for(&id), &[])
+    let r = client
+        .check(&validator, &wrong_value_for(&id), &[])
         .await
         .unwrap();
     assert_unknown(&r);
-    assert_valid(
-        &validate(&mut client, &validator, &value, &[])
-            .await
-            .unwrap(),
-        &id,
-    );
+    assert_valid(&client.check(&validator, &value, &[]).await.unwrap(), &id);
     assert_eq!(cost_since(&app, before).verifications, 2);
 }
 
@@ -606,15 +547,14 @@ async fn validate_concurrently(
     caller: &str,
     token: &str,
 ) -> Vec<Result<pb::ValidateResponse, Status>> {
-    let channel = app.channel().await;
     let start = Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = Vec::new();
     for _ in 0..n {
-        let mut client = TokenServiceClient::new(channel.clone());
+        let client = app.api.clone();
         let (caller, token, start) = (caller.to_owned(), token.to_owned(), Arc::clone(&start));
         tasks.push(tokio::spawn(async move {
             start.wait().await;
-            validate(&mut client, &caller, &token, &[]).await
+            client.check(&caller, &token, &[]).await
         }));
     }
     let mut out = Vec::new();
@@ -692,12 +632,13 @@ async fn the_cache_stays_bounded_and_evicted_tokens_still_validate() {
     }
     assert_eq!(tokens.len(), 500);
 
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let before = cost(&app);
     // At most ~CAPACITY of them can still be cached: the others validate
     // through a miss.
     for (id, value) in &tokens {
-        let r = validate(&mut client, &validator, value, &["billing:read"])
+        let r = client
+            .check(&validator, value, &["billing:read"])
             .await
             .unwrap();
         assert_valid(&r, id);
@@ -711,7 +652,8 @@ async fn the_cache_stays_bounded_and_evicted_tokens_still_validate() {
     let len = app.manager.validator().cache().len();
     assert!(len <= CAPACITY + CAPACITY / 10, "cache holds {len} entries");
     // And wrong values for evicted tokens are still rejected.
-    let r = validate(&mut client, &validator, &wrong_value_for(&tokens[1].0), &[])
+    let r = client
+        .check(&validator, &wrong_value_for(&tokens[1].0), &[])
         .await
         .unwrap();
     assert_unknown(&r);
@@ -724,9 +666,9 @@ async fn the_cache_stays_bounded_and_evicted_tokens_still_validate() {
 /// Returns just after a flush: validates `marker` (a hit, and a token not yet
 /// recorded) so something is pending, then waits for the flush to write it.
 async fn align_to_flush(app: &TestApp, caller: &str, marker: &str) {
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let statements = app.store.statements_executed();
-    validate(&mut client, caller, marker, &[]).await.unwrap();
+    client.check(caller, marker, &[]).await.unwrap();
     assert!(app.services_usage.pending() > 0);
     // Drained, and its one statement done (nothing else runs meanwhile).
     poll_until("a last-used flush", Duration::from_secs(3), || {
@@ -742,17 +684,12 @@ async fn last_used_is_written_in_one_batch_per_flush_interval() {
     let (_, marker) = app.token_for("acme", "marker", &[]).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
     let batch = issue_many(&app, "bob", &[], 20).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
 
     align_to_flush(&app, &validator, &marker).await;
     let window = Instant::now();
     let t0 = Utc::now();
-    assert_valid(
-        &validate(&mut client, &validator, &value, &[])
-            .await
-            .unwrap(),
-        &id,
-    );
+    assert_valid(&client.check(&validator, &value, &[]).await.unwrap(), &id);
     let t1 = Utc::now();
     assert_eq!(
         last_used(&app, &app.platform, &id).await,
@@ -760,10 +697,7 @@ async fn last_used_is_written_in_one_batch_per_flush_interval() {
         "last_used_at must not be written on the request path"
     );
     for (id, value) in &batch {
-        assert_valid(
-            &validate(&mut client, &validator, value, &[]).await.unwrap(),
-            id,
-        );
+        assert_valid(&client.check(&validator, value, &[]).await.unwrap(), id);
     }
     assert!(
         app.services_usage.pending() >= 21,
@@ -806,14 +740,9 @@ async fn graceful_shutdown_flushes_pending_last_used_times() {
     let app = db.spawn(quiet).await;
     let (validator_id, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let t0 = Utc::now();
-    assert_valid(
-        &validate(&mut client, &validator, &value, &[])
-            .await
-            .unwrap(),
-        &id,
-    );
+    assert_valid(&client.check(&validator, &value, &[]).await.unwrap(), &id);
     let t1 = Utc::now();
     assert_eq!(last_used(&app, &app.platform, &id).await, None);
     assert!(app.services_usage.pending() >= 2);
@@ -839,23 +768,19 @@ async fn a_late_flush_of_an_older_use_does_not_move_last_used_back() {
     let db = SharedDb::new();
     let slow = db.spawn(quiet).await;
     let (id, value) = slow.token_for("acme", "alice", &[]).await;
-    let mut on_slow = slow.client().await;
+    let on_slow = slow.api.clone();
     assert_valid(
-        &validate(&mut on_slow, &slow.platform, &value, &[])
-            .await
-            .unwrap(),
+        &on_slow.check(&slow.platform, &value, &[]).await.unwrap(),
         &id,
     );
     let older = Utc::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let fast = db.spawn(|_| {}).await; // flushes every 100 ms
-    let mut on_fast = fast.client().await;
+    let on_fast = fast.api.clone();
     let t0 = Utc::now();
     assert_valid(
-        &validate(&mut on_fast, &fast.platform, &value, &[])
-            .await
-            .unwrap(),
+        &on_fast.check(&fast.platform, &value, &[]).await.unwrap(),
         &id,
     );
     let t1 = Utc::now();
@@ -890,18 +815,15 @@ async fn searching_by_value_is_not_a_use_of_the_token() {
     let app = spawn_app_with(|_| {}).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
     let found = app
-        .client()
-        .await
-        .search(authed(
+        .search(
             &app.platform,
             pb::SearchRequest {
                 query: value,
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(found.tokens.len(), 1);
     assert_eq!(found.tokens[0].id, id);
     assert_eq!(found.tokens[0].last_used_at, None);
@@ -913,21 +835,7 @@ async fn searching_by_value_is_not_a_use_of_the_token() {
 async fn revoking_by_value_is_not_a_use_of_the_token() {
     let app = spawn_app_with(|_| {}).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
-    let revoked = app
-        .client()
-        .await
-        .revoke(authed(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(value)),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-        .unwrap();
+    let revoked = app.revoke_value(&app.platform, &value, "").await.unwrap();
     assert_eq!(revoked.id, id);
     assert_eq!(revoked.state(), pb::State::Revoked);
     assert_eq!(last_used_after_flushes(&app, &id).await, None);
@@ -952,12 +860,11 @@ async fn hammer_during(
     required: &[&str],
     mutation: impl Future<Output = ()>,
 ) -> Vec<Sample> {
-    let channel = app.channel().await;
     let after = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let mut client = TokenServiceClient::new(channel.clone());
+        let client = app.api.clone();
         let (after, stop) = (Arc::clone(&after), Arc::clone(&stop));
         let (caller, token) = (caller.to_owned(), token.to_owned());
         let required: Vec<String> = required.iter().map(|m| (*m).to_owned()).collect();
@@ -966,7 +873,7 @@ async fn hammer_during(
             while !stop.load(Ordering::SeqCst) {
                 let started_after = after.load(Ordering::SeqCst);
                 let required: Vec<&str> = required.iter().map(String::as_str).collect();
-                let result = validate(&mut client, &caller, &token, &required).await;
+                let result = client.check(&caller, &token, &required).await;
                 samples.push(Sample {
                     after: started_after,
                     result,
@@ -1021,17 +928,10 @@ async fn no_validate_started_after_set_state_disabled_sees_the_token_valid() {
     let app = spawn_app_with(quiet).await;
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let samples = hammer_during(&app, &validator, &value, &[], async {
         client
-            .set_state(authed(
-                &app.platform,
-                pb::SetStateRequest {
-                    id: id.clone(),
-                    state: pb::State::Disabled as i32,
-                    reason: "incident".into(),
-                },
-            ))
+            .change_state(&app.platform, &id, pb::State::Disabled, "incident")
             .await
             .unwrap();
     })
@@ -1044,16 +944,10 @@ async fn no_validate_started_after_revoke_sees_the_token_valid() {
     let app = spawn_app_with(quiet).await;
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let samples = hammer_during(&app, &validator, &value, &[], async {
         client
-            .revoke(authed(
-                &app.platform,
-                pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Id(id.clone())),
-                    reason: "leaked".into(),
-                },
-            ))
+            .revoke_id(&app.platform, &id, "leaked")
             .await
             .unwrap();
     })
@@ -1066,11 +960,11 @@ async fn no_validate_started_after_rotate_accepts_the_old_value() {
     let app = spawn_app_with(quiet).await;
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (id, value) = app.token_for("acme", "alice", &[]).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let mut new_value = String::new();
     let samples = hammer_during(&app, &validator, &value, &[], async {
         new_value = client
-            .rotate(authed(
+            .rotate(
                 &app.platform,
                 pb::RotateRequest {
                     id: id.clone(),
@@ -1079,18 +973,15 @@ async fn no_validate_started_after_rotate_accepts_the_old_value() {
                         nanos: 0,
                     }),
                 },
-            ))
+            )
             .await
             .unwrap()
-            .into_inner()
             .secret;
     })
     .await;
     assert_switched(&samples, pb::Reason::Unknown);
     assert_valid(
-        &validate(&mut client, &validator, &new_value, &[])
-            .await
-            .unwrap(),
+        &client.check(&validator, &new_value, &[]).await.unwrap(),
         &id,
     );
 }
@@ -1102,10 +993,10 @@ async fn no_validate_started_after_update_sees_a_removed_module() {
     let (id, value) = app
         .token_for("acme", "alice", &["billing:read", "billing:write"])
         .await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let samples = hammer_during(&app, &validator, &value, &["billing:write"], async {
         client
-            .update(authed(
+            .update(
                 &app.platform,
                 pb::UpdateRequest {
                     id: id.clone(),
@@ -1115,7 +1006,7 @@ async fn no_validate_started_after_update_sees_a_removed_module() {
                     }),
                     ..Default::default()
                 },
-            ))
+            )
             .await
             .unwrap();
     })
@@ -1128,17 +1019,10 @@ async fn no_rpc_started_after_its_credential_was_disabled_is_served() {
     let app = spawn_app_with(quiet).await;
     let (validator_id, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
     let (_, value) = app.token_for("acme", "alice", &[]).await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let samples = hammer_during(&app, &validator, &value, &[], async {
         client
-            .set_state(authed(
-                &app.platform,
-                pb::SetStateRequest {
-                    id: validator_id.clone(),
-                    state: pb::State::Disabled as i32,
-                    reason: String::new(),
-                },
-            ))
+            .change_state(&app.platform, &validator_id, pb::State::Disabled, "")
             .await
             .unwrap();
     })
@@ -1169,15 +1053,13 @@ async fn the_previous_value_is_a_hit_during_the_grace_and_unknown_after_it() {
     let db = SharedDb::new();
     let warm = db.spawn(quiet).await;
     let (id, old) = warm.token_for("acme", "alice", &[]).await;
-    let mut on_warm = warm.client().await;
+    let on_warm = warm.api.clone();
     assert_valid(
-        &validate(&mut on_warm, &warm.platform, &old, &[])
-            .await
-            .unwrap(),
+        &on_warm.check(&warm.platform, &old, &[]).await.unwrap(),
         &id,
     );
     let rotated = on_warm
-        .rotate(authed(
+        .rotate(
             &warm.platform,
             pb::RotateRequest {
                 id: id.clone(),
@@ -1186,19 +1068,16 @@ async fn the_previous_value_is_a_hit_during_the_grace_and_unknown_after_it() {
                     nanos: 0,
                 }),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let grace_end = to_utc(&rotated.token.unwrap().previous_secret_expires_at.unwrap());
     let new = rotated.secret;
 
     let before = cost(&warm);
     for value in [&old, &new, &old] {
         assert_valid(
-            &validate(&mut on_warm, &warm.platform, value, &[])
-                .await
-                .unwrap(),
+            &on_warm.check(&warm.platform, value, &[]).await.unwrap(),
             &id,
         );
     }
@@ -1210,10 +1089,11 @@ async fn the_previous_value_is_a_hit_during_the_grace_and_unknown_after_it() {
 
     // A cold instance with the tokens' key: the stored verifiers settle it.
     let same_key = db.spawn_cold(quiet).await;
-    let mut on_same_key = same_key.client().await;
+    let on_same_key = same_key.api.clone();
     let before = cost(&same_key);
     assert_valid(
-        &validate(&mut on_same_key, &same_key.platform, &old, &[])
+        &on_same_key
+            .check(&same_key.platform, &old, &[])
             .await
             .unwrap(),
         &id,
@@ -1229,12 +1109,10 @@ async fn the_previous_value_is_a_hit_during_the_grace_and_unknown_after_it() {
 
     // One without their key: the old value needs both hashes once, then is a hit.
     let cold = db.spawn_legacy(quiet).await;
-    let mut on_cold = cold.client().await;
+    let on_cold = cold.api.clone();
     let before = cost(&cold);
     assert_valid(
-        &validate(&mut on_cold, &cold.platform, &old, &[])
-            .await
-            .unwrap(),
+        &on_cold.check(&cold.platform, &old, &[]).await.unwrap(),
         &id,
     );
     assert_eq!(
@@ -1247,9 +1125,7 @@ async fn the_previous_value_is_a_hit_during_the_grace_and_unknown_after_it() {
     );
     let before = cost(&cold);
     assert_valid(
-        &validate(&mut on_cold, &cold.platform, &old, &[])
-            .await
-            .unwrap(),
+        &on_cold.check(&cold.platform, &old, &[]).await.unwrap(),
         &id,
     );
     assert_eq!(cost_since(&cold, before), FREE);
@@ -1258,15 +1134,12 @@ async fn the_previous_value_is_a_hit_during_the_grace_and_unknown_after_it() {
     let wait = (grace_end - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(20)).await;
     for (app, client) in [
-        (&warm, &mut on_warm),
-        (&cold, &mut on_cold),
-        (&same_key, &mut on_same_key),
+        (&warm, &on_warm),
+        (&cold, &on_cold),
+        (&same_key, &on_same_key),
     ] {
-        assert_unknown(&validate(client, &app.platform, &old, &[]).await.unwrap());
-        assert_valid(
-            &validate(client, &app.platform, &new, &[]).await.unwrap(),
-            &id,
-        );
+        assert_unknown(&client.check(&app.platform, &old, &[]).await.unwrap());
+        assert_valid(&client.check(&app.platform, &new, &[]).await.unwrap(), &id);
     }
 }
 
@@ -1285,29 +1158,16 @@ async fn a_cold_miss_racing_set_state_never_caches_the_old_state() {
         .await;
     let tokens = issue_many(&first, "alice", &[], 12).await;
     let cold = db.spawn_legacy(quiet).await;
-    let channel = cold.channel().await;
     for (id, value) in &tokens {
-        let mut racer = TokenServiceClient::new(channel.clone());
+        let racer = cold.api.clone();
         let (platform, racing_value) = (cold.platform.clone(), value.clone());
-        let miss =
-            tokio::spawn(async move { validate(&mut racer, &platform, &racing_value, &[]).await });
+        let miss = tokio::spawn(async move { racer.check(&platform, &racing_value, &[]).await });
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let mut client = TokenServiceClient::new(channel.clone());
-        client
-            .set_state(authed(
-                &cold.platform,
-                pb::SetStateRequest {
-                    id: id.clone(),
-                    state: pb::State::Disabled as i32,
-                    reason: String::new(),
-                },
-            ))
+        cold.change_state(&cold.platform, id, pb::State::Disabled, "")
             .await
             .unwrap();
         for _ in 0..2 {
-            let r = validate(&mut client, &cold.platform, value, &[])
-                .await
-                .unwrap();
+            let r = cold.check(&cold.platform, value, &[]).await.unwrap();
             assert!(!r.valid, "{id} valid after SetState(disabled) returned");
             assert_eq!(r.reason(), pb::Reason::Disabled);
         }
@@ -1317,9 +1177,7 @@ async fn a_cold_miss_racing_set_state_never_caches_the_old_state() {
             raced.reason(),
             pb::Reason::Valid | pb::Reason::Disabled
         ));
-        let r = validate(&mut client, &cold.platform, value, &[])
-            .await
-            .unwrap();
+        let r = cold.check(&cold.platform, value, &[]).await.unwrap();
         assert_eq!(r.reason(), pb::Reason::Disabled, "{id}");
     }
 }
@@ -1349,16 +1207,15 @@ async fn a_burst_of_cold_misses_is_refused_at_once_beyond_the_argon2_queue() {
         })
         .await;
 
-    let channel = cold.channel().await;
     let start = Arc::new(tokio::sync::Barrier::new(N));
     let mut tasks = Vec::new();
     for (id, value) in tokens {
-        let mut client = TokenServiceClient::new(channel.clone());
+        let client = cold.api.clone();
         let (platform, start) = (cold.platform.clone(), Arc::clone(&start));
         tasks.push(tokio::spawn(async move {
             start.wait().await;
             let sent = Instant::now();
-            let r = validate(&mut client, &platform, &value, &[]).await;
+            let r = client.check(&platform, &value, &[]).await;
             (id, r, sent.elapsed())
         }));
     }
@@ -1404,7 +1261,7 @@ async fn a_burst_of_cold_misses_is_refused_at_once_beyond_the_argon2_queue() {
 /// Polls Validate on `app` until it answers `expected`, for at most `within`.
 async fn eventually(
     app: &TestApp,
-    client: &mut TokenServiceClient<Channel>,
+    client: &Api,
     token: &str,
     required: &[&str],
     expected: pb::Reason,
@@ -1412,9 +1269,7 @@ async fn eventually(
 ) {
     let deadline = Instant::now() + within;
     loop {
-        let r = validate(client, &app.platform, token, required)
-            .await
-            .unwrap();
+        let r = client.check(&app.platform, token, required).await.unwrap();
         if r.reason() == expected {
             assert_eq!(r.valid, expected == pb::Reason::Valid);
             return;
@@ -1450,42 +1305,26 @@ async fn a_change_on_one_replica_reaches_the_other_replicas_cache() {
     let (id, value) = one
         .token_for("acme", "alice", &["billing:read", "billing:write"])
         .await;
-    let mut on_one = one.client().await;
-    let mut on_two = two.client().await;
+    let on_one = one.api.clone();
+    let on_two = two.api.clone();
     // Replica 2 verifies the value once and caches it.
     assert_valid(
-        &validate(&mut on_two, &two.platform, &value, &[])
-            .await
-            .unwrap(),
+        &on_two.check(&two.platform, &value, &[]).await.unwrap(),
         &id,
     );
     let verified_on_two = verifications(&two);
 
     // Disable: replica 2 refreshes the snapshot and keeps the verified digest.
     on_one
-        .set_state(authed(
-            &one.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&one.platform, &id, pb::State::Disabled, "")
         .await
         .unwrap();
-    eventually(&two, &mut on_two, &value, &[], pb::Reason::Disabled, lag).await;
+    eventually(&two, &on_two, &value, &[], pb::Reason::Disabled, lag).await;
     on_one
-        .set_state(authed(
-            &one.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Active as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&one.platform, &id, pb::State::Active, "")
         .await
         .unwrap();
-    eventually(&two, &mut on_two, &value, &[], pb::Reason::Valid, lag).await;
+    eventually(&two, &on_two, &value, &[], pb::Reason::Valid, lag).await;
     assert_eq!(
         verifications(&two),
         verified_on_two,
@@ -1494,7 +1333,7 @@ async fn a_change_on_one_replica_reaches_the_other_replicas_cache() {
 
     // Update removing a module.
     on_one
-        .update(authed(
+        .update(
             &one.platform,
             pb::UpdateRequest {
                 id: id.clone(),
@@ -1504,12 +1343,12 @@ async fn a_change_on_one_replica_reaches_the_other_replicas_cache() {
                 }),
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap();
     eventually(
         &two,
-        &mut on_two,
+        &on_two,
         &value,
         &["billing:write"],
         pb::Reason::MissingModules,
@@ -1519,35 +1358,26 @@ async fn a_change_on_one_replica_reaches_the_other_replicas_cache() {
 
     // Rotate without grace: the old value dies on replica 2 too.
     let rotated = on_one
-        .rotate(authed(
+        .rotate(
             &one.platform,
             pb::RotateRequest {
                 id: id.clone(),
                 grace_period: None,
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .secret;
-    eventually(&two, &mut on_two, &value, &[], pb::Reason::Unknown, lag).await;
+    eventually(&two, &on_two, &value, &[], pb::Reason::Unknown, lag).await;
     assert_valid(
-        &validate(&mut on_two, &two.platform, &rotated, &[])
-            .await
-            .unwrap(),
+        &on_two.check(&two.platform, &rotated, &[]).await.unwrap(),
         &id,
     );
 
     // Revoke.
     on_one
-        .revoke(authed(
-            &one.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.clone())),
-                reason: "leaked".into(),
-            },
-        ))
+        .revoke_id(&one.platform, &id, "leaked")
         .await
         .unwrap();
-    eventually(&two, &mut on_two, &rotated, &[], pb::Reason::Revoked, lag).await;
+    eventually(&two, &on_two, &rotated, &[], pb::Reason::Revoked, lag).await;
 }

@@ -3,8 +3,8 @@
 //!
 //! The commands run as an operator runs them: the real `tokend` binary in a
 //! child process, against the files and databases of servers started by the
-//! harness. PostgreSQL parts need `TOKEND_TEST_POSTGRES_URL` and print
-//! `skipped: <name> ...` without it.
+//! harness. PostgreSQL parts need `TOKEND_TEST_POSTGRES_URL`: without it they
+//! fail under `CI` and otherwise say `NOT RUN` on the terminal.
 
 use std::{
     collections::BTreeMap,
@@ -22,14 +22,11 @@ use prost_types::FieldMask;
 use tokend::{
     config::Config,
     ops::move_store::move_store,
-    pb::{self, token_service_client::TokenServiceClient},
+    pb::{self},
     store::copy::CopyOptions,
 };
-use tonic::transport::Channel;
 
-use crate::helpers::{self, TestApp, authed, id_of};
-
-type Client = TokenServiceClient<Channel>;
+use crate::helpers::{self, Api, TestApp, id_of};
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -113,12 +110,8 @@ async fn app_on(url: &str) -> TestApp {
     helpers::start(config, None).await
 }
 
-async fn client(app: &TestApp) -> Client {
-    TokenServiceClient::new(app.channel().await)
-}
-
-async fn issue(c: &mut Client, caller: &str, owner: &str, name: &str) -> pb::IssueResponse {
-    c.issue(authed(
+async fn issue(c: &Api, caller: &str, owner: &str, name: &str) -> pb::IssueResponse {
+    c.issue(
         caller,
         pb::IssueRequest {
             owner_id: owner.into(),
@@ -128,56 +121,20 @@ async fn issue(c: &mut Client, caller: &str, owner: &str, name: &str) -> pb::Iss
             metadata: [("team".to_owned(), "core".to_owned())].into(),
             ..Default::default()
         },
-    ))
+    )
     .await
     .expect("Issue")
-    .into_inner()
 }
 
-async fn set_state(c: &mut Client, caller: &str, id: &str, state: pb::State) {
-    c.set_state(authed(
-        caller,
-        pb::SetStateRequest {
-            id: id.into(),
-            state: state as i32,
-            reason: "day two test".into(),
-        },
-    ))
-    .await
-    .expect("SetState");
-}
-
-async fn revoke(c: &mut Client, caller: &str, id: &str) {
-    c.revoke(authed(
-        caller,
-        pb::RevokeRequest {
-            target: Some(pb::revoke_request::Target::Id(id.into())),
-            reason: "day two test".into(),
-        },
-    ))
-    .await
-    .expect("Revoke");
-}
-
-async fn reason(c: &mut Client, caller: &str, value: &str) -> pb::Reason {
-    let r = c
-        .validate(authed(
-            caller,
-            pb::ValidateRequest {
-                token: value.into(),
-                required_modules: vec![],
-            },
-        ))
-        .await
-        .expect("Validate")
-        .into_inner();
+async fn reason(c: &Api, caller: &str, value: &str) -> pb::Reason {
+    let r = c.check(caller, value, &[]).await.expect("Validate");
     pb::Reason::try_from(r.reason).unwrap()
 }
 
 /// Every token value of a store with the Validate verdict each gets.
 type Verdicts = BTreeMap<String, pb::Reason>;
 
-async fn verdicts(c: &mut Client, caller: &str, values: &[String]) -> Verdicts {
+async fn verdicts(c: &Api, caller: &str, values: &[String]) -> Verdicts {
     let mut out = BTreeMap::new();
     for v in values {
         out.insert(v.clone(), reason(c, caller, v).await);
@@ -191,14 +148,14 @@ async fn verdicts(c: &mut Client, caller: &str, values: &[String]) -> Verdicts {
 /// `plain` more. Returns every value ever handed out.
 async fn populate(app: &TestApp, plain: usize) -> Vec<String> {
     let p = app.platform.clone();
-    let mut c = client(app).await;
+    let c = app.api.clone();
     let mut values = vec![p.clone()];
     for i in 0..plain {
-        let r = issue(&mut c, &p, &format!("user{}", i % 7), &format!("plain {i}")).await;
+        let r = issue(&c, &p, &format!("user{}", i % 7), &format!("plain {i}")).await;
         values.push(r.secret);
     }
     let expiring = c
-        .issue(authed(
+        .issue(
             &p,
             pb::IssueRequest {
                 owner_id: "alice".into(),
@@ -208,22 +165,30 @@ async fn populate(app: &TestApp, plain: usize) -> Vec<String> {
                 expires_at: Some(helpers::ts(chrono::Utc::now() + chrono::Duration::days(30))),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     values.push(expiring.secret);
-    let disabled = issue(&mut c, &p, "bob", "disabled").await;
-    set_state(&mut c, &p, &id_of(&disabled.secret), pb::State::Disabled).await;
+    let disabled = issue(&c, &p, "bob", "disabled").await;
+    c.change_state(
+        &p,
+        &id_of(&disabled.secret),
+        pb::State::Disabled,
+        "day two test",
+    )
+    .await
+    .expect("SetState");
     values.push(disabled.secret);
     for name in ["revoked 1", "revoked 2"] {
-        let r = issue(&mut c, &p, "carol", name).await;
-        revoke(&mut c, &p, &id_of(&r.secret)).await;
+        let r = issue(&c, &p, "carol", name).await;
+        c.revoke_id(&p, &id_of(&r.secret), "day two test")
+            .await
+            .expect("Revoke");
         values.push(r.secret);
     }
-    let rotated = issue(&mut c, &p, "dave", "rotated").await;
+    let rotated = issue(&c, &p, "dave", "rotated").await;
     let fresh = c
-        .rotate(authed(
+        .rotate(
             &p,
             pb::RotateRequest {
                 id: id_of(&rotated.secret),
@@ -232,14 +197,13 @@ async fn populate(app: &TestApp, plain: usize) -> Vec<String> {
                     nanos: 0,
                 }),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     values.push(rotated.secret);
     values.push(fresh.secret);
-    let updated = issue(&mut c, &p, "erin", "to update").await;
-    c.update(authed(
+    let updated = issue(&c, &p, "erin", "to update").await;
+    c.update(
         &p,
         pb::UpdateRequest {
             id: id_of(&updated.secret),
@@ -250,42 +214,40 @@ async fn populate(app: &TestApp, plain: usize) -> Vec<String> {
             }),
             ..Default::default()
         },
-    ))
+    )
     .await
     .unwrap();
     values.push(updated.secret.clone());
     let duplicate = c
-        .duplicate(authed(
+        .duplicate(
             &p,
             pb::DuplicateRequest {
                 id: id_of(&updated.secret),
                 name: String::new(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     values.push(duplicate.secret);
     values
 }
 
 /// Every event the API lists, oldest first.
-async fn all_events(c: &mut Client, caller: &str) -> Vec<pb::Event> {
+async fn all_events(c: &Api, caller: &str) -> Vec<pb::Event> {
     let mut out = Vec::new();
     let mut page_token = String::new();
     loop {
         let r = c
-            .list_events(authed(
+            .list_events(
                 caller,
                 pb::ListEventsRequest {
                     page_size: 500,
                     page_token: page_token.clone(),
                     ..Default::default()
                 },
-            ))
+            )
             .await
-            .expect("ListEvents")
-            .into_inner();
+            .expect("ListEvents");
         out.extend(r.events);
         if r.next_page_token.is_empty() {
             break;
@@ -313,10 +275,10 @@ async fn assert_same_store(
     expected: &Verdicts,
     events: &[pb::Event],
 ) {
-    let mut c = client(target).await;
+    let c = target.api.clone();
     let values: Vec<String> = expected.keys().cloned().collect();
     let argon2_before = target.manager.validator().hasher().verifications();
-    let got = verdicts(&mut c, caller, &values).await;
+    let got = verdicts(&c, caller, &values).await;
     assert_eq!(&got, expected, "verdicts differ after the move");
     // The moved verifiers, under the same key: no argon2 on the target.
     assert_eq!(
@@ -324,7 +286,7 @@ async fn assert_same_store(
         0,
         "argon2 ran for moved tokens"
     );
-    let moved_events = all_events(&mut c, caller).await;
+    let moved_events = all_events(&c, caller).await;
     let max_id = events.iter().map(|e| e.id).max().unwrap_or(0);
     // The target's own bootstrap (harness) comes after the copied trail.
     let copied: Vec<&pb::Event> = moved_events.iter().filter(|e| e.id <= max_id).collect();
@@ -332,12 +294,9 @@ async fn assert_same_store(
     for (a, b) in copied.iter().zip(events) {
         assert_eq!(*a, b);
     }
-    let fresh = issue(&mut c, caller, "newcomer", "after the move").await;
-    assert_eq!(
-        reason(&mut c, caller, &fresh.secret).await,
-        pb::Reason::Valid
-    );
-    let newest = all_events(&mut c, caller).await;
+    let fresh = issue(&c, caller, "newcomer", "after the move").await;
+    assert_eq!(reason(&c, caller, &fresh.secret).await, pb::Reason::Valid);
+    let newest = all_events(&c, caller).await;
     assert!(newest.last().unwrap().id > max_id);
 }
 
@@ -352,8 +311,8 @@ async fn backup_while_writing_then_restore_validates_what_was_valid_when_it_bega
     let app = app_on_file(&live, |_| {}).await;
     let p = app.platform.clone();
     let values = populate(&app, 40).await;
-    let mut c = client(&app).await;
-    let before = verdicts(&mut c, &p, &values).await;
+    let c = app.api.clone();
+    let before = verdicts(&c, &p, &values).await;
 
     // Writes keep coming while the backup runs: new tokens, and churn on
     // tokens of their own (whose state at the snapshot is not predictable).
@@ -361,12 +320,16 @@ async fn backup_while_writing_then_restore_validates_what_was_valid_when_it_bega
     let writer = {
         let (stop, endpoint, p) = (Arc::clone(&stop), app.endpoint.clone(), p.clone());
         tokio::spawn(async move {
-            let mut c = TokenServiceClient::connect(endpoint).await.unwrap();
+            let c = Api::connect(&endpoint).await; // a connection of its own
             let mut writes = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                let r = issue(&mut c, &p, &format!("writer{}", writes % 50), "churn").await;
-                set_state(&mut c, &p, &id_of(&r.secret), pb::State::Disabled).await;
-                revoke(&mut c, &p, &id_of(&r.secret)).await;
+                let r = issue(&c, &p, &format!("writer{}", writes % 50), "churn").await;
+                c.change_state(&p, &id_of(&r.secret), pb::State::Disabled, "day two test")
+                    .await
+                    .expect("SetState");
+                c.revoke_id(&p, &id_of(&r.secret), "day two test")
+                    .await
+                    .expect("Revoke");
                 writes += 3;
             }
             writes
@@ -399,9 +362,9 @@ async fn backup_while_writing_then_restore_validates_what_was_valid_when_it_bega
     .await;
     succeeded(&out);
     let copy = app_on(&sqlite_url(&restored)).await;
-    let mut rc = client(&copy).await;
+    let rc = copy.api.clone();
     let argon2_before = copy.manager.validator().hasher().verifications();
-    assert_eq!(verdicts(&mut rc, &p, &values).await, before);
+    assert_eq!(verdicts(&rc, &p, &values).await, before);
     assert_eq!(
         copy.manager.validator().hasher().verifications() - argon2_before,
         0,
@@ -410,22 +373,21 @@ async fn backup_while_writing_then_restore_validates_what_was_valid_when_it_bega
     assert!(reasons_of(&before)[&pb::Reason::Revoked] >= 2);
     // The search indexes (trigger-maintained, keyed by rowid on SQLite) came
     // along intact: a name search finds the same tokens in the copy.
-    let search = |c: &mut Client| {
-        let mut c = c.clone();
+    let search = |c: &Api| {
+        let c = c.clone();
         let p = p.clone();
         async move {
             let mut ids: Vec<String> = c
-                .search(authed(
+                .search(
                     &p,
                     pb::SearchRequest {
                         query: "plain 1".into(),
                         page_size: 500,
                         ..Default::default()
                     },
-                ))
+                )
                 .await
                 .expect("Search")
-                .into_inner()
                 .tokens
                 .into_iter()
                 .map(|t| t.id)
@@ -434,9 +396,9 @@ async fn backup_while_writing_then_restore_validates_what_was_valid_when_it_bega
             ids
         }
     };
-    let found = search(&mut rc).await;
+    let found = search(&rc).await;
     assert!(found.len() >= 11, "{found:?}");
-    assert_eq!(found, search(&mut c).await);
+    assert_eq!(found, search(&c).await);
     copy.stop().await;
     app.stop().await;
 }
@@ -546,9 +508,9 @@ async fn move_sqlite_to_postgres_keeps_every_token_and_event() {
     let app = app_on_file(&file, |_| {}).await;
     let p = app.platform.clone();
     let values = populate(&app, 25).await;
-    let mut c = client(&app).await;
-    let expected = verdicts(&mut c, &p, &values).await;
-    let events = all_events(&mut c, &p).await;
+    let c = app.api.clone();
+    let expected = verdicts(&c, &p, &values).await;
+    let events = all_events(&c, &p).await;
     app.stop().await;
 
     let out = tokend(
@@ -584,9 +546,9 @@ async fn move_postgres_to_sqlite_keeps_every_token_and_event() {
     let app = app_on(&pg).await;
     let p = app.platform.clone();
     let values = populate(&app, 25).await;
-    let mut c = client(&app).await;
-    let expected = verdicts(&mut c, &p, &values).await;
-    let events = all_events(&mut c, &p).await;
+    let c = app.api.clone();
+    let expected = verdicts(&c, &p, &values).await;
+    let events = all_events(&c, &p).await;
 
     // The source keeps serving: the move reads one snapshot of it.
     let dir = tempfile::tempdir().unwrap();
@@ -622,9 +584,9 @@ async fn an_interrupted_move_resumes_and_a_non_empty_target_is_refused() {
     let app = app_on_file(&file, |_| {}).await;
     let p = app.platform.clone();
     let values = populate(&app, 30).await;
-    let mut c = client(&app).await;
-    let expected = verdicts(&mut c, &p, &values).await;
-    let events = all_events(&mut c, &p).await;
+    let c = app.api.clone();
+    let expected = verdicts(&c, &p, &values).await;
+    let events = all_events(&c, &p).await;
     let source = sqlite_url(&file);
 
     let target_url = |name: &str| {
@@ -736,14 +698,15 @@ async fn an_interrupted_move_resumes_and_a_non_empty_target_is_refused() {
     for v in &values {
         let id = id_of(v);
         let t = c
-            .get(authed(&p, pb::GetRequest { id: id.clone() }))
+            .get(&p, pb::GetRequest { id: id.clone() })
             .await
             .unwrap()
-            .into_inner()
             .token
             .unwrap();
         if t.state == pb::State::Active as i32 && v != &p {
-            set_state(&mut c, &p, &id, pb::State::Disabled).await;
+            c.change_state(&p, &id, pb::State::Disabled, "day two test")
+                .await
+                .expect("SetState");
         }
     }
     let refused = move_store(&source, &second, &options, timeout, &mut |_| {
@@ -764,7 +727,7 @@ async fn an_interrupted_move_resumes_and_a_non_empty_target_is_refused() {
 // Audit retention and export
 // ---------------------------------------------------------------------------
 
-async fn event_token_ids(c: &mut Client, caller: &str) -> Vec<String> {
+async fn event_token_ids(c: &Api, caller: &str) -> Vec<String> {
     all_events(c, caller)
         .await
         .into_iter()
@@ -777,24 +740,24 @@ async fn event_token_ids(c: &mut Client, caller: &str) -> Vec<String> {
 async fn retention_prunes_old_and_keeps_recent(apps: &[&TestApp]) {
     let app = apps[0];
     let p = app.platform.clone();
-    let mut c = client(app).await;
-    let old = id_of(&issue(&mut c, &p, "alice", "old").await.secret);
+    let c = app.api.clone();
+    let old = id_of(&issue(&c, &p, "alice", "old").await.secret);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let recent = id_of(&issue(&mut c, &p, "alice", "recent").await.secret);
-    let mut ids = event_token_ids(&mut c, &p).await;
+    let recent = id_of(&issue(&c, &p, "alice", "recent").await.secret);
+    let mut ids = event_token_ids(&c, &p).await;
     for _ in 0..40 {
         if !ids.contains(&old) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        ids = event_token_ids(&mut c, &p).await;
+        ids = event_token_ids(&c, &p).await;
     }
     assert!(!ids.contains(&old), "the old event was not pruned");
     assert!(ids.contains(&recent), "the recent event was pruned");
     // Every replica still serves the tokens (only the trail is pruned).
     for a in apps {
-        let mut c = client(a).await;
-        assert_eq!(reason(&mut c, &p, &p).await, pb::Reason::Valid);
+        let c = a.api.clone();
+        assert_eq!(reason(&c, &p, &p).await, pb::Reason::Valid);
     }
 }
 
@@ -866,9 +829,9 @@ async fn export_writes_what_list_events_shows() {
     let app = app_on_file(&file, |_| {}).await;
     let p = app.platform.clone();
     populate(&app, 5).await;
-    let mut c = client(&app).await;
+    let c = app.api.clone();
     // Another account's events, for the account filter.
-    c.issue(authed(
+    c.issue(
         &p,
         pb::IssueRequest {
             account_id: "globex".into(),
@@ -876,10 +839,10 @@ async fn export_writes_what_list_events_shows() {
             name: "other account".into(),
             ..Default::default()
         },
-    ))
+    )
     .await
     .unwrap();
-    let events = all_events(&mut c, &p).await;
+    let events = all_events(&c, &p).await;
     let env = [("TOKEND_DATABASE_URL", sqlite_url(&file))];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
@@ -996,8 +959,9 @@ async fn logs_are_coloured_only_on_a_terminal() {
                 "no colour on a terminal: {shown:?}"
             );
         }
-        _ => println!(
-            "skipped: the terminal half of logs_are_coloured_only_on_a_terminal needs `script`"
+        _ => helpers::not_run(
+            "logs_are_coloured_only_on_a_terminal (its terminal half)",
+            "needs `script`",
         ),
     }
 }

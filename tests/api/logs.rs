@@ -8,7 +8,7 @@ use tokend::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, authed, captured_logs, id_of, spawn_app};
+use crate::helpers::{TestApp, captured_logs, id_of, spawn_app};
 
 /// The 44-character secret part of a value.
 fn secret_of(value: &str) -> String {
@@ -58,7 +58,7 @@ async fn verifiers(app: &TestApp, id: &str) -> Vec<String> {
 #[tokio::test]
 async fn no_secret_value_or_hash_reaches_the_logs() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let mut values = vec![p.clone()];
     let mut ids = vec![id_of(&p)];
@@ -112,14 +112,14 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
     );
     // A wrong value used as an RPC credential.
     let err = client
-        .get(authed(&wrong, pb::GetRequest { id: a.clone() }))
+        .get(&wrong, pb::GetRequest { id: a.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // Rotate with grace (so a previous hash exists), then validate both.
     let rotated = client
-        .rotate(authed(
+        .rotate(
             &p,
             pb::RotateRequest {
                 id: a.clone(),
@@ -128,10 +128,9 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
                     nanos: 0,
                 }),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let a_new = rotated.secret;
     values.push(a_new.clone());
     assert!(app.validate_with(&validator, &a_old, &[]).await.valid);
@@ -139,88 +138,61 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
 
     // Duplicate, search by value, revoke the copy by value.
     let dup = client
-        .duplicate(authed(
+        .duplicate(
             &p,
             pb::DuplicateRequest {
                 id: a.clone(),
                 name: String::new(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let d = dup.token.unwrap().id;
     let d_value = dup.secret;
     values.push(d_value.clone());
     ids.push(d.clone());
     let found = client
-        .search(authed(
+        .search(
             &p,
             pb::SearchRequest {
                 query: a_new.clone(),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(found.tokens.len(), 1);
     assert_eq!(found.tokens[0].id, a);
     let found = client
-        .search(authed(
+        .search(
             &p,
             pb::SearchRequest {
                 query: wrong.clone(),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(found.tokens.is_empty());
-    let err = client
-        .revoke(authed(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(wrong.clone())),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err = client.revoke_value(&p, &wrong, "").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = client
-        .revoke(authed(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(typo.clone())),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err = client.revoke_value(&p, &typo, "").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // Oversized values (containing a real one) are refused, and not logged either.
     let long = format!("{a_new}{}", "z".repeat(600));
     let err = client
-        .validate(authed(
+        .validate(
             &validator,
             pb::ValidateRequest {
                 token: long,
                 required_modules: vec![],
             },
-        ))
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     client
-        .revoke(authed(
-            &validator,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(d_value.clone())),
-                reason: "leaked".into(),
-            },
-        ))
+        .revoke_value(&validator, &d_value, "leaked")
         .await
         .unwrap();
     assert_eq!(
@@ -229,22 +201,15 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
     );
     // Other management calls with the bootstrap platform token.
     client
-        .set_state(authed(
-            &p,
-            pb::SetStateRequest {
-                id: a.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "audit".into(),
-            },
-        ))
+        .change_state(&p, &a, pb::State::Disabled, "audit")
         .await
         .unwrap();
     client
-        .get(authed(&p, pb::GetRequest { id: a.clone() }))
+        .get(&p, pb::GetRequest { id: a.clone() })
         .await
         .unwrap();
     client
-        .list_events(authed(&p, pb::ListEventsRequest::default()))
+        .list_events(&p, pb::ListEventsRequest::default())
         .await
         .unwrap();
 

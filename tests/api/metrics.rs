@@ -12,9 +12,8 @@ use std::{
 use prost_types::FieldMask;
 use tokend::pb::{self, revoke_request::Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{self, authed};
+use crate::helpers::{self};
 
 /// GET `path` over plain HTTP/1.1: (status line, headers, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
@@ -46,7 +45,7 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
         helpers::spawn_app_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let metrics = app.metrics_addr.expect("metrics listener");
     let p = app.platform.clone();
-    let mut c = app.client().await;
+    let c = app.api.clone();
 
     // Every TokenService RPC, some failing on purpose.
     let (id, value) = app.token_for("acme", "alice", &["svc:read"]).await;
@@ -59,17 +58,13 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
         (value.as_str(), &["svc:write"][..]),
         ("tk_garbage", &[][..]),
     ] {
-        c.validate(authed(&p, validate(token, required)))
-            .await
-            .unwrap();
+        c.validate(&p, validate(token, required)).await.unwrap();
     }
-    c.get(authed(&p, pb::GetRequest { id: id.clone() }))
-        .await
-        .unwrap();
-    c.get(authed("tk_not_a_token", pb::GetRequest { id: id.clone() }))
+    c.get(&p, pb::GetRequest { id: id.clone() }).await.unwrap();
+    c.get("tk_not_a_token", pb::GetRequest { id: id.clone() })
         .await
         .unwrap_err();
-    c.update(authed(
+    c.update(
         &p,
         pb::UpdateRequest {
             id: id.clone(),
@@ -79,63 +74,55 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
             }),
             ..Default::default()
         },
-    ))
+    )
     .await
     .unwrap();
-    c.set_state(authed(
+    c.set_state(
         &p,
         pb::SetStateRequest {
             id: id.clone(),
             state: pb::State::Disabled.into(),
             reason: "test".into(),
         },
-    ))
+    )
     .await
     .unwrap();
-    c.validate(authed(&p, validate(&value, &[]))).await.unwrap();
+    c.validate(&p, validate(&value, &[])).await.unwrap();
     let dup = c
-        .duplicate(authed(
+        .duplicate(
             &p,
             pb::DuplicateRequest {
                 id: id.clone(),
                 name: String::new(),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
-    c.rotate(authed(
+        .unwrap();
+    c.rotate(
         &p,
         pb::RotateRequest {
             id: dup.token.unwrap().id,
             grace_period: None,
         },
-    ))
+    )
     .await
     .unwrap();
-    c.revoke(authed(
+    c.revoke(
         &p,
         pb::RevokeRequest {
             target: Some(Target::Id(id.clone())),
             reason: "done".into(),
         },
-    ))
+    )
     .await
     .unwrap();
-    c.validate(authed(&p, validate(&value, &[]))).await.unwrap();
-    c.search(authed(&p, pb::SearchRequest::default()))
+    c.validate(&p, validate(&value, &[])).await.unwrap();
+    c.search(&p, pb::SearchRequest::default()).await.unwrap();
+    c.list_events(&p, pb::ListEventsRequest::default())
         .await
         .unwrap();
-    c.list_events(authed(&p, pb::ListEventsRequest::default()))
-        .await
-        .unwrap();
-    c.issue(authed(&p, pb::IssueRequest::default()))
-        .await
-        .unwrap_err();
-    HealthClient::new(app.channel().await)
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap();
+    c.issue(&p, pb::IssueRequest::default()).await.unwrap_err();
+    c.health_check("").await.unwrap();
     // Reflection, as grpcurl uses it (when installed; .ci/run installs it).
     if let Some(grpcurl) = crate::tls::grpcurl() {
         let listed = Command::new(grpcurl)
@@ -250,8 +237,9 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
     assert!(!scrape.contains(&value), "a token value in the scrape");
 
     let Some(check) = promtool_check(&scrape) else {
-        println!(
-            "skipped: promtool check metrics (promtool is not installed; .ci/run installs it)"
+        helpers::not_run(
+            "a_scrape_after_every_rpc_passes_promtool (promtool check metrics)",
+            "promtool is not installed; .ci/run installs it",
         );
         return;
     };

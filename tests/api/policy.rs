@@ -119,7 +119,7 @@ async fn search_names(
 #[tokio::test]
 async fn only_the_accounts_admin_or_a_platform_caller_may_read_or_change_its_policy() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.api.raw();
     let (_, admin) = app.token_for("acme", "alice", &["tokens:admin"]).await;
     let (_, selfish) = app.token_for("acme", "bob", &["tokens:self"]).await;
     let (_, validator) = app.token_for("acme", "v", &["tokens:validate"]).await;
@@ -173,7 +173,7 @@ async fn only_the_accounts_admin_or_a_platform_caller_may_read_or_change_its_pol
 #[tokio::test]
 async fn bad_policy_values_are_invalid_argument_naming_the_field() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.api.raw();
     let negative = Some(Duration {
         seconds: -DAY,
         nanos: 0,
@@ -272,7 +272,7 @@ async fn bad_policy_values_are_invalid_argument_naming_the_field() {
 
 /// Each rule, as every write path enforces it; the same on both stores.
 async fn rules_are_enforced(app: &TestApp) {
-    let mut client = app.client().await;
+    let mut client = app.api.raw();
     let (_, admin) = app.token_for("acme", "alice", &["tokens:admin"]).await;
 
     // Before any policy: a token without expiry, and one for 400 days.
@@ -532,7 +532,7 @@ async fn server_flags_give_the_policy_of_accounts_without_one() {
         c.policy_defaults.policy_max_lifetime = Some(std::time::Duration::from_secs(7 * 86_400));
     })
     .await;
-    let mut client = app.client().await;
+    let mut client = app.api.raw();
     let p = get_policy(&mut client, &app.platform, "globex")
         .await
         .unwrap();

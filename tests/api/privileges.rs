@@ -9,13 +9,11 @@
 use std::time::{Duration, SystemTime};
 
 use prost_types::{FieldMask, Timestamp};
-use tokend::pb::{self, revoke_request::Target as By, token_service_client::TokenServiceClient};
-use tonic::{Code, Request, Response, Status, transport::Channel};
+use tokend::pb::{self, revoke_request::Target as By};
+use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, authed, spawn_app, spawn_app_with};
-
-type Client = TokenServiceClient<Channel>;
+use crate::helpers::{Api, TestApp, spawn_app, spawn_app_with};
 
 /// The account and owner of every matrix caller.
 const ACCOUNT: &str = "acme";
@@ -239,7 +237,7 @@ fn matrix_table_covers_every_rpc_and_caller_once() {
 /// One app with one credential per [`Who`], all `acme/alice`.
 struct Env {
     app: TestApp,
-    client: Client,
+    client: Api,
     callers: Vec<(Who, String, String)>,
 }
 
@@ -250,7 +248,7 @@ struct Made {
     name: String,
 }
 
-fn outcome_of<T>(r: &Result<Response<T>, Status>) -> (Outcome, String) {
+fn outcome_of<T>(r: &Result<T, Status>) -> (Outcome, String) {
     match r {
         Ok(_) => (OK, String::new()),
         Err(s) => (Outcome::Code(s.code()), s.message().to_owned()),
@@ -267,7 +265,7 @@ impl Env {
     async fn new() -> Self {
         // Every cell adds tokens for the same four owners.
         let app = spawn_app_with(|c| c.max_tokens_per_owner = 1000).await;
-        let client = app.client().await;
+        let client = app.api.clone();
         let mut callers = Vec::new();
         for who in WHOS {
             let (id, value) = app.token_for(ACCOUNT, OWNER, who.modules()).await;
@@ -286,10 +284,6 @@ impl Env {
 
     fn cred_id(&self, who: Who) -> &str {
         &self.callers.iter().find(|(w, _, _)| *w == who).unwrap().1
-    }
-
-    fn root<T>(&self, msg: T) -> Request<T> {
-        authed(&self.app.platform, msg)
     }
 
     async fn make(&self, target: Target, name: String) -> Made {
@@ -316,11 +310,9 @@ impl Env {
     /// The token as the bootstrap platform token sees it.
     async fn get(&self, id: &str) -> pb::Token {
         self.client
-            .clone()
-            .get(self.root(pb::GetRequest { id: id.into() }))
+            .get(&self.app.platform, pb::GetRequest { id: id.into() })
             .await
             .unwrap()
-            .into_inner()
             .token
             .unwrap()
     }
@@ -328,16 +320,17 @@ impl Env {
     /// Every token (revoked included) named exactly `name`, as platform sees it.
     async fn named(&self, name: &str) -> Vec<pb::Token> {
         self.client
-            .clone()
-            .search(self.root(pb::SearchRequest {
-                query: name.into(),
-                include_revoked: true,
-                page_size: 500,
-                ..Default::default()
-            }))
+            .search(
+                &self.app.platform,
+                pb::SearchRequest {
+                    query: name.into(),
+                    include_revoked: true,
+                    page_size: 500,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap()
-            .into_inner()
             .tokens
             .into_iter()
             .filter(|t| t.name == name)
@@ -361,11 +354,11 @@ impl Env {
         effects: &mut Vec<String>,
     ) -> (Outcome, String) {
         let cred = self.cred(who);
-        let mut c = self.client.clone();
+        let c = self.app.api.clone();
         let name = format!("{rpc:?} by {who:?} on {target:?}");
         if rpc == Rpc::Issue {
             let r = c
-                .issue(authed(
+                .issue(
                     cred,
                     pb::IssueRequest {
                         account_id: target.account().into(),
@@ -374,12 +367,12 @@ impl Env {
                         modules: vec!["billing:read".into()],
                         ..Default::default()
                     },
-                ))
+                )
                 .await;
             let stored = self.named(&name).await;
             match &r {
                 Ok(resp) => {
-                    let t = resp.get_ref().token.clone().unwrap();
+                    let t = resp.token.clone().unwrap();
                     if (
                         t.account_id.as_str(),
                         t.owner_id.as_str(),
@@ -408,18 +401,18 @@ impl Env {
             Rpc::Issue => unreachable!(),
             Rpc::Validate => {
                 let r = c
-                    .validate(authed(
+                    .validate(
                         cred,
                         pb::ValidateRequest {
                             token: t.value.clone(),
                             required_modules: vec![],
                         },
-                    ))
+                    )
                     .await;
                 match r {
                     Err(s) => (Outcome::Code(s.code()), s.message().to_owned()),
                     Ok(resp) => {
-                        let v = resp.into_inner();
+                        let v = resp;
                         let reason = v.reason();
                         if v.valid != (reason == pb::Reason::Valid) {
                             effects.push(format!("valid={} with {reason:?}", v.valid));
@@ -448,11 +441,9 @@ impl Env {
                 }
             }
             Rpc::Get => {
-                let r = c
-                    .get(authed(cred, pb::GetRequest { id: t.id.clone() }))
-                    .await;
+                let r = c.get(cred, pb::GetRequest { id: t.id.clone() }).await;
                 if let Ok(resp) = &r {
-                    let got = resp.get_ref().token.as_ref().map(|t| t.id.clone());
+                    let got = resp.token.as_ref().map(|t| t.id.clone());
                     if got.as_deref() != Some(t.id.as_str()) {
                         effects.push(format!("Get returned token {got:?}"));
                     }
@@ -462,7 +453,7 @@ impl Env {
             Rpc::Update => {
                 let renamed = format!("{} renamed", t.name);
                 let r = c
-                    .update(authed(
+                    .update(
                         cred,
                         pb::UpdateRequest {
                             id: t.id.clone(),
@@ -470,7 +461,7 @@ impl Env {
                             update_mask: name_mask(),
                             ..Default::default()
                         },
-                    ))
+                    )
                     .await;
                 let now = self.get(&t.id).await.name;
                 let want = if r.is_ok() { &renamed } else { &t.name };
@@ -481,14 +472,7 @@ impl Env {
             }
             Rpc::SetState => {
                 let r = c
-                    .set_state(authed(
-                        cred,
-                        pb::SetStateRequest {
-                            id: t.id.clone(),
-                            state: pb::State::Disabled as i32,
-                            reason: "matrix".into(),
-                        },
-                    ))
+                    .change_state(cred, &t.id, pb::State::Disabled, "matrix")
                     .await;
                 let now = self.get(&t.id).await.state();
                 let want = if r.is_ok() {
@@ -508,16 +492,16 @@ impl Env {
                     By::Token(t.value.clone())
                 };
                 let r = c
-                    .revoke(authed(
+                    .revoke(
                         cred,
                         pb::RevokeRequest {
                             target: Some(target),
                             reason: "matrix".into(),
                         },
-                    ))
+                    )
                     .await;
                 if let Ok(resp) = &r {
-                    let tomb = resp.get_ref().token.clone().unwrap_or_default();
+                    let tomb = resp.token.clone().unwrap_or_default();
                     if tomb.id != t.id || tomb.state() != pb::State::Revoked {
                         effects.push(format!("tombstone {} in {:?}", tomb.id, tomb.state()));
                     }
@@ -535,13 +519,13 @@ impl Env {
             }
             Rpc::Rotate => {
                 let r = c
-                    .rotate(authed(
+                    .rotate(
                         cred,
                         pb::RotateRequest {
                             id: t.id.clone(),
                             grace_period: None,
                         },
-                    ))
+                    )
                     .await;
                 let old = self.platform_reason(&t.value).await;
                 let want_old = if r.is_ok() {
@@ -553,7 +537,7 @@ impl Env {
                     effects.push(format!("old value now {old:?}, want {want_old:?}"));
                 }
                 if let Ok(resp) = &r {
-                    let new = self.platform_reason(&resp.get_ref().secret).await;
+                    let new = self.platform_reason(&resp.secret).await;
                     if new != pb::Reason::Valid {
                         effects.push(format!("new value is {new:?}"));
                     }
@@ -562,18 +546,18 @@ impl Env {
             }
             Rpc::Duplicate => {
                 let r = c
-                    .duplicate(authed(
+                    .duplicate(
                         cred,
                         pb::DuplicateRequest {
                             id: t.id.clone(),
                             name: String::new(),
                         },
-                    ))
+                    )
                     .await;
                 let copies = self.named(&format!("{} (copy)", t.name)).await;
                 match &r {
                     Ok(resp) => {
-                        let d = resp.get_ref().token.clone().unwrap();
+                        let d = resp.token.clone().unwrap();
                         if (
                             d.account_id.as_str(),
                             d.owner_id.as_str(),
@@ -600,51 +584,51 @@ impl Env {
             Rpc::Search => {
                 // By name (the target's is unique) and unfiltered: both must agree.
                 let by_name = c
-                    .search(authed(
+                    .search(
                         cred,
                         pb::SearchRequest {
                             query: t.name.clone(),
                             ..Default::default()
                         },
-                    ))
+                    )
                     .await;
                 let all = c
-                    .search(authed(
+                    .search(
                         cred,
                         pb::SearchRequest {
                             page_size: 500,
                             ..Default::default()
                         },
-                    ))
+                    )
                     .await;
                 self.listed(
-                    by_name.map(|r| r.into_inner().tokens.into_iter().map(|t| t.id).collect()),
-                    all.map(|r| r.into_inner().tokens.into_iter().map(|t| t.id).collect()),
+                    by_name.map(|r| r.tokens.into_iter().map(|t| t.id).collect()),
+                    all.map(|r| r.tokens.into_iter().map(|t| t.id).collect()),
                     &t.id,
                     effects,
                 )
             }
             Rpc::ListEvents => {
                 let by_token = c
-                    .list_events(authed(
+                    .list_events(
                         cred,
                         pb::ListEventsRequest {
                             token_id: t.id.clone(),
                             ..Default::default()
                         },
-                    ))
+                    )
                     .await;
                 let all = c
-                    .list_events(authed(
+                    .list_events(
                         cred,
                         pb::ListEventsRequest {
                             page_size: 500,
                             ..Default::default()
                         },
-                    ))
+                    )
                     .await;
                 if let Ok(r) = &by_token
-                    && let Some(e) = r.get_ref().events.iter().find(|e| {
+                    && let Some(e) = r.events.iter().find(|e| {
                         e.kind() == pb::EventKind::Issued
                             && (e.account_id.as_str(), e.owner_id.as_str())
                                 != (target.account(), target.owner())
@@ -656,20 +640,8 @@ impl Env {
                     ));
                 }
                 self.listed(
-                    by_token.map(|r| {
-                        r.into_inner()
-                            .events
-                            .into_iter()
-                            .map(|e| e.token_id)
-                            .collect()
-                    }),
-                    all.map(|r| {
-                        r.into_inner()
-                            .events
-                            .into_iter()
-                            .map(|e| e.token_id)
-                            .collect()
-                    }),
+                    by_token.map(|r| r.events.into_iter().map(|e| e.token_id).collect()),
+                    all.map(|r| r.events.into_iter().map(|e| e.token_id).collect()),
                     &t.id,
                     effects,
                 )
@@ -818,7 +790,7 @@ async fn matrix_list_events() {
 #[tokio::test]
 async fn listing_filters_cannot_escape_the_callers_scope() {
     let env = Env::new().await;
-    let mut c = env.client.clone();
+    let c = env.client.clone();
     let mut foreign = Vec::new();
     for target in TARGETS {
         foreign.push(env.make(target, format!("scope {target:?}")).await.id);
@@ -837,7 +809,7 @@ async fn listing_filters_cannot_escape_the_callers_scope() {
     ];
     for (who, account, owner, allowed) in cases {
         let r = c
-            .search(authed(
+            .search(
                 env.cred(*who),
                 pb::SearchRequest {
                     account_id: (*account).into(),
@@ -846,12 +818,11 @@ async fn listing_filters_cannot_escape_the_callers_scope() {
                     page_size: 500,
                     ..Default::default()
                 },
-            ))
+            )
             .await;
         match r {
             Ok(r) => {
-                let mut ids: Vec<String> =
-                    r.into_inner().tokens.into_iter().map(|t| t.id).collect();
+                let mut ids: Vec<String> = r.tokens.into_iter().map(|t| t.id).collect();
                 ids.sort();
                 let mut want: Vec<String> = allowed.iter().map(|s| (*s).clone()).collect();
                 want.sort();
@@ -870,19 +841,18 @@ async fn listing_filters_cannot_escape_the_callers_scope() {
         // ListEvents only filters by account_id and token_id.
         if owner.is_empty() {
             let r = c
-                .list_events(authed(
+                .list_events(
                     env.cred(*who),
                     pb::ListEventsRequest {
                         account_id: (*account).into(),
                         page_size: 500,
                         ..Default::default()
                     },
-                ))
+                )
                 .await;
             match r {
                 Ok(r) => {
                     let leaked: Vec<_> = r
-                        .into_inner()
                         .events
                         .into_iter()
                         .filter(|e| e.account_id == *account)
@@ -922,7 +892,7 @@ fn with_header<T>(header: Option<&str>, msg: T) -> Request<T> {
 /// Calls Validate, Get, Search and Issue with this `authorization` header and
 /// returns the problems (anything but UNAUTHENTICATED).
 async fn all_unauthenticated(
-    c: &mut Client,
+    c: &Api,
     label: &str,
     header: Option<&str>,
     probe: &str,
@@ -931,44 +901,48 @@ async fn all_unauthenticated(
     let mut codes = Vec::new();
     codes.push((
         "Validate",
-        c.validate(with_header(
-            header,
-            pb::ValidateRequest {
-                token: probe.into(),
-                required_modules: vec![],
-            },
-        ))
-        .await
-        .map(|_| ()),
+        c.raw()
+            .validate(with_header(
+                header,
+                pb::ValidateRequest {
+                    token: probe.into(),
+                    required_modules: vec![],
+                },
+            ))
+            .await
+            .map(|_| ()),
     ));
     codes.push((
         "Get",
-        c.get(with_header(
-            header,
-            pb::GetRequest {
-                id: probe_id.into(),
-            },
-        ))
-        .await
-        .map(|_| ()),
+        c.raw()
+            .get(with_header(
+                header,
+                pb::GetRequest {
+                    id: probe_id.into(),
+                },
+            ))
+            .await
+            .map(|_| ()),
     ));
     codes.push((
         "Search",
-        c.search(with_header(header, pb::SearchRequest::default()))
+        c.raw()
+            .search(with_header(header, pb::SearchRequest::default()))
             .await
             .map(|_| ()),
     ));
     codes.push((
         "Issue",
-        c.issue(with_header(
-            header,
-            pb::IssueRequest {
-                name: format!("issued with {label}"),
-                ..Default::default()
-            },
-        ))
-        .await
-        .map(|_| ()),
+        c.raw()
+            .issue(with_header(
+                header,
+                pb::IssueRequest {
+                    name: format!("issued with {label}"),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| ()),
     ));
     codes
         .into_iter()
@@ -987,7 +961,7 @@ async fn all_unauthenticated(
 #[tokio::test]
 async fn bad_credentials_are_unauthenticated() {
     let app = spawn_app().await;
-    let mut c = app.client().await;
+    let c = app.api.clone();
     let root = app.platform.clone();
     let (probe_id, probe) = app.token_for(ACCOUNT, "probe", &["billing:read"]).await;
 
@@ -1013,12 +987,12 @@ async fn bad_credentials_are_unauthenticated() {
 
     // They all work before anything happens to them (and get cached).
     for cred in [&expiring, &disabled, &revoked, &rotated] {
-        c.get(authed(
+        c.get(
             cred,
             pb::GetRequest {
                 id: probe_id.clone(),
             },
-        ))
+        )
         .await
         .unwrap();
         assert_eq!(
@@ -1027,36 +1001,20 @@ async fn bad_credentials_are_unauthenticated() {
         );
     }
 
-    c.set_state(authed(
-        &root,
-        pb::SetStateRequest {
-            id: disabled_id,
-            state: pb::State::Disabled as i32,
-            reason: String::new(),
-        },
-    ))
-    .await
-    .unwrap();
-    c.revoke(authed(
-        &root,
-        pb::RevokeRequest {
-            target: Some(By::Id(revoked_id)),
-            reason: String::new(),
-        },
-    ))
-    .await
-    .unwrap();
+    c.change_state(&root, &disabled_id, pb::State::Disabled, "")
+        .await
+        .unwrap();
+    c.revoke_id(&root, &revoked_id, "").await.unwrap();
     let rotated_new = c
-        .rotate(authed(
+        .rotate(
             &root,
             pb::RotateRequest {
                 id: rotated_id,
                 grace_period: None,
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .secret;
 
     // A well-formed value (right shape and checksum) of no token at all.
@@ -1100,17 +1058,16 @@ async fn bad_credentials_are_unauthenticated() {
     ];
     let mut problems = Vec::new();
     for (label, header) in &cases {
-        problems
-            .extend(all_unauthenticated(&mut c, label, header.as_deref(), &probe, &probe_id).await);
+        problems.extend(all_unauthenticated(&c, label, header.as_deref(), &probe, &probe_id).await);
     }
 
     // The rotated credential's new value does work.
-    c.get(authed(
+    c.get(
         &rotated_new,
         pb::GetRequest {
             id: probe_id.clone(),
         },
-    ))
+    )
     .await
     .unwrap();
 
@@ -1119,7 +1076,7 @@ async fn bad_credentials_are_unauthenticated() {
     }
     problems.extend(
         all_unauthenticated(
-            &mut c,
+            &c,
             "expired credential",
             Some(&format!("Bearer {expiring}")),
             &probe,
@@ -1130,17 +1087,16 @@ async fn bad_credentials_are_unauthenticated() {
 
     // Nothing was issued by any refused call.
     let leaked: Vec<_> = c
-        .search(authed(
+        .search(
             &root,
             pb::SearchRequest {
                 query: "issued with".into(),
                 include_revoked: true,
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .tokens
         .into_iter()
         .map(|t| t.name)
@@ -1154,41 +1110,24 @@ async fn bad_credentials_are_unauthenticated() {
 #[tokio::test]
 async fn self_caller_disabling_its_own_credential_is_locked_out() {
     let app = spawn_app().await;
-    let mut c = app.client().await;
+    let c = app.api.clone();
     let (id, cred) = app.token_for(ACCOUNT, OWNER, &["tokens:self"]).await;
 
     let t = c
-        .set_state(authed(
-            &cred,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "leaving".into(),
-            },
-        ))
+        .change_state(&cred, &id, pb::State::Disabled, "leaving")
         .await
-        .unwrap()
-        .into_inner()
-        .token
         .unwrap();
     assert_eq!(t.state(), pb::State::Disabled);
     assert_eq!(t.state_reason, "leaving");
     assert!(t.disabled_at.is_some());
 
     let err = c
-        .get(authed(&cred, pb::GetRequest { id: id.clone() }))
+        .get(&cred, pb::GetRequest { id: id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     let err = c
-        .set_state(authed(
-            &cred,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Active as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&cred, &id, pb::State::Active, "")
         .await
         .unwrap_err();
     assert_eq!(
@@ -1202,21 +1141,13 @@ async fn self_caller_disabling_its_own_credential_is_locked_out() {
     );
 
     // Re-enabled by platform, it works again at once.
-    c.set_state(authed(
-        &app.platform,
-        pb::SetStateRequest {
-            id: id.clone(),
-            state: pb::State::Active as i32,
-            reason: String::new(),
-        },
-    ))
-    .await
-    .unwrap();
+    c.change_state(&app.platform, &id, pb::State::Active, "")
+        .await
+        .unwrap();
     let t = c
-        .get(authed(&cred, pb::GetRequest { id: id.clone() }))
+        .get(&cred, pb::GetRequest { id: id.clone() })
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert_eq!(t.state(), pb::State::Active);
@@ -1226,7 +1157,7 @@ async fn self_caller_disabling_its_own_credential_is_locked_out() {
 #[tokio::test]
 async fn revoke_by_value_works_from_another_account() {
     let app = spawn_app().await;
-    let mut c = app.client().await;
+    let c = app.api.clone();
     let (finder_id, finder) = app
         .token_for(OTHER_ACCOUNT, "finder", &["tokens:self"])
         .await;
@@ -1236,62 +1167,34 @@ async fn revoke_by_value_works_from_another_account() {
     let (id, leaked) = app.token_for(ACCOUNT, OTHER_OWNER, &["billing:read"]).await;
 
     // By id it does not exist for the finder.
-    let err = c
-        .revoke(authed(
-            &finder,
-            pb::RevokeRequest {
-                target: Some(By::Id(id.clone())),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err = c.revoke_id(&finder, &id, "").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // A rotated-away value is no proof of possession.
     let (old_id, old_value) = app.token_for(ACCOUNT, OTHER_OWNER, &["billing:read"]).await;
-    c.rotate(authed(
+    c.rotate(
         &app.platform,
         pb::RotateRequest {
             id: old_id.clone(),
             grace_period: None,
         },
-    ))
+    )
     .await
     .unwrap();
-    let err = c
-        .revoke(authed(
-            &finder,
-            pb::RevokeRequest {
-                target: Some(By::Token(old_value)),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap_err();
+    let err = c.revoke_value(&finder, &old_value, "").await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let old = c
-        .get(authed(&app.platform, pb::GetRequest { id: old_id }))
+        .get(&app.platform, pb::GetRequest { id: old_id })
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert_eq!(old.state(), pb::State::Active);
 
     // With the full value it may revoke.
     let tomb = c
-        .revoke(authed(
-            &finder,
-            pb::RevokeRequest {
-                target: Some(By::Token(leaked.clone())),
-                reason: "found on a pastebin".into(),
-            },
-        ))
+        .revoke_value(&finder, &leaked, "found on a pastebin")
         .await
-        .unwrap()
-        .into_inner()
-        .token
         .unwrap();
     assert_eq!(tomb.id, id);
     assert_eq!(tomb.account_id, ACCOUNT);
@@ -1307,33 +1210,20 @@ async fn revoke_by_value_works_from_another_account() {
     );
 
     // Idempotent, also for a caller without any tokens:* module.
-    let again = c
-        .revoke(authed(
-            &nobody,
-            pb::RevokeRequest {
-                target: Some(By::Token(leaked.clone())),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-        .unwrap();
+    let again = c.revoke_value(&nobody, &leaked, "").await.unwrap();
     assert_eq!(again.id, id);
     assert_eq!(again.state(), pb::State::Revoked);
 
     let events = c
-        .list_events(authed(
+        .list_events(
             &app.platform,
             pb::ListEventsRequest {
                 token_id: id.clone(),
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .events;
     let revoked: Vec<_> = events
         .iter()
@@ -1364,7 +1254,7 @@ fn violation_field(s: &Status) -> String {
 #[tokio::test]
 async fn issue_grants_only_held_privileges() {
     let env = Env::new().await;
-    let mut c = env.client.clone();
+    let c = env.client.clone();
     // (caller, modules to grant, expected code, expected violated field)
     #[rustfmt::skip]
     let cases: &[(Who, &[&str], Code, &str)] = &[
@@ -1391,20 +1281,20 @@ async fn issue_grants_only_held_privileges() {
     for (n, (who, modules, code, field)) in cases.iter().enumerate() {
         let name = format!("grant {n}");
         let r = c
-            .issue(authed(
+            .issue(
                 env.cred(*who),
                 pb::IssueRequest {
                     name: name.clone(),
                     modules: strings(modules),
                     ..Default::default()
                 },
-            ))
+            )
             .await;
         let stored = env.named(&name).await;
         let label = format!("Issue by {who:?} of {modules:?}");
         match r {
             Ok(resp) => {
-                let t = resp.into_inner().token.unwrap();
+                let t = resp.token.unwrap();
                 if *code != Code::Ok {
                     problems.push(format!("{label}: OK, want {code:?}"));
                 }
@@ -1465,7 +1355,7 @@ type UpdateCase = (
 #[tokio::test]
 async fn update_and_duplicate_cannot_hand_out_unheld_privileges() {
     let env = Env::new().await;
-    let mut c = env.client.clone();
+    let c = env.client.clone();
     let root = env.app.platform.clone();
     let mut problems = Vec::new();
 
@@ -1484,7 +1374,7 @@ async fn update_and_duplicate_cannot_hand_out_unheld_privileges() {
     for (who, owner, before, after, code) in updates {
         let (id, _) = env.app.token_for(ACCOUNT, owner, before).await;
         let r = c
-            .update(authed(
+            .update(
                 env.cred(*who),
                 pb::UpdateRequest {
                     id: id.clone(),
@@ -1494,7 +1384,7 @@ async fn update_and_duplicate_cannot_hand_out_unheld_privileges() {
                     }),
                     ..Default::default()
                 },
-            ))
+            )
             .await;
         let got = outcome_of(&r);
         let now = env.get(&id).await.modules;
@@ -1546,13 +1436,13 @@ async fn update_and_duplicate_cannot_hand_out_unheld_privileges() {
             .unwrap()
             .id;
         let r = c
-            .duplicate(authed(
+            .duplicate(
                 env.cred(*who),
                 pb::DuplicateRequest {
                     id,
                     name: String::new(),
                 },
-            ))
+            )
             .await;
         let got = outcome_of(&r);
         let copies = env.named(&format!("{name} (copy)")).await;
@@ -1578,19 +1468,19 @@ async fn update_and_duplicate_cannot_hand_out_unheld_privileges() {
 #[tokio::test]
 async fn rotate_cannot_hand_out_unheld_privileges() {
     let env = Env::new().await;
-    let mut c = env.client.clone();
+    let c = env.client.clone();
     let admin = env.cred(W::Admin).to_owned();
     let mut problems = Vec::new();
     for modules in [&["tokens:platform"][..], &["tokens:validate"][..]] {
         let (id, value) = env.app.token_for(ACCOUNT, OTHER_OWNER, modules).await;
         let r = c
-            .rotate(authed(
+            .rotate(
                 &admin,
                 pb::RotateRequest {
                     id,
                     grace_period: None,
                 },
-            ))
+            )
             .await;
         match r {
             Err(s) if s.code() == Code::PermissionDenied => {}
@@ -1600,16 +1490,16 @@ async fn rotate_cannot_hand_out_unheld_privileges() {
                 s.message()
             )),
             Ok(resp) => {
-                let secret = resp.into_inner().secret;
+                let secret = resp.secret;
                 let escalated = c
-                    .issue(authed(
+                    .issue(
                         &secret,
                         pb::IssueRequest {
                             account_id: OTHER_ACCOUNT.into(),
                             name: "escalated".into(),
                             ..Default::default()
                         },
-                    ))
+                    )
                     .await
                     .map(|_| ())
                     .map_err(|s| s.code());

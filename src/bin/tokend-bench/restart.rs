@@ -13,6 +13,10 @@
 //! The passes are driven by this process's own tonic client (128 requests in
 //! flight over 4 connections, on a runtime of its own): h2load sends one
 //! body per process, and every request here carries a different token.
+//!
+//! Longer than the usual file: its passes (warm, cold, miss cost, large
+//! start, flood) share the seeded store, the server restarts between them
+//! and the client, and read as one experiment.
 
 use std::{
     path::{Path, PathBuf},
@@ -220,8 +224,8 @@ pub async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
     })
     .expect("hasher");
     let shared = hasher.hash("not any token's secret").await.expect("hash");
-    let actor = Actor {
-        token_id: "tokend-bench".into(),
+    let actor = Actor::Tool {
+        name: "tokend-bench".into(),
         owner_id: "bench".into(),
     };
     let now = Utc::now();

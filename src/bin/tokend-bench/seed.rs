@@ -63,8 +63,8 @@ pub async fn seed(url: &str, key_file: &std::path::Path, n: usize, sample_every:
     let hash: SecretHash = hasher.hash(shared.secret()).await.expect("argon2");
     println!("seed: one argon2id hash (m=256 KiB, t=1) shared by all {n} seeded tokens");
 
-    let actor = Actor {
-        token_id: "tokend-bench".into(),
+    let actor = Actor::Tool {
+        name: "tokend-bench".into(),
         owner_id: "ops".into(),
     };
     let started = Instant::now();

@@ -9,13 +9,21 @@
 //! health NOT_SERVING -> wait `drain_delay` -> stop accepting -> finish in-flight
 //! calls -> stop the background tasks and wait for them (final last-used and
 //! verifier flush).
+//!
+//! The background tasks are in `background`; what can stop start-up is
+//! `StartupError` (`error`).
+
+mod background;
+mod error;
+
+use self::background::{background, serve_forward_auth, serve_metrics};
+pub use self::error::StartupError;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
@@ -26,26 +34,21 @@ use crate::{
     config::Config,
     domain::token_value::valid_prefix,
     error::{Error, Result},
-    health::{Condition, FollowerStatus, Health},
-    http,
-    manage::TokenManager,
+    health::{Condition, Health},
+    manage::{Secrets, TokenManager},
     pb,
     store::Store,
     supervisor::Supervisor,
-    telemetry::{
-        metrics::{self, Scrape, Source},
-        rpc::RpcMetricsLayer,
-    },
+    telemetry::{metrics, rpc::RpcMetricsLayer},
     tls::Tls,
     validation::{
         Validator,
         backfill::VerifierBackfill,
         cache::VerifiedCache,
-        coherence,
+        clock::Clock,
         hasher::Hasher,
         key_file::{self, KeySource},
-        usage::{UsageRecorder, run_flusher},
-        warm,
+        usage::UsageRecorder,
     },
 };
 
@@ -57,17 +60,20 @@ pub struct Services {
     pub store: Arc<Store>,
     pub usage: Arc<UsageRecorder>,
     pub backfill: Arc<VerifierBackfill>,
+    pub validator: Arc<Validator>,
     pub manager: Arc<TokenManager>,
+    /// The one clock of this process (the system clock).
+    pub clock: Clock,
 }
 
 impl Services {
     /// Connects, migrates and wires everything.
-    pub async fn build(config: &Config) -> Result<Self> {
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
         if !valid_prefix(&config.token_prefix) {
-            return Err(Error::invalid(
-                "token_prefix",
-                "must be 1..=16 lowercase letters or digits",
-            ));
+            return Err(StartupError::Setting {
+                setting: "token_prefix",
+                problem: "must be 1..=16 lowercase letters or digits",
+            });
         }
         let store = Arc::new(Store::connect(&config.store()).await?);
         let (keyring, source) = key_file::load(
@@ -92,14 +98,16 @@ impl Services {
         }
         store.migrate().await?;
         let hasher = Arc::new(Hasher::start(&config.hasher())?);
+        let keyring = Arc::new(keyring);
         let usage = Arc::new(UsageRecorder::default());
         let backfill = Arc::new(VerifierBackfill::default());
+        let clock = Clock::system();
         let validator = Arc::new(Validator::new(
             Arc::clone(&store),
-            hasher,
+            Arc::clone(&hasher),
             VerifiedCache::new(
                 config.cache(),
-                Arc::new(keyring),
+                Arc::clone(&keyring),
                 crate::api::wire::encode_verified,
             ),
             Arc::clone(&usage),
@@ -107,20 +115,24 @@ impl Services {
         ));
         let manager = Arc::new(TokenManager::new(
             Arc::clone(&store),
-            validator,
+            Arc::clone(&validator),
+            Secrets { hasher, keyring },
+            clock.clone(),
             config.policy()?,
         ));
         Ok(Self {
             store,
             usage,
             backfill,
+            validator,
             manager,
+            clock,
         })
     }
 }
 
 /// The metrics listener, bound in `build`.
-struct MetricsListener {
+pub(crate) struct MetricsListener {
     listener: TcpListener,
     addr: SocketAddr,
     handle: PrometheusHandle,
@@ -138,18 +150,21 @@ pub struct Application {
     config: Config,
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr)> {
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<(TcpListener, SocketAddr), StartupError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Internal(format!("cannot listen on {addr} ({what}): {e}")))?;
+        .map_err(|source| StartupError::Listen { addr, what, source })?;
     let bound = listener
         .local_addr()
-        .map_err(|e| Error::Internal(format!("{what} listener address: {e}")))?;
+        .map_err(|source| StartupError::ListenerAddress { what, source })?;
     Ok((listener, bound))
 }
 
 impl Application {
-    pub async fn build(config: &Config) -> Result<Self> {
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
         // First, so every part records from its first call on.
         let handle = config
             .metrics_listen
@@ -252,10 +267,10 @@ impl Application {
         };
         let reflection_v1 = reflection()
             .build_v1()
-            .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
         let reflection_v1alpha = reflection()
             .build_v1alpha()
-            .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
+            .map_err(|e| StartupError::Reflection(e.to_string()))?;
 
         let postgres = services.store.is_shared();
         let supervisor = Supervisor::new();
@@ -293,9 +308,10 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TokenServiceServer::new(TokenApi::new(Arc::clone(
-                &services.manager,
-            ))))
+            .add_service(TokenServiceServer::new(TokenApi::new(
+                Arc::clone(&services.manager),
+                services.clock.clone(),
+            )))
             .add_service(AuthorizationServer::new(ExtAuthzApi::new(Arc::clone(
                 &services.manager,
             ))));
@@ -321,7 +337,7 @@ impl Application {
         // In-flight calls are done: stop the background work, which ends
         // with a final last-used flush.
         supervisor.shutdown().await;
-        let validator = services.manager.validator();
+        let validator = &services.validator;
         tracing::info!(
             argon2_verifications = validator.hasher().verifications(),
             cache_entries = validator.cache().len(),
@@ -329,201 +345,6 @@ impl Application {
             "tokend stopped"
         );
         served.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
-    }
-}
-
-/// Starts the supervised background tasks of `services`.
-fn background(
-    supervisor: &Supervisor,
-    services: &Services,
-    config: &Config,
-    health: &Health,
-    postgres: bool,
-) {
-    let (store, usage) = (&services.store, &services.usage);
-    let interval = config.last_used_flush_interval;
-    {
-        let (usage, backfill, store) = (
-            Arc::clone(usage),
-            Arc::clone(&services.backfill),
-            Arc::clone(store),
-        );
-        supervisor.spawn("last-used flusher", move |_, stop| {
-            run_flusher(
-                Arc::clone(&usage),
-                Arc::clone(&backfill),
-                Arc::clone(&store),
-                interval,
-                stop,
-            )
-        });
-    }
-    {
-        let validator = Arc::clone(services.manager.validator_arc());
-        let (warm, health) = (config.warm(), health.clone());
-        supervisor.spawn("warm start", move |_, stop| {
-            warm_then_ready(Arc::clone(&validator), warm.clone(), health.clone(), stop)
-        });
-    }
-    {
-        let (store, health) = (Arc::clone(store), health.clone());
-        let unhealthy_after = config.store_unhealthy_after;
-        supervisor.spawn("store watcher", move |_, stop| {
-            watch_store(Arc::clone(&store), health.clone(), unhealthy_after, stop)
-        });
-    }
-    // Audit retention (ops::retention): only when a retention is set.
-    if let Some(retention) = config.event_retention {
-        let store = Arc::clone(store);
-        let interval = config.event_prune_interval;
-        supervisor.spawn("audit retention", move |_, stop| {
-            crate::ops::retention::run(Arc::clone(&store), retention, interval, stop)
-        });
-    }
-    if postgres {
-        let status = FollowerStatus::new(health.clone());
-        let store = Arc::clone(store);
-        let validator = Arc::clone(services.manager.validator_arc());
-        let coherence = config.coherence();
-        supervisor.spawn("change-log follower", move |attempt, stop| {
-            let (store, validator) = (Arc::clone(&store), Arc::clone(&validator));
-            let (coherence, status) = (coherence.clone(), Arc::clone(&status));
-            async move {
-                let _session = status.session();
-                if attempt > 0 {
-                    // What changed while no follower ran is unknown: the
-                    // cache starts again from the store.
-                    tracing::warn!("change-log follower restarted; clearing the Validate cache");
-                    validator.cache().clear();
-                }
-                coherence::run(store, validator, coherence, stop, Arc::clone(&status)).await
-            }
-        });
-    }
-}
-
-/// Serves `/metrics` (and upkeeps the histograms) under the supervisor.
-fn serve_metrics(
-    supervisor: &Supervisor,
-    m: MetricsListener,
-    services: &Services,
-    health: &Health,
-) {
-    let validator = Arc::clone(services.manager.validator_arc());
-    let store = Arc::clone(&services.store);
-    let usage = Arc::clone(&services.usage);
-    let sources: Vec<Source> = vec![
-        Box::new(move || {
-            let cache = validator.cache();
-            let (failed, unknown, failures) = cache.negative_len();
-            metrics::cache_entries(cache.len(), failed, unknown, failures);
-            metrics::argon2_verifications(validator.hasher().verifications());
-        }),
-        Box::new(move || metrics::store_statements(store.statements_executed())),
-        Box::new(move || metrics::last_used_pending(usage.pending())),
-    ];
-    let scrape = Scrape::new(m.handle, sources);
-    let router = http::router(Arc::clone(&scrape), health.clone());
-    let (addr, mut first) = (m.addr, Some(m.listener));
-    tracing::info!(%addr, "metrics on http://{addr}/metrics");
-    supervisor.spawn("metrics listener", move |_, stop| {
-        let (listener, router) = (first.take(), router.clone());
-        async move {
-            let listener = match listener {
-                Some(l) => l,
-                None => bind(addr, "metrics").await?.0,
-            };
-            http::serve(listener, None, router, stop, "metrics").await
-        }
-    });
-    supervisor.spawn("metrics upkeep", move |_, stop| {
-        let scrape = Arc::clone(&scrape);
-        async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_secs(5)) => scrape.upkeep(),
-                }
-            }
-        }
-    });
-}
-
-/// Serves forward-auth for gateways on `--http-listen` under the supervisor.
-fn serve_forward_auth(
-    supervisor: &Supervisor,
-    listener: TcpListener,
-    addr: SocketAddr,
-    tls: Option<Arc<Tls>>,
-    services: &Services,
-) {
-    let router = http::forward_auth::router(Arc::clone(&services.manager));
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, "forward-auth on {scheme}://{addr}{}", http::forward_auth::PATH);
-    let mut first = Some(listener);
-    supervisor.spawn("forward-auth listener", move |_, stop| {
-        let (listener, router, tls) = (first.take(), router.clone(), tls.clone());
-        async move {
-            let listener = match listener {
-                Some(l) => l,
-                None => bind(addr, "HTTP").await?.0,
-            };
-            http::serve(listener, tls.as_deref(), router, stop, "HTTP").await
-        }
-    });
-}
-
-/// Waits until changes are followed (on PostgreSQL: so none committed during
-/// the load is lost), loads the Validate cache, logs how many live tokens
-/// still need a verifier under the current key, then lets health report
-/// SERVING.
-async fn warm_then_ready(
-    validator: Arc<Validator>,
-    config: warm::WarmConfig,
-    health: Health,
-    stop: CancellationToken,
-) -> Result<()> {
-    tokio::select! {
-        () = stop.cancelled() => return Ok(()),
-        followed = tokio::time::timeout(config.timeout, health.until_met(Condition::Follower)) => {
-            if followed.is_err() {
-                tracing::warn!("the change log is not followed yet; warm start skipped");
-                health.set(Condition::Warming, true);
-                return Ok(());
-            }
-        }
-    }
-    tokio::select! {
-        () = stop.cancelled() => return Ok(()),
-        _ = warm::run(&validator, &config) => {}
-    }
-    report_key_usage(&validator).await;
-    health.set(Condition::Warming, true);
-    Ok(())
-}
-
-/// Logs how many live tokens are not yet under the current verifier key (so
-/// an operator knows when an older key can be dropped). Before SERVING, so
-/// that it is start-up work, not traffic.
-async fn report_key_usage(validator: &Validator) {
-    match validator.store().verifier_key_usage().await {
-        Ok(usage) => {
-            let keyring = validator.cache().keyring();
-            let current: i64 = usage
-                .iter()
-                .filter(|u| u.key_id.as_deref() == Some(keyring.current_id()))
-                .map(|u| u.tokens)
-                .sum();
-            let others: i64 = usage.iter().map(|u| u.tokens).sum::<i64>() - current;
-            if others > 0 {
-                tracing::info!(
-                    live_tokens_not_under_current_key = others,
-                    live_tokens_under_current_key = current,
-                    "verifiers: tokens not yet under the current key are rewritten on their next use; `tokend key-status` shows them per key"
-                );
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot count verifiers per key"),
     }
 }
 
@@ -537,42 +358,6 @@ async fn drain(shutdown: impl Future<Output = ()>, health: Health, delay: Durati
     // Let the reporter publish NOT_SERVING before the delay starts.
     tokio::task::yield_now().await;
     tokio::time::sleep(delay).await;
-}
-
-/// Marks the store condition failing while the store has been unreachable
-/// for longer than `unhealthy_after`, and met again once it answers.
-async fn watch_store(
-    store: Arc<Store>,
-    health: Health,
-    unhealthy_after: Duration,
-    stop: CancellationToken,
-) -> Result<()> {
-    let period = (unhealthy_after / 3).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let mut failing_since: Option<std::time::Instant> = None;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            () = tokio::time::sleep(period) => {}
-        }
-        let ok = matches!(
-            tokio::time::timeout(period.max(Duration::from_millis(500)), store.ping()).await,
-            Ok(Ok(()))
-        );
-        if ok {
-            if failing_since.take().is_some() {
-                tracing::info!("store reachable again");
-            }
-            health.set(Condition::Store, true);
-        } else {
-            let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-            if since.elapsed() >= unhealthy_after {
-                if health.is_serving() {
-                    tracing::warn!(unreachable_for = ?since.elapsed(), "store unreachable: NOT_SERVING");
-                }
-                health.set(Condition::Store, false);
-            }
-        }
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
