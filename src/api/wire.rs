@@ -90,20 +90,25 @@ fn put(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
 pub fn encode_verified(token: &ValidationView<'_>) -> Box<[u8]> {
     use field::{map_entry, response as f};
     let mut buf = Vec::with_capacity(128);
-    put(&mut buf, f::TOKEN_ID, token.id.as_str().as_bytes());
-    put(&mut buf, f::ACCOUNT_ID, token.account_id.as_bytes());
-    put(&mut buf, f::OWNER_ID, token.owner_id.as_bytes());
+    // As prost writes them: a singular string (and a map entry's key or
+    // value) only when not empty; every element of a repeated one.
+    fn put_unless_empty(buf: &mut Vec<u8>, tag: u32, text: &str) {
+        if !text.is_empty() {
+            put(buf, tag, text.as_bytes());
+        }
+    }
+    put_unless_empty(&mut buf, f::TOKEN_ID, token.id.as_str());
+    put_unless_empty(&mut buf, f::ACCOUNT_ID, token.account_id);
+    put_unless_empty(&mut buf, f::OWNER_ID, token.owner_id);
     for m in token.modules {
         put(&mut buf, f::MODULES, m.as_bytes());
     }
-    if !token.api_version.is_empty() {
-        put(&mut buf, f::API_VERSION, token.api_version.as_bytes());
-    }
+    put_unless_empty(&mut buf, f::API_VERSION, token.api_version);
     let mut entry = Vec::new();
     for (k, v) in token.metadata {
         entry.clear();
-        put(&mut entry, map_entry::KEY, k.as_bytes());
-        put(&mut entry, map_entry::VALUE, v.as_bytes());
+        put_unless_empty(&mut entry, map_entry::KEY, k);
+        put_unless_empty(&mut entry, map_entry::VALUE, v);
         put(&mut buf, f::METADATA, &entry);
     }
     if let Some(t) = token.expires_at {
@@ -347,3 +352,6 @@ impl Message for ValidateReply {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

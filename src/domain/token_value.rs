@@ -421,4 +421,65 @@ mod tests {
         assert!(!valid_prefix("t_k"));
         assert!(!valid_prefix(&"a".repeat(17)));
     }
+
+    mod props {
+        //! The parser reads values straight off the network: arbitrary text
+        //! and near-misses of real values never panic it, and what it accepts
+        //! is exactly what was presented. (That a changed character is never
+        //! accepted as the token, checksum or not, is `validation::typo_tests`.)
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Accepted values are the text as presented, split where the format says.
+        fn accepted_as_presented(text: &str) -> Result<(), TestCaseError> {
+            if let Ok(v) = TokenValue::parse(text) {
+                prop_assert_eq!(v.expose(), text);
+                prop_assert_eq!(v.text_len(), text.len());
+                let signed = &text[..text.len() - CHECKSUM_LEN];
+                prop_assert!(signed.ends_with(v.secret()));
+                prop_assert!(signed.ends_with(std::str::from_utf8(v.id_and_secret()).unwrap()));
+                let id = format!("_{}_", v.id());
+                prop_assert!(signed.contains(&id));
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 1000,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn arbitrary_text_never_panics_the_parser(text in ".{0,600}") {
+                accepted_as_presented(&text)?;
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_the_parser(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+                accepted_as_presented(&String::from_utf8_lossy(&bytes))?;
+            }
+
+            /// Near-misses reach the checks past the first: real values with
+            /// characters replaced, removed or inserted, under any prefix.
+            #[test]
+            fn edited_values_never_panic_the_parser(
+                prefix in "[a-z0-9]{1,16}",
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 0..4),
+            ) {
+                let mut chars: Vec<char> = TokenValue::generate(&prefix).unwrap().expose().chars().collect();
+                for (at, c, how) in edits {
+                    let i = at.index(chars.len() + 1);
+                    match how {
+                        0 if i < chars.len() => chars[i] = c,
+                        1 if i < chars.len() => { chars.remove(i); }
+                        _ => chars.insert(i, c),
+                    }
+                }
+                accepted_as_presented(&chars.into_iter().collect::<String>())?;
+            }
+        }
+    }
 }

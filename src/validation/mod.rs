@@ -29,6 +29,9 @@ pub mod usage;
 pub mod verifier;
 pub mod warm;
 
+#[cfg(test)]
+mod typo_tests;
+
 use std::{fmt, sync::Arc};
 
 use self::{

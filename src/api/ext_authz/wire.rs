@@ -265,14 +265,28 @@ impl Writer {
         encoding::encode_varint(v, &mut self.0);
     }
 
+    /// A nested message, written in place: the key, a one-byte length
+    /// placeholder, the body, then the length. Most nested messages here are
+    /// under 128 bytes, so the placeholder is the whole length; a longer one
+    /// moves its body right by the varint's extra bytes. No allocation per
+    /// message (this runs ~30 times per allowed reply).
     fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self)) {
-        let start = self.0.len();
+        encoding::encode_key(tag, WireType::LengthDelimited, &mut self.0);
+        let at = self.0.len();
+        self.0.push(0);
         body(self);
-        let len = self.0.len() - start;
-        let mut head = Vec::with_capacity(12);
-        encoding::encode_key(tag, WireType::LengthDelimited, &mut head);
-        encoding::encode_varint(len as u64, &mut head);
-        self.0.splice(start..start, head);
+        let len = self.0.len() - at - 1;
+        if let Ok(byte @ 0..=127) = u8::try_from(len) {
+            self.0[at] = byte;
+            return;
+        }
+        let mut varint = [0u8; 10];
+        let n = {
+            let mut out = &mut varint[..];
+            encoding::encode_varint(len as u64, &mut out);
+            10 - out.len()
+        };
+        self.0.splice(at..=at, varint[..n].iter().copied());
     }
 
     /// A `HeaderValueOption` that overwrites what the client sent.

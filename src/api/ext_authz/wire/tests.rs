@@ -181,6 +181,61 @@ fn an_allowed_reply_decodes_to_the_envoy_types_message() {
     );
 }
 
+/// Nested messages longer than 127 bytes (a two- or three-byte length) are
+/// encoded in place as prost would: long ids and many modules.
+#[test]
+fn an_allowed_reply_with_long_fields_decodes_to_the_envoy_types_message() {
+    let account = "a".repeat(200);
+    let owner = "o".repeat(20_000);
+    let modules: Vec<String> = (0..64).map(|i| format!("module-{i:02}:read")).collect();
+    let joined = modules.join(",");
+    let headers = [
+        ("x-tokend-account-id", account.as_str().into()),
+        ("x-tokend-modules", joined.as_str().into()),
+    ];
+    let reply = CheckReply::allowed(
+        Allowed {
+            headers: &headers,
+            remove: "authorization",
+            token_id: "abc",
+            account_id: &account,
+            owner_id: &owner,
+            api_version: "2024-06-01",
+        },
+        modules.iter().map(String::as_str),
+    );
+    let message = reply.to_message();
+    let Some(HttpResponse::OkResponse(ok)) = &message.http_response else {
+        panic!("not an OK response: {message:?}");
+    };
+    assert_eq!(
+        ok.headers,
+        vec![
+            option("x-tokend-account-id", &account),
+            option("x-tokend-modules", &joined),
+        ]
+    );
+    let fields = &message.dynamic_metadata.as_ref().unwrap().fields;
+    assert_eq!(fields["account_id"], string(&account));
+    assert_eq!(fields["owner_id"], string(&owner));
+    assert_eq!(
+        fields["modules"],
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: modules.iter().map(|m| string(m)).collect(),
+            })),
+        }
+    );
+    // As long as prost's encoding of the same message (the metadata is a
+    // map, which prost writes in no fixed order, so lengths, not bytes).
+    let bytes = reply.encode_to_vec();
+    assert_eq!(bytes.len(), message.encode_to_vec().len());
+    assert_eq!(
+        CheckReply::decode(bytes.as_slice()).unwrap().to_message(),
+        message
+    );
+}
+
 #[test]
 fn a_denied_reply_decodes_to_the_envoy_types_message() {
     let reply = CheckReply::denied(
