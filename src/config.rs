@@ -1,6 +1,13 @@
 //! Configuration, layered: built-in defaults < `TOKEND_*` environment < flags.
 //! clap does the layering, so `--help` documents every setting with its
-//! environment variable and default.
+//! environment variable and default. The `--policy-*` flags live in
+//! `config/policy_defaults.rs`, the `--watch-*` flags in `config/watch.rs`.
+
+mod policy_defaults;
+mod watch;
+
+pub use policy_defaults::PolicyDefaults;
+pub use watch::WatchFlags;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -327,6 +334,10 @@ pub struct Config {
     /// /v1/forward-auth, over TLS when --tls-cert is set. Off unless set.
     #[arg(long, env = "TOKEND_HTTP_LISTEN", global = true)]
     pub http_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub policy_defaults: PolicyDefaults,
+    #[command(flatten)]
+    pub watch: WatchFlags,
 }
 
 impl Default for Config {
@@ -395,12 +406,20 @@ impl Config {
         }
     }
 
-    pub fn policy(&self) -> Policy {
-        Policy {
+    /// The service-wide rules; fails on `--policy-*` defaults that would be
+    /// refused through the API.
+    pub fn policy(&self) -> crate::error::Result<Policy> {
+        Ok(Policy {
             prefix: self.token_prefix.clone(),
             per_owner_limit: self.max_tokens_per_owner,
             max_rotate_grace: self.max_rotate_grace,
-        }
+            account_defaults: self.policy_defaults.account_policy()?,
+            watch: crate::manage_watch::WatchConfig {
+                buffer: self.watch.watch_buffer,
+                lag_timeout: self.watch.watch_lag_timeout,
+                poll_interval: self.change_poll_interval,
+            },
+        })
     }
 }
 

@@ -78,7 +78,7 @@ pub fn opt_token_id(field: &str, s: &str) -> Parsed<Option<TokenId>> {
     }
 }
 
-fn opt_account(field: &str, s: &str) -> Parsed<Option<AccountId>> {
+pub(super) fn opt_account(field: &str, s: &str) -> Parsed<Option<AccountId>> {
     optional(s, |s| AccountId::parse(field, s))
 }
 
@@ -231,6 +231,9 @@ pub fn search_input(r: pb::SearchRequest) -> Result<SearchInput> {
         page_size: page::page_size("page_size", r.page_size)?,
         page_token: page_token(r.page_token),
         include_total: r.include_total,
+        expires_before: opt_timestamp("expires_before", r.expires_before.as_ref())?,
+        expires_after: opt_timestamp("expires_after", r.expires_after.as_ref())?,
+        breaks_policy: r.breaks_policy,
     })
 }
 
@@ -288,6 +291,21 @@ pub(super) fn event_kind_to_pb(k: EventKind) -> pb::EventKind {
         EventKind::Revoked => pb::EventKind::Revoked,
         EventKind::Rotated => pb::EventKind::Rotated,
         EventKind::Duplicated => pb::EventKind::Duplicated,
+        EventKind::PolicyUpdated => pb::EventKind::PolicyUpdated,
+    }
+}
+
+/// A requested event kind; UNSPECIFIED and unknown values are refused.
+pub(super) fn event_kind_from_pb(field: &str, value: i32) -> Parsed<EventKind> {
+    match pb::EventKind::try_from(value) {
+        Ok(k) => EventKind::ALL
+            .into_iter()
+            .find(|d| event_kind_to_pb(*d) == k)
+            .ok_or_else(|| FieldViolation::new(field, "must not be EVENT_KIND_UNSPECIFIED")),
+        Err(_) => Err(FieldViolation::new(
+            field,
+            format!("unknown event kind value {value}"),
+        )),
     }
 }
 

@@ -12,6 +12,8 @@ mod convert;
 pub mod export;
 pub mod ext_authz;
 pub mod gateway;
+mod policy;
+mod watch;
 pub mod wire;
 
 use std::sync::Arc;
@@ -264,6 +266,8 @@ fn reply<T>(result: Result<T>) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
+    type WatchEventsStream = watch::WatchStream;
+
     #[instrument(
         level = "debug",
         name = "Issue",
@@ -387,6 +391,45 @@ impl TokenService for TokenApi {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         reply(self.inner_list_events(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "GetAccountPolicy",
+        skip_all,
+        fields(caller, account)
+    )]
+    async fn get_account_policy(
+        &self,
+        request: Request<pb::GetAccountPolicyRequest>,
+    ) -> Result<Response<pb::GetAccountPolicyResponse>, Status> {
+        reply(self.inner_get_account_policy(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "UpdateAccountPolicy",
+        skip_all,
+        fields(caller, account)
+    )]
+    async fn update_account_policy(
+        &self,
+        request: Request<pb::UpdateAccountPolicyRequest>,
+    ) -> Result<Response<pb::UpdateAccountPolicyResponse>, Status> {
+        reply(self.inner_update_account_policy(request).await)
+    }
+
+    #[instrument(
+        level = "debug",
+        name = "WatchEvents",
+        skip_all,
+        fields(caller, account)
+    )]
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        reply(self.inner_watch_events(request).await)
     }
 }
 

@@ -4,6 +4,7 @@
 //! - `fields`: parse-don't-validate newtypes for every user-supplied field.
 //! - `state`: the Active / Disabled / Revoked state machine.
 //! - `identity`: a token's account, owner, modules and API version as shared plain values.
+//! - `policy`: account policies (lifetime, expiry, quota, unused tokens, CIDRs) and their checks.
 //! - `privilege`: callers, their `tokens:*` privileges and what they may touch.
 //! - `token`: the token record as the rest of the service sees it.
 //! - `page`: opaque, filter-bound keyset page tokens.
@@ -12,6 +13,7 @@ pub mod fields;
 pub mod identity;
 pub mod ids;
 pub mod page;
+pub mod policy;
 pub mod privilege;
 pub mod state;
 pub mod token;

@@ -207,10 +207,12 @@ pub enum EventKind {
     Revoked,
     Rotated,
     Duplicated,
+    /// An account's policy changed (the event names no token).
+    PolicyUpdated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         Self::Issued,
         Self::Updated,
         Self::Disabled,
@@ -218,6 +220,7 @@ impl EventKind {
         Self::Revoked,
         Self::Rotated,
         Self::Duplicated,
+        Self::PolicyUpdated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -229,6 +232,7 @@ impl EventKind {
             Self::Revoked => "revoked",
             Self::Rotated => "rotated",
             Self::Duplicated => "duplicated",
+            Self::PolicyUpdated => "policy_updated",
         }
     }
 

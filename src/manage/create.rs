@@ -104,6 +104,10 @@ impl TokenManager {
         }
         grant(caller, "modules", &input.modules)?;
         let now = self.now();
+        let rules = self.policies.effective(&account_id).await?;
+        rules
+            .check_expiry(input.expires_at, now)
+            .map_err(|b| crate::manage_policy::refuse_field("expires_at", b))?;
         let template = Template {
             account_id,
             owner_id,
@@ -123,6 +127,7 @@ impl TokenManager {
                 detail: String::new(),
             },
             now,
+            rules.per_owner_limit(self.policy.per_owner_limit),
         )
         .await
     }
@@ -150,7 +155,9 @@ impl TokenManager {
             },
             detail: "tokend bootstrap".into(),
         };
-        self.create(template, owner_id, event, self.now()).await
+        let limit = self.policy.per_owner_limit;
+        self.create(template, owner_id, event, self.now(), limit)
+            .await
     }
 
     pub async fn duplicate(
@@ -167,12 +174,17 @@ impl TokenManager {
         grant(caller, "modules", &source.modules)?;
         let now = self.now();
         let template = Template::duplicate_of(source, name, now);
+        let rules = self.policies.effective(&template.account_id).await?;
+        rules
+            .check_expiry(template.expires_at, now)
+            .map_err(|b| crate::manage_policy::refuse_token("duplicated", b))?;
         let event = NewEvent {
             kind: EventKind::Duplicated,
             actor: actor(caller),
             detail: format!("duplicate of {id}"),
         };
-        self.create(template, caller.owner_id().to_owned(), event, now)
+        let limit = rules.per_owner_limit(self.policy.per_owner_limit);
+        self.create(template, caller.owner_id().to_owned(), event, now, limit)
             .await
     }
 
@@ -182,6 +194,7 @@ impl TokenManager {
         created_by: String,
         event: NewEvent,
         now: DateTime<Utc>,
+        per_owner_limit: u32,
     ) -> Result<Issued> {
         let value = TokenValue::generate(&self.policy.prefix)
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -189,7 +202,7 @@ impl TokenManager {
         let verifier = self.keyring.seal(&value);
         let token = t.into_token(&value, created_by, secret_hash, verifier, now);
         self.store
-            .insert_token(&token, &event, self.policy.per_owner_limit)
+            .insert_token(&token, &event, per_owner_limit)
             .await?;
         self.validator.apply(&token, Some(&value));
         Ok(Issued { token, value })

@@ -68,6 +68,10 @@ pub struct SearchInput {
     pub page_token: Option<String>,
     /// Also count every match of the filters (ignoring paging).
     pub include_total: bool,
+    pub expires_before: Option<DateTime<Utc>>,
+    pub expires_after: Option<DateTime<Utc>>,
+    /// Tokens whose expiry breaks their account's current policy.
+    pub breaks_policy: bool,
 }
 
 /// One page of a Search.

@@ -171,6 +171,15 @@ fn rotated(
 impl TokenManager {
     pub async fn update(&self, caller: &Caller, id: TokenId, input: UpdateInput) -> Result<Token> {
         let actor = actor(caller);
+        // A new expiry must fit the policy of the token's account (which never changes).
+        if let Some(e) = input.expires_at {
+            let account = self.load(caller, id).await?.account_id;
+            self.policies
+                .effective(&account)
+                .await?
+                .check_expiry(e, self.now())
+                .map_err(|b| crate::manage_policy::refuse_field("expires_at", b))?;
+        }
         self.mutate(caller, id, None, |token| {
             token
                 .state
@@ -245,6 +254,11 @@ impl TokenManager {
             .state
             .ensure_mutable("rotated")
             .map_err(revoked_is_final)?;
+        self.policies
+            .effective(&current.account_id)
+            .await?
+            .check_expiry(current.expires_at, self.now())
+            .map_err(|b| crate::manage_policy::refuse_token("rotated", b))?;
         let value = crate::domain::TokenValue::generate_for(&self.policy.prefix, id)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let new = NewSecret {

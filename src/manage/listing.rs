@@ -35,6 +35,14 @@ impl TokenManager {
                 "must be before created_before",
             ));
         }
+        let breaks = match input.breaks_policy {
+            true => Some(
+                self.policies
+                    .breach_filter(caller, input.account_id.as_ref().map(|a| a.as_str()))
+                    .await?,
+            ),
+            false => None,
+        };
         let mut query = SearchQuery {
             scope: Some(scope.clone()),
             account_id: input.account_id.map(AccountId::into_inner),
@@ -45,6 +53,9 @@ impl TokenManager {
             created_before: input.created_before,
             last_used_before: input.last_used_before,
             last_used_after: input.last_used_after,
+            expires_before: input.expires_before,
+            expires_after: input.expires_after,
+            breaks,
             limit: input.page_size + 1,
             ..SearchQuery::default()
         };
@@ -82,6 +93,9 @@ impl TokenManager {
             .time(query.created_before)
             .time(query.last_used_before)
             .time(query.last_used_after)
+            .time(query.expires_before)
+            .time(query.expires_after)
+            .raw(if input.breaks_policy { "breaks" } else { "" })
             .fingerprint();
         if let Some(t) = &input.page_token {
             query.after = Some(TokenCursor::decode("page_token", t, filters)?);

@@ -36,6 +36,10 @@ pub struct Policy {
     pub prefix: String,
     pub per_owner_limit: u32,
     pub max_rotate_grace: Duration,
+    /// The policy of accounts that have none of their own.
+    pub account_defaults: crate::domain::policy::AccountPolicy,
+    /// WatchEvents' bounds.
+    pub watch: crate::manage_watch::WatchConfig,
 }
 
 /// The system clock at the precision the store keeps (microseconds), for
@@ -77,6 +81,8 @@ pub struct TokenManager {
     keyring: Arc<Keyring>,
     clock: Clock,
     policy: Policy,
+    policies: crate::manage_policy::AccountPolicies,
+    watchers: crate::manage_watch::Watchers,
 }
 
 impl TokenManager {
@@ -87,6 +93,12 @@ impl TokenManager {
         clock: Clock,
         policy: Policy,
     ) -> Self {
+        let policies = crate::manage_policy::AccountPolicies::new(
+            Arc::clone(&store),
+            policy.account_defaults.clone(),
+            clock.clone(),
+        );
+        let watchers = crate::manage_watch::Watchers::new(policy.watch.clone());
         Self {
             store,
             validator,
@@ -94,7 +106,28 @@ impl TokenManager {
             keyring: secrets.keyring,
             clock,
             policy,
+            policies,
+            watchers,
         }
+    }
+
+    /// Account policies (GetAccountPolicy, UpdateAccountPolicy).
+    pub fn policies(&self) -> &crate::manage_policy::AccountPolicies {
+        &self.policies
+    }
+
+    /// WatchEvents: the stream of `caller`'s events from `input`'s starting point.
+    pub async fn watch_events(
+        &self,
+        caller: &Caller,
+        input: crate::manage_watch::WatchInput,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::manage_watch::WatchItem>> {
+        self.watchers.start(&self.store, caller, input).await
+    }
+
+    /// Ends every WatchEvents stream (server drain).
+    pub fn stop_watches(&self) {
+        self.watchers.stop_all();
     }
 
     /// The validator the use-cases keep the cache coherent through; read by

@@ -118,7 +118,7 @@ impl Services {
             Arc::clone(&validator),
             Secrets { hasher, keyring },
             clock.clone(),
-            config.policy(),
+            config.policy()?,
         ));
         Ok(Self {
             store,
@@ -294,7 +294,14 @@ impl Application {
             serve_forward_auth(&supervisor, listener, addr, tls.clone(), &services);
         }
 
-        let drain = drain(shutdown, health, config.drain_delay);
+        let drain = {
+            let manager = Arc::clone(&services.manager);
+            async move {
+                drain(shutdown, health, config.drain_delay).await;
+                // Open streams would hold the graceful shutdown forever.
+                manager.stop_watches();
+            }
+        };
         tracing::info!(%addr, tls = tls.is_some(), "tokend serving");
         let router = Server::builder()
             .layer(RpcMetricsLayer)

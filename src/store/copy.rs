@@ -65,7 +65,7 @@ use sea_orm::{
 
 use super::{
     Store,
-    entities::{owner_quota, token, token_change, token_event},
+    entities::{account_policy, owner_quota, token, token_change, token_event},
 };
 use crate::error::{Error, Result};
 
@@ -97,6 +97,7 @@ pub enum Table {
     OwnerQuotas,
     TokenEvents,
     TokenChanges,
+    AccountPolicies,
 }
 
 /// Runs `$body` with `$E` bound to the entity of `$table`.
@@ -119,16 +120,21 @@ macro_rules! with_entity {
                 type $E = token_change::Entity;
                 $body
             }
+            Table::AccountPolicies => {
+                type $E = account_policy::Entity;
+                $body
+            }
         }
     };
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 5] = [
         Self::Tokens,
         Self::OwnerQuotas,
         Self::TokenEvents,
         Self::TokenChanges,
+        Self::AccountPolicies,
     ];
 
     pub fn name(self) -> &'static str {

@@ -65,11 +65,6 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            token_event::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&txn)
-                .await?;
-        }
         let quotas: Vec<owner_quota::ActiveModel> = live
             .into_iter()
             .map(|((account, owner), n)| owner_quota::ActiveModel {
@@ -99,7 +94,16 @@ impl Store {
                 .exec_without_returning(&txn)
                 .await?;
         }
+        // Last, after every row lock this transaction takes: the event-order
+        // lock's holders never wait for a row (see `store::watch`).
+        super::watch::order_events(&txn).await?;
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            token_event::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
         txn.commit().await?;
+        self.events_committed();
         Ok(())
     }
 }

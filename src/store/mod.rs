@@ -7,8 +7,10 @@
 //! - `tokens`: token reads and the transactional write paths.
 //! - `search`: Search and its total, served from indexes; `fold`: its case folding.
 //! - `events`: the audit-trail listing.
+//! - `policies`: account policies and their audited changes.
 //! - `changes`: the change log (+ NOTIFY) that keeps replica caches coherent.
 //! - `import`: bulk import of tokens with their audit events.
+//! - `watch`: events after an id and the commit signal (WatchEvents), in commit order.
 //! - `verifiers`: verifier write-behind, per-key counts, the warm-start read.
 //! - `audit`: audit retention (batched pruning) and export.
 //! - `copy`: store-to-store copy with verification (`tokend move`).
@@ -28,10 +30,12 @@ mod events;
 pub mod fold;
 mod import;
 pub mod migration;
+mod policies;
 mod search;
 pub mod sqlite_file;
 mod tokens;
 mod verifiers;
+mod watch;
 
 use std::{
     future::Future,
@@ -49,9 +53,10 @@ use secrecy::{ExposeSecret, SecretString};
 pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
-pub use search::{FTS_DRIVE_MAX, SearchPlans, SearchQuery};
+pub use search::{ExpiryBreach, FTS_DRIVE_MAX, SearchPlans, SearchQuery};
 pub use tokens::{Change, Updated};
 pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
+pub use watch::EventFilter;
 
 use crate::{
     error::{Error, Result, StoreFault},
@@ -84,6 +89,10 @@ pub struct Store {
     /// SQLite: the most name matches a Search looks up through the FTS index
     /// (`search::FTS_DRIVE_MAX` unless a test or benchmark changes it).
     fts_drive_max: AtomicU64,
+    /// Bumped whenever events may have committed (`watch`).
+    event_signal: tokio::sync::watch::Sender<u64>,
+    /// Whether the PostgreSQL event follower was started (`watch`).
+    event_follower: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -146,6 +155,8 @@ impl Store {
             timeout: config.timeout,
             statements,
             fts_drive_max: AtomicU64::new(search::FTS_DRIVE_MAX),
+            event_signal: tokio::sync::watch::Sender::new(0),
+            event_follower: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -49,8 +49,21 @@ pub struct SearchQuery {
     pub created_before: Option<chrono::DateTime<chrono::Utc>>,
     pub last_used_before: Option<chrono::DateTime<chrono::Utc>>,
     pub last_used_after: Option<chrono::DateTime<chrono::Utc>>,
+    pub expires_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Also finds tokens that never expire.
+    pub expires_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Tokens whose expiry breaks a policy (`ExpiryBreach`).
+    pub breaks: Option<ExpiryBreach>,
     pub after: Option<TokenCursor>,
     pub limit: u64,
+}
+
+/// The expiries that break a policy: none at all (when one is required),
+/// or one later than `later_than`. Neither set: nothing breaks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryBreach {
+    pub missing: bool,
+    pub later_than: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// SQLite: the most name matches the Fts plan looks up and sorts (a few ms);
@@ -171,6 +184,9 @@ impl Plan {
             || q.created_by.is_some()
             || q.last_used_before.is_some()
             || q.last_used_after.is_some()
+            || q.expires_before.is_some()
+            || q.expires_after.is_some()
+            || q.breaks.is_some()
             || matches!(q.scope, Some(Scope::Owner { .. }))
     }
 
@@ -244,6 +260,30 @@ impl Plan {
         }
         if let Some(t) = q.last_used_after {
             cond = cond.add(C::LastUsedAt.gte(t));
+        }
+        if let Some(t) = q.expires_before {
+            cond = cond.add(C::ExpiresAt.lt(t));
+        }
+        if let Some(t) = q.expires_after {
+            cond = cond.add(
+                Condition::any()
+                    .add(C::ExpiresAt.is_null())
+                    .add(C::ExpiresAt.gte(t)),
+            );
+        }
+        if let Some(b) = q.breaks {
+            let mut any = Condition::any();
+            if b.missing {
+                any = any.add(C::ExpiresAt.is_null());
+            }
+            if let Some(t) = b.later_than {
+                any = any.add(C::ExpiresAt.gt(t));
+            }
+            if !b.missing && b.later_than.is_none() {
+                // A policy without expiry rules: nothing breaks it.
+                any = any.add(Expr::val(1).eq(0));
+            }
+            cond = cond.add(any);
         }
         if let (Some(after), true) = (&q.after, paged) {
             // The first bound lets the index range start at the cursor.

@@ -105,9 +105,11 @@ impl Store {
                 )));
             }
             token::Entity::insert(token_to_active(token)?).exec_without_returning(&txn).await?;
+            super::watch::order_events(&txn).await?;
             insert_event(&txn, token, event).await?;
             super::changes::record(&txn, &self.instance, token.id).await?;
             txn.commit().await?;
+            self.events_committed();
             Ok(())
         })
         .await
@@ -155,9 +157,11 @@ impl Store {
                             .exec(&txn)
                             .await?;
                     }
+                    super::watch::order_events(&txn).await?;
                     insert_event(&txn, &token, &event).await?;
                     super::changes::record(&txn, &self.instance, token.id).await?;
                     txn.commit().await?;
+                    self.events_committed();
                     Ok(Updated::Committed(token))
                 }
             }

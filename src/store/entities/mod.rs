@@ -1,6 +1,7 @@
 //! sea-orm entities: one file per table. Only the store module uses them; the
 //! rest of the service sees `domain` types.
 
+pub mod account_policy;
 pub mod owner_quota;
 pub mod token;
 pub mod token_change;

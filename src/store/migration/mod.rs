@@ -8,6 +8,7 @@ mod m20261122_000002_change_log_and_search_indexes;
 mod m20261201_000003_token_verifiers;
 mod m20261201_000004_search_indexes;
 mod m20261201_000005_event_retention;
+mod m20261201_000006_account_policies;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_token_verifiers::Migration),
             Box::new(m20261201_000004_search_indexes::Migration),
             Box::new(m20261201_000005_event_retention::Migration),
+            Box::new(m20261201_000006_account_policies::Migration),
         ]
     }
 }
