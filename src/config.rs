@@ -414,7 +414,7 @@ impl Config {
             per_owner_limit: self.max_tokens_per_owner,
             max_rotate_grace: self.max_rotate_grace,
             account_defaults: self.policy_defaults.account_policy()?,
-            watch: crate::manage_watch::WatchConfig {
+            watch: crate::manage::watch::WatchConfig {
                 buffer: self.watch.watch_buffer,
                 lag_timeout: self.watch.watch_lag_timeout,
                 poll_interval: self.change_poll_interval,

@@ -8,9 +8,8 @@
 //!   `tls` (rustls, certificate reload), `http` (the metrics listener),
 //!   `health` (what grpc.health reports), `supervisor` (restarts background tasks).
 //! - `api/`: the gRPC wire layer (handlers only); `pb`: generated protobuf types.
-//! - `manage`: token-management use-cases (authorise, apply domain rules, commit, update the cache).
-//! - `manage_policy`: account policies (read, audited change) and the rules `manage` enforces.
-//! - `manage_watch`: WatchEvents, audit events streamed as they commit, resumable by id.
+//! - `manage`: token-management use-cases (authorise, apply domain rules, commit, update the cache),
+//!   account policies (`manage::policy`) and WatchEvents (`manage::watch`).
 //! - `validation/`: the Validate core: verified-token cache, argon2 pool, last-used batching.
 //! - `domain/`: token format, fields, state machine, privileges.
 //! - `store/`: sea-orm entities, migrations and queries.
@@ -25,8 +24,6 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod manage;
-pub mod manage_policy;
-pub mod manage_watch;
 pub mod ops;
 pub mod pb;
 pub mod startup;

@@ -13,7 +13,7 @@ use crate::{
         policy::{self, AccountPolicy, Cidr, PolicyField},
     },
     error::{Error, Result},
-    manage_policy::{PolicyPatch, PolicyView},
+    manage::policy::{PolicyPatch, PolicyView},
     pb,
 };
 

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    manage_watch::{WatchEnd, WatchInput, WatchItem},
+    manage::watch::{WatchEnd, WatchInput, WatchItem},
     pb,
 };
 

@@ -107,7 +107,7 @@ impl TokenManager {
         let rules = self.policies.effective(&account_id).await?;
         rules
             .check_expiry(input.expires_at, now)
-            .map_err(|b| crate::manage_policy::refuse_field("expires_at", b))?;
+            .map_err(|b| crate::manage::policy::refuse_field("expires_at", b))?;
         let template = Template {
             account_id,
             owner_id,
@@ -177,7 +177,7 @@ impl TokenManager {
         let rules = self.policies.effective(&template.account_id).await?;
         rules
             .check_expiry(template.expires_at, now)
-            .map_err(|b| crate::manage_policy::refuse_token("duplicated", b))?;
+            .map_err(|b| crate::manage::policy::refuse_token("duplicated", b))?;
         let event = NewEvent {
             kind: EventKind::Duplicated,
             actor: actor(caller),

@@ -178,7 +178,7 @@ impl TokenManager {
                 .effective(&account)
                 .await?
                 .check_expiry(e, self.now())
-                .map_err(|b| crate::manage_policy::refuse_field("expires_at", b))?;
+                .map_err(|b| crate::manage::policy::refuse_field("expires_at", b))?;
         }
         self.mutate(caller, id, None, |token| {
             token
@@ -258,7 +258,7 @@ impl TokenManager {
             .effective(&current.account_id)
             .await?
             .check_expiry(current.expires_at, self.now())
-            .map_err(|b| crate::manage_policy::refuse_token("rotated", b))?;
+            .map_err(|b| crate::manage::policy::refuse_token("rotated", b))?;
         let value = crate::domain::TokenValue::generate_for(&self.policy.prefix, id)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let new = NewSecret {

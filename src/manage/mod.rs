@@ -12,6 +12,8 @@ mod create;
 mod inputs;
 mod lifecycle;
 mod listing;
+pub mod policy;
+pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
@@ -39,7 +41,7 @@ pub struct Policy {
     /// The policy of accounts that have none of their own.
     pub account_defaults: crate::domain::policy::AccountPolicy,
     /// WatchEvents' bounds.
-    pub watch: crate::manage_watch::WatchConfig,
+    pub watch: crate::manage::watch::WatchConfig,
 }
 
 /// The system clock at the precision the store keeps (microseconds), for
@@ -81,8 +83,8 @@ pub struct TokenManager {
     keyring: Arc<Keyring>,
     clock: Clock,
     policy: Policy,
-    policies: crate::manage_policy::AccountPolicies,
-    watchers: crate::manage_watch::Watchers,
+    policies: crate::manage::policy::AccountPolicies,
+    watchers: crate::manage::watch::Watchers,
 }
 
 impl TokenManager {
@@ -93,12 +95,12 @@ impl TokenManager {
         clock: Clock,
         policy: Policy,
     ) -> Self {
-        let policies = crate::manage_policy::AccountPolicies::new(
+        let policies = crate::manage::policy::AccountPolicies::new(
             Arc::clone(&store),
             policy.account_defaults.clone(),
             clock.clone(),
         );
-        let watchers = crate::manage_watch::Watchers::new(policy.watch.clone());
+        let watchers = crate::manage::watch::Watchers::new(policy.watch.clone());
         Self {
             store,
             validator,
@@ -112,7 +114,7 @@ impl TokenManager {
     }
 
     /// Account policies (GetAccountPolicy, UpdateAccountPolicy).
-    pub fn policies(&self) -> &crate::manage_policy::AccountPolicies {
+    pub fn policies(&self) -> &crate::manage::policy::AccountPolicies {
         &self.policies
     }
 
@@ -120,8 +122,8 @@ impl TokenManager {
     pub async fn watch_events(
         &self,
         caller: &Caller,
-        input: crate::manage_watch::WatchInput,
-    ) -> Result<tokio::sync::mpsc::Receiver<crate::manage_watch::WatchItem>> {
+        input: crate::manage::watch::WatchInput,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::manage::watch::WatchItem>> {
         self.watchers.start(&self.store, caller, input).await
     }
 
