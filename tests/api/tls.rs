@@ -328,16 +328,20 @@ async fn a_certificate_swapped_on_disk_is_served_to_new_connections_without_drop
     let before = tls_channel(&app, pki.ca.cert_pem())
         .await
         .expect("connect with CA 1");
-    assert_eq!(check(before.clone()).await.unwrap(), ServingStatus::Serving);
     let mut watch = HealthClient::new(before.clone())
         .watch(HealthCheckRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        watch.message().await.unwrap().unwrap().status(),
-        ServingStatus::Serving
-    );
+    // The gRPC health service learns of SERVING from a reporter task, a
+    // moment after the in-process health the test harness waited for: follow
+    // the watch until it says so (it must, within seconds).
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while watch.message().await.unwrap().unwrap().status() != ServingStatus::Serving {}
+    })
+    .await
+    .expect("the TLS server's health did not report SERVING");
+    assert_eq!(check(before.clone()).await.unwrap(), ServingStatus::Serving);
 
     // cert-manager rotates in place: a new CA, a new key, the same paths.
     let ca2 = TestCa::new("rotated CA").unwrap();
