@@ -655,7 +655,15 @@ async fn a_warm_start_on_postgres_misses_no_change_committed_during_the_load() {
     else {
         return;
     };
-    let writer = helpers::start(helpers::test_config(url.clone()), None).await;
+    // This test is about coherence, not latency: the 300,000-row insert and
+    // the rest of the suite (SQLite tests fsync on the same disk) can stall a
+    // PostgreSQL commit past the default 5 s store timeout on this machine,
+    // and a revoke answered UNAVAILABLE would end the test for nothing.
+    let config = || tokend::config::Config {
+        store_timeout: Duration::from_secs(60),
+        ..helpers::test_config(url.clone())
+    };
+    let writer = helpers::start(config(), None).await;
     let mut real = Vec::new();
     for i in 0..40 {
         real.push(issue(&writer, &format!("u{i}"), "real").await);
@@ -688,7 +696,7 @@ async fn a_warm_start_on_postgres_misses_no_change_committed_during_the_load() {
     .await;
     assert!(loaded_rows[0].parse::<usize>().unwrap() > FILLER);
 
-    let replica = helpers::start_unready(helpers::test_config(url.clone()), None).await;
+    let replica = helpers::start_unready(config(), None).await;
     // Revoke the real tokens one by one while the replica loads.
     let client = writer.api.clone();
     let mut revoked_while_loading = 0;
