@@ -4,7 +4,8 @@
 //! - hit: one keyed BLAKE3 digest, a constant-time compare, and the state,
 //!   expiry and module checks on an in-memory snapshot: no store access, no
 //!   argon2. A wrong secret for a cached token is answered the same way;
-//! - miss: one store read per token id at a time (singleflight); the row's
+//! - miss: one store read per token id at a time (singleflight), concurrent
+//!   misses coalesced into one query (`misses`); the row's
 //!   keyed verifier (`verifier`) settles the value with one BLAKE3 and fills
 //!   the cache, right or wrong. argon2 runs, on its bounded pool, only for a
 //!   row with no verifier under a configured key (issued before verifiers, or
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod coherence;
 pub mod hasher;
 pub mod key_file;
+pub mod misses;
 pub mod usage;
 pub mod verifier;
 pub mod warm;
@@ -39,6 +41,7 @@ use self::{
     cache::{Check, Entry, Matched, VerifiedCache},
     clock::UnixMicros,
     hasher::Hasher,
+    misses::MissReader,
     usage::UsageRecorder,
     verifier::Digest,
 };
@@ -120,6 +123,7 @@ pub struct Validator {
     cache: VerifiedCache,
     usage: Arc<UsageRecorder>,
     backfill: Arc<VerifierBackfill>,
+    misses: Arc<MissReader>,
 }
 
 impl Validator {
@@ -131,6 +135,7 @@ impl Validator {
         backfill: Arc<VerifierBackfill>,
     ) -> Self {
         Self {
+            misses: MissReader::new(Arc::clone(&store)),
             store,
             hasher,
             cache,
@@ -282,9 +287,9 @@ impl Validator {
             return Err(throttled());
         }
         let generation = self.cache.generation(&id);
-        // Only the columns Validate needs: a whole record costs several
-        // times as much to decode.
-        let Some(token) = self.store.find_validation_record(id).await? else {
+        // Only the columns Validate needs (a whole record costs several
+        // times as much to decode), read together with concurrent misses.
+        let Some(token) = self.misses.read(id).await? else {
             self.cache.remember_unknown(id, generation);
             return Ok(None);
         };

@@ -154,6 +154,52 @@ async fn a_restart_keeps_every_token_valid_without_argon2() {
     }
 }
 
+/// After a restart without a warm start, every first Validate is a miss;
+/// misses that overlap are read from the store together, not one query each.
+#[tokio::test]
+async fn concurrent_misses_after_a_restart_share_store_reads() {
+    const TOKENS: usize = 192;
+    let db = SharedDb::new();
+    let first = db.spawn(|_| {}).await;
+    let mut values = Vec::new();
+    for i in 0..TOKENS {
+        values.push(issue(&first, &format!("user-{i}"), "t").await.1);
+    }
+    // One unknown id among them: answered UNKNOWN, not mixed up with a row.
+    let unknown = tokend::domain::TokenValue::generate("tk")
+        .unwrap()
+        .expose()
+        .to_string();
+    let (_, gateway) = first
+        .token_for("acme", "gateway", &["tokens:validate"])
+        .await;
+    first.stop().await;
+
+    let app = db
+        .spawn_cold(|c| c.last_used_flush_interval = Duration::from_secs(3600))
+        .await;
+    // The caller's own credential is a miss too: read it first.
+    assert_eq!(
+        validate_all(&app, &gateway, &values[..1]).await,
+        [pb::Reason::Valid]
+    );
+    let before = app.store.statements_executed();
+    let mut presented = values[1..].to_vec();
+    presented.push(unknown);
+    let reasons = validate_all(&app, &gateway, &presented).await;
+    let reads = app.store.statements_executed() - before;
+    let mut expected = vec![pb::Reason::Valid; TOKENS - 1];
+    expected.push(pb::Reason::Unknown);
+    assert_eq!(reasons, expected);
+    assert_eq!(verifications(&app), 0, "no argon2 after a restart");
+    assert!(
+        reads * 4 <= presented.len() as u64,
+        "{reads} store statements for {} concurrent misses: they were not read together",
+        presented.len()
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_sqlite_key_file_is_created_private_once_and_reused() {
     let db = SharedDb::new();
