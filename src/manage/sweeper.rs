@@ -67,11 +67,16 @@ use crate::{
 /// timeout) and clocks of replicas that disagree by less than this.
 pub const SLACK: Duration = Duration::from_secs(120);
 
+/// Most tokens disabled per transaction: each costs four statements (the
+/// token, its event, its change-log row and NOTIFY), so a batch stays well
+/// inside one store call's timeout.
+pub const DISABLE_BATCH: u64 = 50;
+
 /// The sweeper's settings (`--sweep*`).
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
     pub interval: Duration,
-    /// Tokens per transaction.
+    /// Tokens per notice transaction (auto-disables: at most `DISABLE_BATCH`).
     pub batch: u64,
     /// The longest a use can take to reach the stored last-used time.
     pub flush_lag: Duration,
@@ -289,6 +294,7 @@ impl Sweeper {
             let cutoff = minus(as_of, after);
             let now = self.clock.now_utc();
             let mut next = None;
+            let limit = self.config.batch.min(DISABLE_BATCH);
             loop {
                 let usage = &self.usage;
                 let decide = |t: crate::domain::Token| {
@@ -302,7 +308,7 @@ impl Sweeper {
                 };
                 let Some(batch) = self
                     .store
-                    .auto_disable_batch(accounts, cutoff, next, self.config.batch, decide)
+                    .auto_disable_batch(accounts, cutoff, next, limit, decide)
                     .await?
                 else {
                     return Ok(false);
@@ -311,7 +317,7 @@ impl Sweeper {
                     self.validator.apply(t, None);
                 }
                 report.auto_disabled += batch.disabled.len() as u64;
-                if batch.scanned < self.config.batch {
+                if batch.scanned < limit {
                     break;
                 }
                 next = batch.next;

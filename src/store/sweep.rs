@@ -304,6 +304,7 @@ impl Store {
                     .into_iter()
                     .map(|n| (n.token_id, n.kind, n.horizon_secs, n.expires_at))
                     .collect();
+            let mut rows = Vec::new();
             let mut events = Vec::new();
             for t in current.iter().filter(|t| t.state != "revoked") {
                 for notice in due(t) {
@@ -316,36 +317,52 @@ impl Store {
                     if settled.contains(&key) {
                         continue;
                     }
-                    let took = token_notice::Entity::insert(token_notice::ActiveModel {
+                    rows.push(token_notice::ActiveModel {
                         token_id: Set(key.0),
                         kind: Set(key.1),
                         horizon_secs: Set(key.2),
                         expires_at: Set(key.3),
                         emitted: Set(notice.emit),
                         at: Set(now),
-                    })
-                    .on_conflict(
-                        OnConflict::columns([N::TokenId, N::Kind, N::HorizonSecs, N::ExpiresAt])
-                            .do_nothing()
-                            .to_owned(),
-                    )
-                    .exec_without_returning(&txn)
-                    .await?
-                        == 1;
-                    if took && notice.emit {
+                    });
+                    if notice.emit {
                         events.push((t, notice));
                     }
                 }
             }
             let mut recorded = NoticesRecorded::default();
+            if rows.is_empty() {
+                txn.rollback().await?;
+                return Ok(Some(recorded));
+            }
+            // One statement for the batch. Under the sweep lock nobody else
+            // inserts notices, so every row takes; should one not (two
+            // sweepers despite the lock), the key has refused it, and the
+            // batch is given up whole rather than guessing which one it was.
+            let expected = rows.len() as u64;
+            let took = token_notice::Entity::insert_many(rows)
+                .on_conflict(
+                    OnConflict::columns([N::TokenId, N::Kind, N::HorizonSecs, N::ExpiresAt])
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+            if took != expected {
+                txn.rollback().await?;
+                return Err(crate::error::Error::Internal(format!(
+                    "{} of {expected} notices were settled concurrently; the batch is retried next pass",
+                    expected - took
+                )));
+            }
             if !events.is_empty() {
-                super::watch::order_events(&txn).await?;
+                let mut models = Vec::with_capacity(events.len());
                 for (t, notice) in events {
                     match notice.kind {
                         EventKind::Expired => recorded.expired += 1,
                         _ => recorded.expiring_soon += 1,
                     }
-                    token_event::Entity::insert(token_event::ActiveModel {
+                    models.push(token_event::ActiveModel {
                         token_id: Set(t.id.clone()),
                         account_id: Set(t.account_id.clone()),
                         owner_id: Set(t.owner_id.clone()),
@@ -355,10 +372,12 @@ impl Store {
                         at: Set(now),
                         detail: Set(notice.detail),
                         ..Default::default()
-                    })
+                    });
+                }
+                super::watch::order_events(&txn).await?;
+                token_event::Entity::insert_many(models)
                     .exec_without_returning(&txn)
                     .await?;
-                }
             }
             txn.commit().await?;
             if recorded != NoticesRecorded::default() {
