@@ -17,6 +17,7 @@ pub(crate) const ACCOUNT: &str = "hyg";
 
 /// Sweeps every 200 ms; last-used lag 100 ms + 1 s store timeout.
 pub(crate) fn sweeping(c: &mut Config) {
+    c.sweep.sweep = true;
     c.sweep.sweep_interval = Duration::from_millis(200);
     c.store_timeout = Duration::from_secs(1);
 }
