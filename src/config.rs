@@ -1,12 +1,15 @@
 //! Configuration, layered: built-in defaults < `TOKEND_*` environment < flags.
 //! clap does the layering, so `--help` documents every setting with its
 //! environment variable and default. The `--policy-*` flags live in
-//! `config/policy_defaults.rs`, the `--watch-*` flags in `config/watch.rs`.
+//! `config/policy_defaults.rs`, the `--watch-*` flags in `config/watch.rs`,
+//! the `--sweep*` flags in `config/sweep.rs`.
 
 mod policy_defaults;
+mod sweep;
 mod watch;
 
 pub use policy_defaults::PolicyDefaults;
+pub use sweep::SweepFlags;
 pub use watch::WatchFlags;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -338,6 +341,8 @@ pub struct Config {
     pub policy_defaults: PolicyDefaults,
     #[command(flatten)]
     pub watch: WatchFlags,
+    #[command(flatten)]
+    pub sweep: SweepFlags,
 }
 
 impl Default for Config {
@@ -394,6 +399,19 @@ impl Config {
         }
     }
 
+    /// The sweeper's settings, or `None` when it is off on this replica.
+    pub fn sweeper(&self) -> Option<crate::manage::sweeper::SweepConfig> {
+        self.sweep
+            .sweep
+            .then(|| crate::manage::sweeper::SweepConfig {
+                interval: self.sweep.sweep_interval,
+                batch: self.sweep.sweep_batch,
+                // A use reaches the store within one flush interval, plus the
+                // flush's own store call (bounded by the store timeout).
+                flush_lag: self.last_used_flush_interval + self.store_timeout,
+            })
+    }
+
     /// The TLS files, when TLS is on.
     pub fn tls(&self) -> Option<TlsFiles> {
         match (&self.tls_cert, &self.tls_key) {
@@ -436,6 +454,15 @@ mod tests {
         assert_eq!(c.max_tokens_per_owner, 100);
         assert_eq!(c.max_rotate_grace, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.token_prefix, "tk");
+        let sweep = c.sweeper().unwrap();
+        assert_eq!(sweep.interval, Duration::from_secs(60));
+        assert_eq!(sweep.batch, 500);
+        assert!(
+            Cli::parse_from(["tokend", "--sweep", "false"])
+                .config
+                .sweeper()
+                .is_none()
+        );
     }
 
     #[test]

@@ -292,6 +292,9 @@ pub(super) fn event_kind_to_pb(k: EventKind) -> pb::EventKind {
         EventKind::Rotated => pb::EventKind::Rotated,
         EventKind::Duplicated => pb::EventKind::Duplicated,
         EventKind::PolicyUpdated => pb::EventKind::PolicyUpdated,
+        EventKind::ExpiringSoon => pb::EventKind::ExpiringSoon,
+        EventKind::Expired => pb::EventKind::Expired,
+        EventKind::AutoDisabled => pb::EventKind::AutoDisabled,
     }
 }
 

@@ -8,8 +8,10 @@
 //! - `privilege`: callers, their `tokens:*` privileges and what they may touch.
 //! - `token`: the token record as the rest of the service sees it.
 //! - `page`: opaque, filter-bound keyset page tokens.
+//! - `hygiene`: the sweeper's rules: which expiry notices are due, auto-disabling unused tokens.
 
 pub mod fields;
+pub mod hygiene;
 pub mod identity;
 pub mod ids;
 pub mod page;

@@ -209,10 +209,18 @@ pub enum EventKind {
     Duplicated,
     /// An account's policy changed (the event names no token).
     PolicyUpdated,
+    /// The sweeper: a token's expiry is within one of its account's notice
+    /// horizons (detail: the horizon and the expiry).
+    ExpiringSoon,
+    /// The sweeper: a token's expiry has passed (detail: the expiry).
+    Expired,
+    /// The sweeper disabled a token unused for longer than its account's
+    /// `disable_unused_after` (detail: the state reason).
+    AutoDisabled,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 11] = [
         Self::Issued,
         Self::Updated,
         Self::Disabled,
@@ -221,6 +229,9 @@ impl EventKind {
         Self::Rotated,
         Self::Duplicated,
         Self::PolicyUpdated,
+        Self::ExpiringSoon,
+        Self::Expired,
+        Self::AutoDisabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -233,6 +244,9 @@ impl EventKind {
             Self::Rotated => "rotated",
             Self::Duplicated => "duplicated",
             Self::PolicyUpdated => "policy_updated",
+            Self::ExpiringSoon => "expiring_soon",
+            Self::Expired => "expired",
+            Self::AutoDisabled => "auto_disabled",
         }
     }
 
@@ -251,17 +265,27 @@ pub enum Actor {
     /// A tool that wrote rows directly (`tokend import`, benchmark seeding),
     /// by the name it recorded.
     Tool { name: String, owner_id: String },
+    /// The service itself: the sweeper's notices and auto-disables. Recorded
+    /// as `tokend` for both the actor's id and owner (`SERVICE`).
+    Service,
 }
 
 impl Actor {
     /// How the bootstrap actor is recorded and shown (`actor_token_id`).
     pub const BOOTSTRAP: &'static str = "bootstrap";
+    /// How the service is recorded and shown (`actor_token_id` and
+    /// `actor_owner_id`): never a token id (those are 16 characters) and
+    /// never an owner a caller can be given (`tokend bootstrap` and Issue
+    /// take any owner id, so the pair, not the owner alone, marks it).
+    pub const SERVICE: &'static str = "tokend";
 
     /// The actor of a recorded event, from its recorded id and owner: a
     /// token id, `bootstrap`, or else a tool's name.
     pub fn from_recorded(id: String, owner_id: String) -> Self {
         if id == Self::BOOTSTRAP {
             Self::Bootstrap { owner_id }
+        } else if id == Self::SERVICE && owner_id == Self::SERVICE {
+            Self::Service
         } else if let Some(id) = TokenId::parse(&id) {
             Self::Token { id, owner_id }
         } else {
@@ -275,6 +299,7 @@ impl Actor {
             Self::Token { id, .. } => id.to_string(),
             Self::Bootstrap { .. } => Self::BOOTSTRAP.to_owned(),
             Self::Tool { name, .. } => name.clone(),
+            Self::Service => Self::SERVICE.to_owned(),
         }
     }
 
@@ -283,6 +308,7 @@ impl Actor {
             Self::Token { owner_id, .. }
             | Self::Bootstrap { owner_id }
             | Self::Tool { owner_id, .. } => owner_id,
+            Self::Service => Self::SERVICE,
         }
     }
 }
@@ -326,6 +352,7 @@ mod tests {
                 name: "tokend-bench".into(),
                 owner_id: owner(),
             },
+            Actor::Service,
         ] {
             let back = Actor::from_recorded(actor.recorded_id(), actor.owner_id().to_owned());
             assert_eq!(back, actor);

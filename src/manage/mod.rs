@@ -4,7 +4,8 @@
 //!
 //! One file per use-case family: `create` (Issue, bootstrap, Duplicate),
 //! `lifecycle` (Update, SetState, Revoke, Rotate), `listing` (Search,
-//! ListEvents); `inputs` holds the parsed inputs the api layer builds. This
+//! ListEvents), `sweeper` (the hygiene sweeper: expiry notices, auto-disable);
+//! `inputs` holds the parsed inputs the api layer builds. This
 //! file holds `TokenManager` and the plumbing they share (authentication,
 //! load, the read-modify-write commit).
 
@@ -13,6 +14,7 @@ mod inputs;
 mod lifecycle;
 mod listing;
 pub mod policy;
+pub mod sweeper;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};

@@ -1,7 +1,7 @@
 //! The supervised background work of a running server: the last-used
 //! flusher, the warm start, the store watcher, audit retention, the
-//! change-log follower (PostgreSQL), and the metrics and forward-auth
-//! listeners.
+//! hygiene sweeper, the change-log follower (PostgreSQL), and the metrics
+//! and forward-auth listeners.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -68,6 +68,24 @@ pub(super) fn background(
         supervisor.spawn("audit retention", move |_, stop| {
             crate::ops::retention::run(Arc::clone(&store), retention, interval, stop)
         });
+    }
+    // The hygiene sweeper (manage::sweeper), unless turned off here.
+    if let Some(sweep) = config.sweeper() {
+        match config.policy_defaults.account_policy() {
+            Ok(defaults) => {
+                let sweeper = Arc::new(crate::manage::sweeper::Sweeper::new(
+                    Arc::clone(store),
+                    Arc::clone(&services.validator),
+                    Arc::clone(usage),
+                    defaults,
+                    services.clock.clone(),
+                    sweep,
+                ));
+                supervisor.spawn("sweeper", move |_, stop| Arc::clone(&sweeper).run(stop));
+            }
+            // Refused at start-up already (`Config::policy`); never here.
+            Err(e) => tracing::error!(error = %e, "sweeper not started"),
+        }
     }
     if postgres {
         let status = FollowerStatus::new(health.clone());

@@ -15,8 +15,8 @@ use sea_orm::{
 use super::{Store, convert::event_from_model, entities::token_event};
 use crate::{domain::token::Event, error::Result};
 
-/// The advisory lock pruning replicas take turns on (migrations use 7364916281).
-const PRUNE_LOCK: i64 = 7_364_916_282;
+/// The advisory lock pruning replicas take turns on (`locks`).
+const PRUNE_LOCK: i64 = super::locks::PRUNE;
 
 /// A range of the audit trail, for `tokend events export`.
 #[derive(Debug, Clone, Default)]

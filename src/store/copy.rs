@@ -65,7 +65,9 @@ use sea_orm::{
 
 use super::{
     Store,
-    entities::{account_policy, owner_quota, token, token_change, token_event},
+    entities::{
+        account_policy, owner_quota, sweep_state, token, token_change, token_event, token_notice,
+    },
 };
 use crate::error::{Error, Result};
 
@@ -98,6 +100,8 @@ pub enum Table {
     TokenEvents,
     TokenChanges,
     AccountPolicies,
+    TokenNotices,
+    SweepState,
 }
 
 /// Runs `$body` with `$E` bound to the entity of `$table`.
@@ -124,17 +128,27 @@ macro_rules! with_entity {
                 type $E = account_policy::Entity;
                 $body
             }
+            Table::TokenNotices => {
+                type $E = token_notice::Entity;
+                $body
+            }
+            Table::SweepState => {
+                type $E = sweep_state::Entity;
+                $body
+            }
         }
     };
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 7] = [
         Self::Tokens,
         Self::OwnerQuotas,
         Self::TokenEvents,
         Self::TokenChanges,
         Self::AccountPolicies,
+        Self::TokenNotices,
+        Self::SweepState,
     ];
 
     pub fn name(self) -> &'static str {

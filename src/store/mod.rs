@@ -13,6 +13,8 @@
 //! - `watch`: events after an id and the commit signal (WatchEvents), in commit order.
 //! - `verifiers`: verifier write-behind, per-key counts, the warm-start read.
 //! - `audit`: audit retention (batched pruning) and export.
+//! - `sweep`: the hygiene sweeper's queries: expiry notices (exactly once) and auto-disable.
+//! - `locks`: every PostgreSQL advisory lock key, in one place.
 //! - `copy`: store-to-store copy with verification (`tokend move`).
 //! - `sqlite_file`: SQLite files: online backup, soundness checks (`tokend backup`/`restore`).
 //!
@@ -29,10 +31,12 @@ mod error;
 mod events;
 pub mod fold;
 mod import;
+mod locks;
 pub mod migration;
 mod policies;
 mod search;
 pub mod sqlite_file;
+mod sweep;
 mod tokens;
 mod verifiers;
 mod watch;
@@ -54,6 +58,9 @@ pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
 pub use search::{ExpiryBreach, FTS_DRIVE_MAX, SearchPlans, SearchQuery};
+pub use sweep::{
+    DisableBatch, NoticeRange, NoticeToken, NoticesRecorded, PolicyRules, RuleAccounts, accounts_of,
+};
 pub use tokens::{Change, Updated};
 pub use verifiers::{Expected, KeyUsage, VerifierWrite, WarmQuery};
 pub use watch::EventFilter;
@@ -167,8 +174,12 @@ impl Store {
         use sea_orm::{ConnectionTrait, TransactionTrait};
         if self.backend() == DbBackend::Postgres {
             let txn = self.db.begin().await?;
-            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7364916281)")
-                .await?;
+            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [locks::MIGRATE.into()],
+            ))
+            .await?;
             migration::Migrator::up(&txn, None).await?;
             txn.commit().await?;
         } else {

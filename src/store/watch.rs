@@ -30,8 +30,8 @@ use crate::{
     error::Result,
 };
 
-/// The advisory lock key that orders event commits on PostgreSQL.
-const EVENT_ORDER_LOCK: i64 = 7_364_916_282;
+/// The advisory lock key that orders event commits on PostgreSQL (`locks`).
+const EVENT_ORDER_LOCK: i64 = super::locks::EVENT_ORDER;
 
 /// Takes the event-order lock inside a transaction (PostgreSQL; SQLite's
 /// writers are already serialised).

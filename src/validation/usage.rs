@@ -62,6 +62,13 @@ impl UsageRecorder {
         }
     }
 
+    /// The use of `id` waiting to be written, if any (the sweeper does not
+    /// disable a token this process has just seen used).
+    pub fn pending_at(&self, id: TokenId) -> Option<DateTime<Utc>> {
+        let shard = (self.hasher.hash_one(id) as usize) % SHARDS;
+        self.shards[shard].lock().get(&id).copied()
+    }
+
     pub fn pending(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }

@@ -676,6 +676,8 @@ async fn an_interrupted_move_resumes_and_a_non_empty_target_is_refused() {
             "idx_tokens_account_owner_created",
             "idx_token_events_at",
             "idx_token_changes_at",
+            "idx_tokens_sweep_unused",
+            "idx_tokens_sweep_expiry",
         ] {
             assert!(
                 names.iter().any(|n| n == index),

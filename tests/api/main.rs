@@ -21,6 +21,7 @@ mod reasons;
 mod search;
 mod search_index;
 mod smoke;
+mod sweeper;
 mod tls;
 mod verifier;
 mod watch;

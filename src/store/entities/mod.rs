@@ -3,9 +3,11 @@
 
 pub mod account_policy;
 pub mod owner_quota;
+pub mod sweep_state;
 pub mod token;
 pub mod token_change;
 pub mod token_event;
+pub mod token_notice;
 
 use std::fmt;
 

@@ -40,6 +40,7 @@ pub fn install() -> Result<PrometheusHandle> {
             metrics::histogram!(name::GATEWAY_DURATION, "gateway" => GATEWAYS[0]),
             metrics::histogram!(name::GATEWAY_DURATION, "gateway" => GATEWAYS[1]),
         ],
+        sweep: metrics::histogram!(name::SWEEP_DURATION),
     });
     metrics::gauge!(name::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     epoch();
@@ -155,6 +156,19 @@ fn describe() {
         Unit::Seconds,
         "Time to judge a gateway call's token (gateway credential check excluded), by gateway"
     );
+    describe_counter!(
+        SWEEP_NOTICES,
+        "Expiry notice events this replica's sweeper recorded, by kind (expiring_soon, expired)"
+    );
+    describe_counter!(
+        SWEEP_AUTO_DISABLED,
+        "Tokens this replica's sweeper disabled for being unused longer than their account's disable_unused_after"
+    );
+    describe_histogram!(
+        SWEEP_DURATION,
+        Unit::Seconds,
+        "Time per sweeper pass (including passes that yielded to another replica)"
+    );
 }
 
 /// Per-server values read at scrape time (cache sizes, pending writes, ...).
@@ -244,6 +258,10 @@ fn publish() {
     for (i, result) in ["ok", "error"].iter().enumerate() {
         counter!(TLS_RELOADS, "result" => *result).absolute(load(&c.tls_reloads[i]));
     }
+    for (i, kind) in ["expiring_soon", "expired"].iter().enumerate() {
+        counter!(SWEEP_NOTICES, "kind" => *kind).absolute(load(&c.sweep_notices[i]));
+    }
+    counter!(SWEEP_AUTO_DISABLED).absolute(load(&c.sweep_auto_disabled));
     let caught_up = load(&c.changelog_caught_up_us);
     if caught_up > 0 {
         gauge!(CHANGELOG_SEEN).set(c.changelog_seen.load(Ordering::Relaxed) as f64);

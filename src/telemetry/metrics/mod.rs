@@ -74,6 +74,9 @@ pub mod name {
     pub const TLS_RELOADS: &str = "tokend_tls_reloads_total";
     pub const GATEWAY_REQUESTS: &str = "tokend_gateway_requests_total";
     pub const GATEWAY_DURATION: &str = "tokend_gateway_duration_seconds";
+    pub const SWEEP_NOTICES: &str = "tokend_sweep_notices_total";
+    pub const SWEEP_AUTO_DISABLED: &str = "tokend_sweep_auto_disabled_total";
+    pub const SWEEP_DURATION: &str = "tokend_sweep_duration_seconds";
 }
 
 // ---------------------------------------------------------------------------
@@ -295,6 +298,9 @@ struct Counters {
     reconnects: AtomicU64,
     flush_failures: AtomicU64,
     tls_reloads: [AtomicU64; 2],
+    /// [expiring_soon, expired]
+    sweep_notices: [AtomicU64; 2],
+    sweep_auto_disabled: AtomicU64,
     argon2_queue: AtomicI64,
     changelog_seen: AtomicI64,
     changelog_applied: AtomicI64,
@@ -312,6 +318,8 @@ static COUNTERS: Counters = Counters {
     reconnects: AtomicU64::new(0),
     flush_failures: AtomicU64::new(0),
     tls_reloads: [const { AtomicU64::new(0) }; 2],
+    sweep_notices: [const { AtomicU64::new(0) }; 2],
+    sweep_auto_disabled: AtomicU64::new(0),
     argon2_queue: AtomicI64::new(0),
     changelog_seen: AtomicI64::new(0),
     changelog_applied: AtomicI64::new(0),
@@ -331,6 +339,7 @@ struct Histograms {
     flush: Histogram,
     /// [ext_authz, forward_auth]
     gateway: [Histogram; 2],
+    sweep: Histogram,
 }
 
 static HISTOGRAMS: OnceLock<Histograms> = OnceLock::new();
@@ -473,6 +482,18 @@ pub fn last_used_flush_failed() {
 /// A TLS certificate reload was tried.
 pub fn tls_reload(ok: bool) {
     COUNTERS.tls_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// One sweeper pass took `elapsed` and recorded these events.
+pub fn sweep_finished(elapsed: Duration, expiring_soon: u64, expired: u64, auto_disabled: u64) {
+    let c = &COUNTERS;
+    c.sweep_notices[0].fetch_add(expiring_soon, Ordering::Relaxed);
+    c.sweep_notices[1].fetch_add(expired, Ordering::Relaxed);
+    c.sweep_auto_disabled
+        .fetch_add(auto_disabled, Ordering::Relaxed);
+    if let Some(h) = HISTOGRAMS.get() {
+        h.sweep.record(elapsed.as_secs_f64());
+    }
 }
 
 /// Health of `service` ("" is the whole server) changed.

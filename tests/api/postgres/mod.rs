@@ -20,5 +20,6 @@ mod basics;
 mod indexes;
 mod propagation;
 mod slow_commit;
+mod sweeper;
 
 pub(crate) use harness::*;
