@@ -88,8 +88,6 @@ pub struct SweepReport {
     pub expiring_soon: u64,
     pub expired: u64,
     pub auto_disabled: u64,
-    /// Another replica held the sweep lock: this pass stopped early.
-    pub yielded: bool,
 }
 
 pub struct Sweeper {
@@ -145,7 +143,6 @@ impl Sweeper {
                     Ok(r) if r.expiring_soon + r.expired + r.auto_disabled > 0 => {
                         tracing::info!(expiring_soon = r.expiring_soon, expired = r.expired, auto_disabled = r.auto_disabled, "sweeper: pass done");
                     }
-                    Ok(r) if r.yielded => tracing::debug!("sweeper: another replica is sweeping"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "sweeper: pass failed; retrying next interval"),
                 },
@@ -165,14 +162,8 @@ impl Sweeper {
         let result = async {
             let mut policies = HashMap::new();
             let rules = self.store.policy_rules().await?;
-            if !self.notices(&rules, &mut policies, &mut report).await? {
-                report.yielded = true;
-                return Ok(());
-            }
-            if !self.unused(&rules, &mut report).await? {
-                report.yielded = true;
-            }
-            Ok(())
+            self.notices(&rules, &mut policies, &mut report).await?;
+            self.unused(&rules, &mut report).await
         }
         .await;
         metrics::sweep_finished(
@@ -200,14 +191,13 @@ impl Sweeper {
         Ok(&policies[account])
     }
 
-    /// Settles every notice that came due; false when another replica
-    /// holds the sweep lock.
+    /// Settles every notice that came due.
     async fn notices(
         &self,
         rules: &crate::store::PolicyRules,
         policies: &mut HashMap<String, AccountPolicy>,
         report: &mut SweepReport,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let now = self.clock.now_utc();
         let mut horizons: Vec<Duration> = self.defaults.expiry_notice_before.clone();
         for list in &rules.notice_lists {
@@ -256,9 +246,7 @@ impl Sweeper {
                         });
                     hygiene::due_notices(t.expires_at, horizons, now)
                 };
-                let Some(done) = self.store.record_notices(&page, now, due).await? else {
-                    return Ok(false);
-                };
+                let done = self.store.record_notices(&page, now, due).await?;
                 report.expiring_soon += done.expiring_soon;
                 report.expired += done.expired;
                 if (page.len() as u64) < self.config.batch {
@@ -269,13 +257,12 @@ impl Sweeper {
         self.store.advance_sweep_watermark(now).await
     }
 
-    /// Disables every unused token under each rule in force; false when
-    /// another replica holds the sweep lock.
+    /// Disables every unused token under each rule in force.
     async fn unused(
         &self,
         rules: &crate::store::PolicyRules,
         report: &mut SweepReport,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let mut todo: Vec<(RuleAccounts, Duration)> = rules
             .disable_after_secs
             .iter()
@@ -306,13 +293,10 @@ impl Sweeper {
                     }
                     Some(hygiene::auto_disabled(t, after, now))
                 };
-                let Some(batch) = self
+                let batch = self
                     .store
                     .auto_disable_batch(accounts, cutoff, next, limit, decide)
-                    .await?
-                else {
-                    return Ok(false);
-                };
+                    .await?;
                 for t in &batch.disabled {
                     self.validator.apply(t, None);
                 }
@@ -323,6 +307,6 @@ impl Sweeper {
                 next = batch.next;
             }
         }
-        Ok(true)
+        Ok(())
     }
 }

@@ -2,13 +2,15 @@
 //! come due, settling them exactly once, and auto-disabling unused tokens.
 //!
 //! **One sweeper at a time.** Every batch is one transaction that first
-//! tries the `locks::SWEEP` advisory lock (PostgreSQL; SQLite has one
-//! process): while one replica holds it, the others' attempts fail at once
-//! and they skip their pass. A transaction-scoped try-lock rather than a
-//! lease row: it needs no expiry to tune and nothing to clean up, since a
-//! replica that dies mid-batch releases it with its connection, its batch
-//! rolls back whole, and the next pass (of any replica) finds the same work
-//! still due, because nothing about progress is kept in memory.
+//! takes the `locks::SWEEP` advisory lock (PostgreSQL; SQLite has one
+//! process): while one replica's batch holds it, the others' batches wait
+//! their turn, and a batch re-reads what it acts on once it holds the lock,
+//! so work another replica just did is found done. A transaction-scoped
+//! lock rather than a lease row: it needs no expiry to tune and nothing to
+//! clean up, since a replica that dies mid-batch releases it with its
+//! connection, its batch rolls back whole, and the next pass (of any
+//! replica) finds the same work still due, because nothing about progress
+//! is kept in memory.
 //!
 //! **Exactly once.** A notice is a `token_notices` row keyed by (token,
 //! kind, horizon, expiry), inserted with `ON CONFLICT DO NOTHING`; its event
@@ -112,22 +114,21 @@ pub struct PolicyRules {
     pub disable_after_secs: Vec<i64>,
 }
 
-/// Tries the sweep lock in `txn`; false: another replica is sweeping.
-async fn try_sweep_lock(txn: &DatabaseTransaction) -> Result<bool> {
-    if txn.get_database_backend() != DbBackend::Postgres {
-        return Ok(true);
-    }
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
+/// Takes the sweep lock in `txn`, waiting while another replica's batch
+/// holds it (PostgreSQL; SQLite has one process). Waiting, not skipping:
+/// with several replicas each pass's batches would otherwise keep meeting
+/// another pass's and yield, and under load no batch of the later stages
+/// ever ran. Batches are short, so replicas take turns batch by batch.
+async fn sweep_lock(txn: &DatabaseTransaction) -> Result<()> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT pg_try_advisory_xact_lock($1)",
+            "SELECT pg_advisory_xact_lock($1)",
             [super::locks::SWEEP.into()],
         ))
         .await?;
-    Ok(row
-        .map(|r| r.try_get_by_index::<bool>(0))
-        .transpose()?
-        .unwrap_or(false))
+    }
+    Ok(())
 }
 
 impl Store {
@@ -173,17 +174,13 @@ impl Store {
         .await
     }
 
-    /// Moves the watermark forward to `to` (never back). `false`: another
-    /// replica holds the sweep lock.
-    pub async fn advance_sweep_watermark(&self, to: DateTime<Utc>) -> Result<bool> {
+    /// Moves the watermark forward to `to` (never back).
+    pub async fn advance_sweep_watermark(&self, to: DateTime<Utc>) -> Result<()> {
         use sweep_state::Column as C;
         self.bounded(async {
             let _serialised = self.write_guard().await;
             let txn = self.db.begin().await?;
-            if !try_sweep_lock(&txn).await? {
-                txn.rollback().await?;
-                return Ok(false);
-            }
+            sweep_lock(&txn).await?;
             let current = sweep_state::Entity::find_by_id(NOTICES.to_owned())
                 .one(&txn)
                 .await?;
@@ -197,7 +194,7 @@ impl Store {
                 .await?;
             }
             txn.commit().await?;
-            Ok(true)
+            Ok(())
         })
         .await
     }
@@ -255,29 +252,25 @@ impl Store {
     /// event (actor: the service) is recorded only when the insert took and
     /// the notice is the one to emit. `due` sees each token as it is now
     /// (re-read here, so a token revoked or given a new expiry since the
-    /// candidate read is judged on its current record). `None`: another
-    /// replica holds the sweep lock.
+    /// candidate read is judged on its current record).
     pub async fn record_notices<F>(
         &self,
         batch: &[NoticeToken],
         now: DateTime<Utc>,
         mut due: F,
-    ) -> Result<Option<NoticesRecorded>>
+    ) -> Result<NoticesRecorded>
     where
         F: FnMut(&NoticeToken) -> Vec<DueNotice> + Send,
     {
         use token_notice::Column as N;
         if batch.is_empty() {
-            return Ok(Some(NoticesRecorded::default()));
+            return Ok(NoticesRecorded::default());
         }
         let ids: Vec<String> = batch.iter().map(|t| t.id.clone()).collect();
         self.bounded(async {
             let _serialised = self.write_guard().await;
             let txn = self.db.begin().await?;
-            if !try_sweep_lock(&txn).await? {
-                txn.rollback().await?;
-                return Ok(None);
-            }
+            sweep_lock(&txn).await?;
             // The current records (locked against a concurrent Update of
             // the expiry until this batch commits).
             let mut select = token::Entity::find()
@@ -333,7 +326,7 @@ impl Store {
             let mut recorded = NoticesRecorded::default();
             if rows.is_empty() {
                 txn.rollback().await?;
-                return Ok(Some(recorded));
+                return Ok(recorded);
             }
             // One statement for the batch. Under the sweep lock nobody else
             // inserts notices, so every row takes; should one not (two
@@ -383,7 +376,7 @@ impl Store {
             if recorded != NoticesRecorded::default() {
                 self.events_committed();
             }
-            Ok(Some(recorded))
+            Ok(recorded)
         })
         .await
     }
@@ -393,7 +386,7 @@ impl Store {
     /// `cutoff`, after the keyset `after`, locked and re-checked under the
     /// sweep lock; `decide` turns each into its disabled record and event
     /// (or skips it), and each change goes through the change log (and
-    /// NOTIFY) like every mutation. `None`: another replica holds the lock.
+    /// NOTIFY) like every mutation.
     pub async fn auto_disable_batch<F>(
         &self,
         accounts: RuleAccounts,
@@ -401,7 +394,7 @@ impl Store {
         after: Option<(DateTime<Utc>, String)>,
         limit: u64,
         mut decide: F,
-    ) -> Result<Option<DisableBatch>>
+    ) -> Result<DisableBatch>
     where
         F: FnMut(Token) -> Option<(Token, NewEvent)> + Send,
     {
@@ -437,10 +430,7 @@ impl Store {
         self.bounded(async {
             let _serialised = self.write_guard().await;
             let txn = self.db.begin().await?;
-            if !try_sweep_lock(&txn).await? {
-                txn.rollback().await?;
-                return Ok(None);
-            }
+            sweep_lock(&txn).await?;
             let mut select = token::Entity::find()
                 .filter(cond)
                 .order_by_asc(Expr::cust(UNUSED_SINCE))
@@ -480,7 +470,7 @@ impl Store {
                 self.events_committed();
             }
             batch.disabled = changes.into_iter().map(|(t, _)| t).collect();
-            Ok(Some(batch))
+            Ok(batch)
         })
         .await
     }

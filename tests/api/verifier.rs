@@ -681,7 +681,12 @@ async fn a_replica_started_later_serves_without_argon2() {
         if warm {
             assert_eq!(statements, 0, "warm: all hits");
         } else {
-            assert!(statements >= 30, "cold: one read per token ({statements})");
+            // Misses are read in batches (`validation::misses`): at least
+            // one read, at most one per token.
+            assert!(
+                (1..=31).contains(&statements),
+                "cold: the tokens were read from the store ({statements} statements)"
+            );
         }
         later.stop().await;
     }
@@ -707,6 +712,9 @@ async fn a_warm_start_on_postgres_misses_no_change_committed_during_the_load() {
     // and a revoke answered UNAVAILABLE would end the test for nothing.
     let config = || tokend::config::Config {
         store_timeout: Duration::from_secs(60),
+        // Loading 300,000 rows on a busy machine can outlast the default 30 s,
+        // and a partial load would prove nothing here.
+        warm_start_timeout: Duration::from_secs(180),
         ..helpers::test_config(url.clone())
     };
     let writer = helpers::start(config(), None).await;
@@ -756,7 +764,7 @@ async fn a_warm_start_on_postgres_misses_no_change_committed_during_the_load() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::timeout(Duration::from_secs(60), replica.health.until_serving())
+    tokio::time::timeout(Duration::from_secs(200), replica.health.until_serving())
         .await
         .expect("the replica did not become ready");
     assert!(

@@ -167,7 +167,7 @@ fn describe() {
     describe_histogram!(
         SWEEP_DURATION,
         Unit::Seconds,
-        "Time per sweeper pass (including passes that yielded to another replica)"
+        "Time per sweeper pass (including waits for another replica's batch)"
     );
 }
 

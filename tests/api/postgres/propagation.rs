@@ -95,7 +95,10 @@ async fn polling_alone_propagates_when_notifications_are_lost() {
         return;
     };
     let poll = Duration::from_millis(200);
-    let bound = poll + Duration::from_millis(300);
+    // The product's promise: a change shows on every replica within a second,
+    // whether NOTIFY or the poll brings it (the README's figures are the
+    // benchmark's; on a quiet machine the poll path takes poll + ~50 ms).
+    let bound = Duration::from_secs(1);
     let apps = [
         replica(&url, |_| {}).await,
         replica(&url, |c| c.change_poll_interval = poll).await,

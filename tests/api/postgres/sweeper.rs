@@ -97,7 +97,7 @@ async fn three_replicas_sweep_10000_tokens_exactly_once() {
     c.stop().await;
 
     let expected = (TOKENS / 2, TOKENS / 2, TOKENS / 5);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let (s, e, d, once) = counts(&mut conn).await;
         assert!(
@@ -109,7 +109,7 @@ async fn three_replicas_sweep_10000_tokens_exactly_once() {
         }
         assert!(
             Instant::now() < deadline,
-            "after 120 s: {s} expiring_soon, {e} expired, {d} auto_disabled"
+            "after 300 s: {s} expiring_soon, {e} expired, {d} auto_disabled"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
