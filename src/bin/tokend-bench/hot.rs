@@ -1,7 +1,9 @@
 //! The whole run: cache-hit Validate against Health/Check in interleaved
 //! rounds and the wrong-secret and mixed floods (here), then the restart
-//! phase (`restart`), the TLS phase (`tls`), the gateway phase (`gateway`)
-//! and memory per cached token (`memory`), and one summary.
+//! phase (`restart`), the TLS phase (`tls`), the gateway phase (`gateway`),
+//! WatchEvents across PostgreSQL replicas (`watch`, with
+//! `TOKEND_BENCH_POSTGRES_URL`) and memory per cached token (`memory`), and
+//! one summary.
 
 use std::{fs, io::Write, time::Instant};
 
@@ -157,6 +159,11 @@ pub async fn run(quick: bool) {
     let gateway_rounds = if quick { 2 } else { gateway::GATEWAY_ROUNDS };
     let gateways = gateway::run(dir, gateway_rounds, seconds).await;
 
+    let watch = match std::env::var("TOKEND_BENCH_POSTGRES_URL") {
+        Ok(base) => Some(crate::watch::run(quick, dir, &base).await),
+        Err(_) => None,
+    };
+
     println!("\n== Memory: 1,000,000 cached tokens, in a fresh process");
     let per_token = memory_in_child();
 
@@ -182,6 +189,7 @@ pub async fn run(quick: bool) {
         "bytes per cached token (RSS growth / entries)"
     );
     crate::restart::summarise(&restart);
+    crate::watch::summarise(watch.as_ref());
     let _ = std::io::stdout().flush();
     let _ = fs::remove_dir_all(dir);
 }

@@ -18,7 +18,10 @@
 //!   `--postgres URL`) and the write cost of the search indexes.
 //! - `move`: `tokend move` of a large SQLite store into PostgreSQL, timed;
 //! - `backup`: `tokend backup` under Validate and write load, and its restore;
-//! - `seed`: the bulk-seeded stores those two start from.
+//! - `seed`: the bulk-seeded stores those two start from;
+//! - `watch`: WatchEvents across 3 PostgreSQL replica processes (delivery
+//!   latency from one replica's commit to another's watcher, and a watcher
+//!   killed and resumed at random points, one replica killed).
 //!
 //! Every server it starts has its Prometheus listener on.
 //!
@@ -31,6 +34,7 @@
 //!        `target/release/tokend-bench move [TOKENS]`
 //!        `target/release/tokend-bench backup [TOKENS]`
 //!        `target/release/tokend-bench search [--postgres URL]` (or the variable below)
+//!        `target/release/tokend-bench watch [--quick] [--postgres URL]` (or the variable below)
 //! `TOKEND_BENCH_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
 //! adds the PostgreSQL figures: a fresh database is made beside that one.
 //!
@@ -50,6 +54,7 @@ mod seed;
 mod server;
 mod startup;
 mod tls;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -67,12 +72,12 @@ fn main() -> ExitCode {
         memory::memory(n);
         return ExitCode::SUCCESS;
     }
+    let postgres = args
+        .iter()
+        .position(|a| a == "--postgres")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var("TOKEND_BENCH_POSTGRES_URL").ok());
     if args.first().map(String::as_str) == Some("search") {
-        let postgres = args
-            .iter()
-            .position(|a| a == "--postgres")
-            .and_then(|i| args.get(i + 1).cloned())
-            .or_else(|| std::env::var("TOKEND_BENCH_POSTGRES_URL").ok());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
         }),
         Some("tls") => rt.block_on(tls::alone(quick)),
         Some("gateway") => rt.block_on(gateway::alone(quick)),
+        Some("watch") => rt.block_on(watch::alone(quick, postgres)),
         _ => rt.block_on(hot::run(quick)),
     }
     ExitCode::SUCCESS

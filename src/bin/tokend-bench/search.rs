@@ -183,7 +183,7 @@ pub async fn run(postgres: Option<String>) {
 
 /// The URL of a PostgreSQL database next to `base`'s, dropped if it exists
 /// and created empty when `create`.
-async fn pg_database(base: &str, tag: &str, create: bool) -> String {
+pub(crate) async fn pg_database(base: &str, tag: &str, create: bool) -> String {
     let name = format!("tokend_bench_{tag}_{}", std::process::id());
     let admin = Database::connect(base)
         .await
@@ -205,7 +205,7 @@ async fn pg_database(base: &str, tag: &str, create: bool) -> String {
     format!("{prefix}/{name}")
 }
 
-async fn drop_pg_database(base: &str, url: &str) {
+pub(crate) async fn drop_pg_database(base: &str, url: &str) {
     let (_, name) = url.rsplit_once('/').expect("database");
     let admin = Database::connect(base)
         .await

@@ -221,6 +221,12 @@ impl Server {
             .unwrap_or_else(|| panic!("{name} not in {line:?}"))
     }
 
+    /// SIGKILL, as a replica dying: no drain, no goodbye to its clients.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, wait, and return the server's final stats line.
     pub fn stop(mut self) -> String {
         let _ = Command::new("kill")

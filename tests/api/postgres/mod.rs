@@ -21,5 +21,6 @@ mod indexes;
 mod propagation;
 mod slow_commit;
 mod sweeper;
+mod watch_processes;
 
 pub(crate) use harness::*;
