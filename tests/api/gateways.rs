@@ -868,6 +868,7 @@ async fn issue_direct(app: &TestApp, owner: &str, modules: &[&str]) -> (String, 
         .issue(
             &caller,
             tokend::manage::IssueInput {
+                allowed_cidrs: Vec::new(),
                 account_id: None,
                 owner_id: Some(tokend::domain::OwnerId::parse("owner_id", owner).unwrap()),
                 name: tokend::domain::fields::TokenName::parse("name", owner).unwrap(),

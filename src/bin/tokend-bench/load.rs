@@ -312,6 +312,7 @@ pub fn show(label: &str, o: &Outcome) {
 
 pub fn validate_body(token: &str) -> Vec<u8> {
     frame(&pb::ValidateRequest {
+        client_ip: String::new(),
         token: token.to_owned(),
         required_modules: vec!["billing:read".into()],
     })

@@ -349,6 +349,7 @@ pub async fn validate(
         .validate(authed(
             caller,
             tokend::pb::ValidateRequest {
+                client_ip: String::new(),
                 token: token.to_owned(),
                 required_modules: modules.iter().map(|m| (*m).to_owned()).collect(),
             },
@@ -421,6 +422,7 @@ pub async fn warm(client: &mut TokenServiceClient<Channel>, caller: &str, values
             .validate(authed(
                 caller,
                 pb::ValidateRequest {
+                    client_ip: String::new(),
                     token: value.clone(),
                     required_modules: vec!["billing:read".into()],
                 },

@@ -20,6 +20,9 @@ pub struct Snapshot {
     /// rather than from its modules on every RPC it authenticates.
     pub privileges: Privileges,
     pub identity: TokenIdentity,
+    /// The ranges of an IP-bound token; `None` (no allocation, one pointer
+    /// test per Validate) for an unbound one.
+    pub allowed_cidrs: Option<Box<[Cidr]>>,
     reply: Box<[u8]>,
 }
 
@@ -40,7 +43,21 @@ impl Snapshot {
                 token.modules,
                 token.api_version,
             ),
+            allowed_cidrs: (!token.allowed_cidrs.is_empty())
+                .then(|| token.allowed_cidrs.to_vec().into_boxed_slice()),
             reply: encode(token),
+        }
+    }
+
+    /// Whether `client` may present this token: always for an unbound one;
+    /// for a bound one, only from an address in its ranges.
+    #[inline]
+    pub fn allows(&self, client: super::super::Client) -> bool {
+        match (&self.allowed_cidrs, client) {
+            (None, _) | (Some(_), super::super::Client::Unchecked) => true,
+            (Some(ranges), super::super::Client::Addr(ip)) => {
+                ip.is_some_and(|ip| Cidr::any_contains(ranges, ip))
+            }
         }
     }
 

@@ -38,6 +38,7 @@ pub(crate) fn token(id: TokenId, hash: &str) -> Token {
         expires_at: None,
         disabled_at: None,
         revoked_at: None,
+        allowed_cidrs: Vec::new(),
     }
 }
 
