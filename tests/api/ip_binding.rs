@@ -476,7 +476,7 @@ async fn search_filters_bound_and_unbound_tokens() {
     assert_eq!(ids, want);
     assert_eq!(
         app.search_ids(&app.platform, search(Some(false))).await,
-        [plain.clone()]
+        [plain]
     );
     assert_eq!(app.search_ids(&app.platform, search(None)).await.len(), 3);
     let total = app
