@@ -120,10 +120,7 @@ async fn ip_binding_holds_across_replicas_and_updates_reach_them_within_a_second
         bound: Some(bound),
         ..Default::default()
     };
-    assert_eq!(
-        b.search_ids(&caller, search(true)).await,
-        [token.id.clone()]
-    );
+    assert_eq!(b.search_ids(&caller, search(true)).await, [token.id]);
     assert_eq!(b.search_ids(&caller, search(false)).await, [plain]);
 
     drop(apps);
