@@ -5,7 +5,9 @@
 //!
 //! - `ValidateCall` (`tokens.v1.ValidateRequest`) parses the token straight
 //!   out of the request bytes into an inline `TokenValue`: no `String` is
-//!   allocated, copied and freed for it.
+//!   allocated, copied and freed for it. `client_ip` is kept as sent (a
+//!   `String`, allocated only when a caller sends one) and parsed by the
+//!   handler.
 //! - `ValidateReply` (`tokens.v1.ValidateResponse`): building the generated
 //!   message for a hit (a dozen strings, a vector and a hash map, then encoding
 //!   and dropping them) cost about as much as the cache lookup itself. The
@@ -152,12 +154,6 @@ impl ValidateCall {
             required_modules,
             client_ip: String::new(),
         }
-    }
-
-    /// The same call with `client_ip` as sent.
-    pub fn with_client_ip(mut self, client_ip: impl Into<String>) -> Self {
-        self.client_ip = client_ip.into();
-        self
     }
 
     pub fn token(&self) -> Result<&TokenValue, MalformedToken> {
