@@ -337,6 +337,18 @@ pub struct Config {
     /// /v1/forward-auth, over TLS when --tls-cert is set. Off unless set.
     #[arg(long, env = "TOKEND_HTTP_LISTEN", global = true)]
     pub http_listen: Option<SocketAddr>,
+    /// CIDR ranges of the proxies whose X-Forwarded-For (else X-Real-IP)
+    /// forward-auth believes, comma-separated (e.g. `10.0.0.0/8,::1`): from a
+    /// peer in them, the client address of an IP-bound token is the
+    /// right-most forwarded address that is not itself trusted; from any
+    /// other peer, the peer's own address. Default: none.
+    #[arg(
+        long,
+        env = "TOKEND_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<String>,
     #[command(flatten)]
     pub policy_defaults: PolicyDefaults,
     #[command(flatten)]
@@ -422,6 +434,24 @@ impl Config {
             }),
             _ => None,
         }
+    }
+
+    /// `--trusted-proxies`, parsed (blanks ignored).
+    pub fn trusted_proxies(&self) -> crate::error::Result<Vec<crate::domain::policy::Cidr>> {
+        let mut out = Vec::new();
+        for (i, text) in self.trusted_proxies.iter().map(|t| t.trim()).enumerate() {
+            if text.is_empty() {
+                continue;
+            }
+            let c = crate::domain::policy::Cidr::parse(&format!("--trusted-proxies[{i}]"), text)
+                .map_err(|v| {
+                    crate::error::Error::Config(format!("{}: {}", v.field, v.description))
+                })?;
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        Ok(out)
     }
 
     /// The service-wide rules; fails on `--policy-*` defaults that would be

@@ -22,7 +22,8 @@ pub mod test_proxies;
 
 use std::{io, net::SocketAddr, sync::Arc};
 
-use axum::serve::{Listener, ListenerExt};
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
 use axum::{
     Router,
     extract::State,
@@ -76,6 +77,41 @@ async fn metrics(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {
     }
 }
 
+/// The TCP peer of a request (axum `ConnectInfo`), over TLS or not.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, PlainListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// Plain TCP connections with Nagle off: small responses must not wait for
+/// delayed ACKs (~40 ms).
+struct PlainListener(TcpListener);
+
+impl Listener for PlainListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = Listener::accept(&mut self.0).await;
+        let _ = tcp.set_nodelay(true);
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Listener::local_addr(&self.0)
+    }
+}
+
 /// Serves `router` on `listener` (over TLS with `tls`) until `stop`, then
 /// finishes the requests in flight; `what` names the listener in errors.
 pub async fn serve(
@@ -94,18 +130,20 @@ pub async fn serve(
                 incoming: tls.http_incoming(listener),
                 addr,
             };
-            axum::serve(incoming, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            axum::serve(
+                incoming,
+                router.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
         }
         None => {
-            // Small responses must not wait for delayed ACKs (~40 ms).
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            axum::serve(
+                PlainListener(listener),
+                router.into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
         }
     };
     served.map_err(|e| Error::Internal(format!("{what} listener: {e}")))

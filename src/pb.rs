@@ -122,6 +122,7 @@ mod tests {
             format!(
                 "{:?}",
                 ValidateRequest {
+                    client_ip: String::new(),
                     token: secret.clone(),
                     required_modules: vec![]
                 }

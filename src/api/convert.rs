@@ -10,6 +10,7 @@ use crate::{
         AccountId, FieldViolation, OwnerId, Token, TokenId, TokenState, TokenValue, fields,
         fields::TokenName,
         page,
+        policy::Cidr,
         token::{Event, EventKind},
         token_value::MAX_TOKEN_BYTES,
     },
@@ -112,6 +113,7 @@ pub fn issue_input(r: pb::IssueRequest, now: DateTime<Utc>) -> Result<IssueInput
         expires_at: opt_timestamp("expires_at", r.expires_at.as_ref())?
             .map(|t| fields::future_expiry("expires_at", t, now))
             .transpose()?,
+        allowed_cidrs: Cidr::parse_list("allowed_cidrs", &r.allowed_cidrs)?,
     })
 }
 
@@ -133,7 +135,7 @@ pub fn update_input(r: pb::UpdateRequest, now: DateTime<Utc>) -> Result<UpdateIn
     if paths.is_empty() {
         return Err(Error::invalid(
             "update_mask",
-            "must name at least one of: name, description, modules, api_version, metadata, expires_at",
+            "must name at least one of: name, description, modules, api_version, metadata, expires_at, allowed_cidrs",
         ));
     }
     let mut input = UpdateInput::default();
@@ -154,6 +156,9 @@ pub fn update_input(r: pb::UpdateRequest, now: DateTime<Utc>) -> Result<UpdateIn
                     at.map(|t| fields::future_expiry("expires_at", t, now))
                         .transpose()?,
                 );
+            }
+            "allowed_cidrs" => {
+                input.allowed_cidrs = Some(Cidr::parse_list("allowed_cidrs", &r.allowed_cidrs)?)
             }
             other => {
                 return Err(Error::invalid(
@@ -194,9 +199,12 @@ pub fn revoke_input(r: pb::RevokeRequest) -> Result<(RevokeTarget, String)> {
     Ok((target, reason))
 }
 
-/// Duplicate's optional new name.
-pub fn duplicate_name(r: &pb::DuplicateRequest) -> Result<Option<TokenName>> {
-    Ok(optional(&r.name, |n| TokenName::parse("name", n))?)
+/// Duplicate's optional new name and ranges (empty: the source's).
+pub fn duplicate_input(r: &pb::DuplicateRequest) -> Result<(Option<TokenName>, Vec<Cidr>)> {
+    Ok((
+        optional(&r.name, |n| TokenName::parse("name", n))?,
+        Cidr::parse_list("allowed_cidrs", &r.allowed_cidrs)?,
+    ))
 }
 
 /// Search's filters: `query` is a whole token value if it parses as one,
@@ -234,6 +242,7 @@ pub fn search_input(r: pb::SearchRequest) -> Result<SearchInput> {
         expires_before: opt_timestamp("expires_before", r.expires_before.as_ref())?,
         expires_after: opt_timestamp("expires_after", r.expires_after.as_ref())?,
         breaks_policy: r.breaks_policy,
+        bound: r.bound,
     })
 }
 
@@ -279,6 +288,7 @@ pub fn reason_to_pb(r: Reason) -> pb::Reason {
         Reason::Revoked => pb::Reason::Revoked,
         Reason::Expired => pb::Reason::Expired,
         Reason::MissingModules => pb::Reason::MissingModules,
+        Reason::IpNotAllowed => pb::Reason::IpNotAllowed,
     }
 }
 
@@ -341,6 +351,7 @@ pub fn token_to_pb(t: &Token, now: DateTime<Utc>) -> pb::Token {
             .live_previous_secret(now)
             .map(|p| to_timestamp(p.expires_at)),
         updated_by: t.updated_by.clone(),
+        allowed_cidrs: t.allowed_cidrs.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -14,6 +14,10 @@
 //!   (e.g. `x-api-key`, whose value is the bare token).
 //! - Required modules: the route's context extension `required_modules`,
 //!   comma-separated.
+//! - The client address, for IP-bound tokens: `attributes.source.address.
+//!   socket_address.address`, the downstream peer as Envoy sees it (with
+//!   `use_remote_address` and `xff_num_trusted_hops`, Envoy's own view of the
+//!   original client). None that parses: unknown, which a bound token refuses.
 //! - Allowed: `OK` with the identity headers for the upstream (overwriting
 //!   any the client sent), the credential header in `headers_to_remove`, and
 //!   the same identity as dynamic metadata (namespace
@@ -95,6 +99,7 @@ impl ExtAuthzApi {
             &caller,
             presented,
             &required,
+            call.source_ip(),
             Gateway::ExtAuthz,
         )
         .await?;

@@ -13,7 +13,11 @@
 //! - malformed, unknown, disabled, revoked, expired: 401 with
 //!   `error="invalid_token"`;
 //! - a required module missing: 403 with `error="insufficient_scope"` and the
-//!   required modules as `scope`.
+//!   required modules as `scope`;
+//! - an IP-bound token from outside its ranges (or from an address the
+//!   contract could not establish): 403 with `error="invalid_token"`. The
+//!   client address is Envoy's `source.address` for ext_authz, and for
+//!   forward-auth the one `--trusted-proxies` vouch for (`http::forward_auth`).
 //!
 //! Each denial's body is one line naming the reason; no answer ever carries
 //! the presented token. A gateway refused before any verdict (its own
@@ -24,6 +28,7 @@
 
 use std::{
     borrow::Cow,
+    net::IpAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -196,6 +201,14 @@ impl Denial {
             Reason::Disabled => invalid!("the token is disabled", "disabled"),
             Reason::Revoked => invalid!("the token has been revoked", "revoked"),
             Reason::Expired => invalid!("the token has expired", "expired"),
+            Reason::IpNotAllowed => Self {
+                status: 403,
+                www_authenticate: Cow::Borrowed(
+                    r#"Bearer realm="tokend", error="invalid_token", error_description="the token is not allowed from this client address""#,
+                ),
+                body: "tokend: the token is not allowed from this client address\n",
+                reason: "ip_not_allowed",
+            },
             Reason::MissingModules => Self {
                 status: 403,
                 // Module names are [A-Za-z0-9._:/*-]: safe inside the quotes.
@@ -223,13 +236,15 @@ pub fn required_modules(field: &str, list: &str, into: &mut Vec<String>) -> Resu
     Ok(())
 }
 
-/// Judges `presented` for `caller` (the gateway), as Validate does, and
-/// counts the outcome for `gateway`.
+/// Judges `presented` from the end client at `client_ip` (`None`: unknown)
+/// for `caller` (the gateway), as Validate does, and counts the outcome for
+/// `gateway`.
 pub async fn decide(
     manager: &TokenManager,
     caller: &Caller,
     presented: Presented<'_>,
     required: &[String],
+    client_ip: Option<IpAddr>,
     gateway: Gateway,
 ) -> Result<Decision> {
     let started = metrics::timer();
@@ -245,7 +260,7 @@ pub async fn decide(
         }),
     };
     let verdict = manager
-        .validate(caller, parsed.as_ref().map_err(|e| *e), required)
+        .validate(caller, parsed.as_ref().map_err(|e| *e), required, client_ip)
         .await?;
     let (decision, result) = match (presented, verdict.reason, verdict.entry) {
         (Presented::Missing, _, _) => (Decision::Deny(Denial::missing()), GatewayResult::Missing),
@@ -362,6 +377,16 @@ mod tests {
             scope
                 .www_authenticate
                 .ends_with(r#"scope="billing:read reports""#)
+        );
+        let ip = Denial::of(Reason::IpNotAllowed, &[]);
+        assert_eq!((ip.status, ip.reason), (403, "ip_not_allowed"));
+        assert!(ip.www_authenticate.contains(r#"error="invalid_token""#));
+        assert_eq!(
+            ip.headers()[2],
+            (
+                REASON_HEADER,
+                "the token is not allowed from this client address"
+            )
         );
     }
 

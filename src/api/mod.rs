@@ -132,6 +132,9 @@ impl TokenApi {
         let caller = self.caller(req.metadata()).await?;
         let call = req.get_ref();
         convert::check_required_modules(call.required_modules())?;
+        // Parsed for every token when sent (a malformed one is refused
+        // whatever the token); nothing to do when not sent.
+        let client_ip = crate::domain::policy::client_ip("client_ip", call.client_ip())?;
         let value = call.token();
         if let Ok(v) = value {
             record_token(v.id());
@@ -139,7 +142,7 @@ impl TokenApi {
         let started = metrics::timer();
         let verdict = self
             .manager
-            .validate(&caller, value, call.required_modules())
+            .validate(&caller, value, call.required_modules(), client_ip)
             .await?;
         metrics::validate_outcome(verdict.reason, verdict.hit, started);
         Ok(ValidateReply::new(
@@ -220,8 +223,8 @@ impl TokenApi {
     ) -> Result<pb::DuplicateResponse> {
         let caller = self.caller(req.metadata()).await?;
         let id = token_id("id", &req.get_ref().id)?;
-        let name = convert::duplicate_name(req.get_ref())?;
-        let issued = self.manager.duplicate(&caller, id, name).await?;
+        let (name, ranges) = convert::duplicate_input(req.get_ref())?;
+        let issued = self.manager.duplicate(&caller, id, name, ranges).await?;
         record_token(issued.token.id);
         Ok(pb::DuplicateResponse {
             token: Some(token_to_pb(&issued.token, self.clock.now_utc())),

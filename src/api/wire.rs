@@ -5,7 +5,9 @@
 //!
 //! - `ValidateCall` (`tokens.v1.ValidateRequest`) parses the token straight
 //!   out of the request bytes into an inline `TokenValue`: no `String` is
-//!   allocated, copied and freed for it.
+//!   allocated, copied and freed for it. `client_ip` is kept as sent (a
+//!   `String`, allocated only when a caller sends one) and parsed by the
+//!   handler.
 //! - `ValidateReply` (`tokens.v1.ValidateResponse`): building the generated
 //!   message for a hit (a dozen strings, a vector and a hash map, then encoding
 //!   and dropping them) cost about as much as the cache lookup itself. The
@@ -52,6 +54,7 @@ pub(crate) mod field {
     pub mod request {
         pub const TOKEN: u32 = 1;
         pub const REQUIRED_MODULES: u32 = 2;
+        pub const CLIENT_IP: u32 = 3;
     }
     /// `tokens.v1.ValidateResponse`.
     pub mod response {
@@ -73,7 +76,7 @@ pub(crate) mod field {
 }
 
 use field::{
-    request::{REQUIRED_MODULES, TOKEN},
+    request::{CLIENT_IP, REQUIRED_MODULES, TOKEN},
     response::{REASON, VALID},
 };
 
@@ -121,12 +124,16 @@ pub fn encode_verified(token: &ValidationView<'_>) -> Box<[u8]> {
     buf.into_boxed_slice()
 }
 
-/// A Validate request: the token, already parsed, and the required modules.
+/// A Validate request: the token, already parsed, the required modules and
+/// the client address as sent.
 pub struct ValidateCall {
     /// A well-formed value, or why not with the text as sent (kept so that
     /// the message still encodes what it decoded; malformed input is rare).
     token: Result<TokenValue, (MalformedToken, String)>,
     required_modules: Vec<String>,
+    /// As sent (empty: none); parsed by the handler, and only when sent, so
+    /// a caller that sends none pays nothing for it.
+    client_ip: String,
 }
 
 impl Default for ValidateCall {
@@ -135,6 +142,7 @@ impl Default for ValidateCall {
         Self {
             token: Err((MalformedToken::Shape, String::new())),
             required_modules: Vec::new(),
+            client_ip: String::new(),
         }
     }
 }
@@ -144,6 +152,7 @@ impl ValidateCall {
         Self {
             token: parse_token(token),
             required_modules,
+            client_ip: String::new(),
         }
     }
 
@@ -153,6 +162,11 @@ impl ValidateCall {
 
     pub fn required_modules(&self) -> &[String] {
         &self.required_modules
+    }
+
+    /// The client address as sent; empty when none was.
+    pub fn client_ip(&self) -> &str {
+        &self.client_ip
     }
 }
 
@@ -166,6 +180,7 @@ impl std::fmt::Debug for ValidateCall {
         f.debug_struct("ValidateCall")
             .field("token", &"<redacted>")
             .field("required_modules", &self.required_modules)
+            .field("client_ip", &self.client_ip)
             .finish()
     }
 }
@@ -179,6 +194,9 @@ impl Message for ValidateCall {
             Err(_) => {}
         }
         encoding::string::encode_repeated(REQUIRED_MODULES, &self.required_modules, buf);
+        if !self.client_ip.is_empty() {
+            encoding::string::encode(CLIENT_IP, &self.client_ip, buf);
+        }
     }
 
     fn merge_field(
@@ -208,6 +226,7 @@ impl Message for ValidateCall {
             REQUIRED_MODULES => {
                 encoding::string::merge_repeated(wire_type, &mut self.required_modules, buf, ctx)
             }
+            CLIENT_IP => encoding::string::merge(wire_type, &mut self.client_ip, buf, ctx),
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
@@ -222,7 +241,14 @@ impl Message for ValidateCall {
         } else {
             encoding::key_len(TOKEN) + encoding::encoded_len_varint(len as u64) + len
         };
-        token + encoding::string::encoded_len_repeated(REQUIRED_MODULES, &self.required_modules)
+        let client_ip = if self.client_ip.is_empty() {
+            0
+        } else {
+            encoding::string::encoded_len(CLIENT_IP, &self.client_ip)
+        };
+        token
+            + encoding::string::encoded_len_repeated(REQUIRED_MODULES, &self.required_modules)
+            + client_ip
     }
 
     fn clear(&mut self) {

@@ -7,6 +7,7 @@
 use std::{fmt, net::IpAddr, time::Duration};
 
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 
 use super::FieldViolation;
 
@@ -16,12 +17,11 @@ pub const MAX_CIDRS: usize = 32;
 pub const MAX_NOTICES: usize = 8;
 
 /// An IPv4 or IPv6 range (`10.0.0.0/8`, `2001:db8::/32`; a bare address is a
-/// single-address range).
+/// single-address range, `/32` or `/128`), over `ipnet`'s `IpNet`. Always in
+/// normal form: an IPv4-mapped IPv6 range (`::ffff:10.0.0.0/104`) is held as
+/// its IPv4 range, and `Display` writes the canonical text with the prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     /// Parses one range; host bits must be zero, so `10.1.2.3/8` (most likely
@@ -36,26 +36,30 @@ impl Cidr {
         let addr: IpAddr = addr
             .parse()
             .map_err(|_| bad("expected an IPv4 or IPv6 address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
+            // Digits only: `u8::from_str` would take a `+`.
+            Some(p) => Some(p)
+                .filter(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u8>().ok())
                 .filter(|p| *p <= max)
                 .ok_or_else(|| bad(&format!("the prefix length must be 0..={max}")))?,
         };
-        let cidr = Self { addr, prefix };
-        if cidr.network() != addr {
+        let net = IpNet::new(addr, prefix)
+            .map_err(|_| bad(&format!("the prefix length must be 0..={max}")))?;
+        if net.trunc() != net {
             return Err(bad(&format!(
-                "host bits are set (the range is {}/{prefix})",
-                cidr.network()
+                "host bits are set (the range is {})",
+                net.trunc()
             )));
         }
-        Ok(cidr)
+        Ok(Self(normal(net)))
     }
 
-    /// Parses a list, naming each bad entry by its index; duplicates are dropped.
+    /// Parses a list, naming each bad entry by its index (`field[i]`); at
+    /// most `MAX_CIDRS`; duplicates (after normalising) are dropped, the
+    /// first kept in place.
     pub fn parse_list(field: &str, items: &[String]) -> Result<Vec<Self>, FieldViolation> {
         if items.len() > MAX_CIDRS {
             return Err(FieldViolation::new(
@@ -73,49 +77,61 @@ impl Cidr {
         Ok(out)
     }
 
-    fn network(&self) -> IpAddr {
-        match self.addr {
-            IpAddr::V4(a) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V4((u32::from(a) & mask).into())
-            }
-            IpAddr::V6(a) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(a) & mask).into())
-            }
-        }
-    }
-
     /// Whether `ip` is in this range. An IPv4-mapped IPv6 address
     /// (`::ffff:10.0.0.1`, as a dual-stack socket reports IPv4 peers) counts
-    /// as its IPv4 address.
+    /// as its IPv4 address. Runs on every Validate of a bound token.
+    #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                Self {
-                    addr: ip,
-                    prefix: self.prefix,
-                }
-                .network()
-                    == self.addr
-            }
-            _ => false,
-        }
+        self.0.contains(&canonical_ip(ip))
     }
+
+    /// Whether any of `ranges` contains `ip`.
+    pub fn any_contains(ranges: &[Self], ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        ranges.iter().any(|c| c.0.contains(&ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 address as its IPv4 address; others unchanged.
+#[inline]
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// An IPv4-mapped IPv6 range of at least /96 as its IPv4 range.
+fn normal(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n);
+    }
+    net
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        fmt::Display::fmt(&self.0, f)
     }
+}
+
+/// A client address as a caller sends it (`ValidateRequest.client_ip`):
+/// empty means none; anything else must be an IPv4 or IPv6 address (no
+/// port, no brackets, no zone).
+pub fn client_ip(field: &str, s: &str) -> Result<Option<IpAddr>, FieldViolation> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        FieldViolation::new(
+            field,
+            "must be an IPv4 or IPv6 address (no port, brackets or zone), or empty",
+        )
+    })
 }
 
 /// An account's rules for its tokens.
@@ -337,6 +353,70 @@ mod tests {
             assert_eq!(e.field, "default_allowed_cidrs[0]", "{bad}");
         }
         assert_eq!(cidr("2001:db8::/32").to_string(), "2001:db8::/32");
+    }
+
+    #[test]
+    fn cidrs_are_normalised_and_deduplicated() {
+        assert_eq!(cidr("192.168.1.7").to_string(), "192.168.1.7/32");
+        assert_eq!(cidr("2001:DB8::1").to_string(), "2001:db8::1/128");
+        assert_eq!(cidr("2001:0db8:0000::/48").to_string(), "2001:db8::/48");
+        // An IPv4-mapped range is its IPv4 range.
+        assert_eq!(cidr("::ffff:10.0.0.0/104"), cidr("10.0.0.0/8"));
+        assert!(cidr("::ffff:10.0.0.0/104").contains("10.9.9.9".parse().unwrap()));
+        let list: Vec<String> = ["10.0.0.1", "10.0.0.1/32", "::1", "::0:1/128", "10.0.0.0/8"]
+            .map(String::from)
+            .to_vec();
+        let parsed = Cidr::parse_list("allowed_cidrs", &list).unwrap();
+        assert_eq!(
+            parsed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.1/32", "::1/128", "10.0.0.0/8"]
+        );
+        assert!(Cidr::any_contains(
+            &parsed,
+            "::ffff:10.200.0.1".parse().unwrap()
+        ));
+        assert!(!Cidr::any_contains(&parsed, "::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_cidr_lists_name_the_entry() {
+        let list: Vec<String> = ["10.0.0.0/8", "::/0", "10.0.0.300"]
+            .map(String::from)
+            .to_vec();
+        let e = Cidr::parse_list("allowed_cidrs", &list).unwrap_err();
+        assert_eq!(e.field, "allowed_cidrs[2]");
+        assert!(e.description.contains("10.0.0.300"), "{}", e.description);
+        for bad in [
+            "10.0.0.0/+8",
+            "10.0.0.0/",
+            "10.0.0.0/0008",
+            " 10.0.0.1",
+            "[::1]",
+            "fe80::1%eth0",
+        ] {
+            assert!(Cidr::parse("c", bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_CIDRS).map(|i| format!("10.0.0.{i}")).collect();
+        assert_eq!(
+            Cidr::parse_list("allowed_cidrs", &many).unwrap_err().field,
+            "allowed_cidrs"
+        );
+    }
+
+    #[test]
+    fn client_addresses_parse_strictly() {
+        assert_eq!(client_ip("client_ip", "").unwrap(), None);
+        assert_eq!(
+            client_ip("client_ip", "2001:db8::7").unwrap(),
+            Some("2001:db8::7".parse().unwrap())
+        );
+        for bad in ["10.0.0.1:80", "[::1]", "localhost", " 10.0.0.1", "10.0.0"] {
+            assert_eq!(
+                client_ip("client_ip", bad).unwrap_err().field,
+                "client_ip",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, Utc};
 
-use super::{TokenId, TokenState};
+use super::{TokenId, TokenState, policy::Cidr};
 
 /// An argon2id PHC string. Its `Debug` is redacted: the hash must never reach a
 /// log line, an error or a response.
@@ -92,6 +92,9 @@ pub struct Token {
     pub expires_at: Option<DateTime<Utc>>,
     pub disabled_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The client address ranges the token is valid from (normalised, no
+    /// duplicates); empty: unbound, valid from anywhere.
+    pub allowed_cidrs: Vec<Cidr>,
 }
 
 /// What Validate needs of a token: the fields its cache entry is built from.
@@ -110,6 +113,8 @@ pub struct ValidationRecord {
     pub secret_hash: SecretHash,
     pub verifier: Option<StoredVerifier>,
     pub previous_secret: Option<PreviousSecret>,
+    /// Empty: unbound.
+    pub allowed_cidrs: Vec<Cidr>,
 }
 
 /// The same fields, borrowed from a `Token` or a `ValidationRecord`.
@@ -126,6 +131,7 @@ pub struct ValidationView<'a> {
     pub secret_hash: &'a SecretHash,
     pub verifier: Option<&'a StoredVerifier>,
     pub previous_secret: Option<&'a PreviousSecret>,
+    pub allowed_cidrs: &'a [Cidr],
 }
 
 impl ValidationView<'_> {
@@ -142,6 +148,7 @@ impl ValidationView<'_> {
             secret_hash: self.secret_hash.clone(),
             verifier: self.verifier.cloned(),
             previous_secret: self.previous_secret.cloned(),
+            allowed_cidrs: self.allowed_cidrs.to_vec(),
         }
     }
 }
@@ -165,6 +172,7 @@ impl ValidationRecord {
             secret_hash: &self.secret_hash,
             verifier: self.verifier.as_ref(),
             previous_secret: self.previous_secret.as_ref(),
+            allowed_cidrs: &self.allowed_cidrs,
         }
     }
 }
@@ -184,6 +192,7 @@ impl Token {
             secret_hash: &self.secret_hash,
             verifier: self.verifier.as_ref(),
             previous_secret: self.previous_secret.as_ref(),
+            allowed_cidrs: &self.allowed_cidrs,
         }
     }
 

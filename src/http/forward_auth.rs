@@ -15,7 +15,11 @@
 //!   the proxy sets (or strips) the header on every route;
 //! - the gateway's own credential: `X-Tokend-Authorization: Bearer <token>`,
 //!   a token with `tokens:validate` (or admin, platform), checked as gRPC
-//!   metadata is.
+//!   metadata is;
+//! - the client address, for IP-bound tokens (`client_ip`): the TCP peer,
+//!   unless the peer is in `--trusted-proxies`; then the right-most
+//!   `X-Forwarded-For` address that is not itself trusted, else `X-Real-IP`,
+//!   else none (which a bound token refuses: binding fails closed).
 //!
 //! Allowed: 200 with `X-Tokend-Token-Id`, `-Account-Id`, `-Owner-Id`,
 //! `-Modules`, `-Api-Version` (all five, even when empty), and
@@ -27,12 +31,12 @@
 //! any status but 2xx/401/403, and Caddy passes it on; neither blames the
 //! client. A store outage is 503, a throttled token id 429.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
     Router,
     body::Body,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts},
     response::Response,
     routing::any,
@@ -41,7 +45,9 @@ use tonic::Code;
 
 use crate::{
     api::gateway::{self, Decision, Denial, Identity, Presented},
+    domain::policy::Cidr,
     error::{Error, Result},
+    http::Peer,
     manage::TokenManager,
     telemetry::metrics::Gateway,
 };
@@ -61,19 +67,42 @@ pub const ERROR_HEADER: &str = "x-tokend-error";
 /// Envoy's HTTP ext_authz mode removes the headers this lists before the upstream.
 const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
-/// The forward-auth routes, served on `--http-listen`.
-pub fn router(manager: Arc<TokenManager>) -> Router {
+/// The forwarded-for header of proxies (a comma list per line, the
+/// nearest hop last) and nginx's single-address alternative.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_REAL_IP: &str = "x-real-ip";
+
+/// What the handler needs: the use-cases, and `--trusted-proxies`.
+#[derive(Clone)]
+struct Gate {
+    manager: Arc<TokenManager>,
+    trusted: Arc<[Cidr]>,
+}
+
+/// The forward-auth routes, served on `--http-listen` (with `Peer` connect
+/// info: `http::serve`), believing forwarded addresses from `trusted` peers.
+pub fn router(manager: Arc<TokenManager>, trusted: Vec<Cidr>) -> Router {
     Router::new()
         .route(PATH, any(forward_auth))
         .route(&format!("{PATH}/{{*path}}"), any(forward_auth))
-        .with_state(manager)
+        .with_state(Gate {
+            manager,
+            trusted: trusted.into(),
+        })
 }
 
-async fn forward_auth(State(manager): State<Arc<TokenManager>>, request: Request) -> Response {
+async fn forward_auth(State(gate): State<Gate>, request: Request) -> Response {
     // The body is not read; the parts are what is judged (and, unlike the
     // body, can be held across awaits).
     let (parts, _) = request.into_parts();
-    match judge(&manager, &parts).await {
+    // Without connect info (a router served some other way) the client is
+    // unknown: IP-bound tokens are refused, others unaffected.
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<Peer>>()
+        .map(|ConnectInfo(Peer(addr))| addr.ip());
+    let client_ip = peer.and_then(|peer| client_ip(peer, &parts.headers, &gate.trusted));
+    match judge(&gate.manager, &parts, client_ip).await {
         Ok((Decision::Allow(identity), header)) => allowed(&identity, header),
         Ok((Decision::Deny(denial), _)) => denied(denial),
         Err(err) => {
@@ -83,8 +112,46 @@ async fn forward_auth(State(manager): State<Arc<TokenManager>>, request: Request
     }
 }
 
+/// The end client's address as `peer` (the TCP peer) and the proxies it
+/// vouches for tell it: `peer` itself unless it is `trusted`; then the
+/// right-most `X-Forwarded-For` address that is not trusted (proxies append
+/// the address they received from, so entries left of an untrusted one may
+/// be the client's own inventions), else `X-Real-IP`. `None` when a trusted
+/// peer vouches for nothing usable (an entry that is not an address ends the
+/// walk: nothing left of it can be believed).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Option<IpAddr> {
+    if !Cidr::any_contains(trusted, peer) {
+        return Some(peer);
+    }
+    for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let line = line.to_str().ok()?;
+        for item in line.rsplit(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let ip = forwarded_address(item)?;
+            if !Cidr::any_contains(trusted, ip) {
+                return Some(ip);
+            }
+        }
+    }
+    headers
+        .get(X_REAL_IP)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| forwarded_address(v.trim()))
+}
+
+/// One forwarded address: bare, or with a port (`203.0.113.7:4711`,
+/// `[2001:db8::1]:4711`), as some proxies write them.
+fn forwarded_address(text: &str) -> Option<IpAddr> {
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
 /// The decision, and the header the token came in.
-async fn judge(manager: &TokenManager, request: &Parts) -> Result<(Decision, &'static str)> {
+async fn judge(
+    manager: &TokenManager,
+    request: &Parts,
+    client_ip: Option<IpAddr>,
+) -> Result<(Decision, &'static str)> {
     let headers = &request.headers;
     let credential = headers.get(GATEWAY_CREDENTIAL).ok_or_else(|| {
         Error::Unauthenticated(
@@ -115,8 +182,15 @@ async fn judge(manager: &TokenManager, request: &Parts) -> Result<(Decision, &'s
         }
     }
     let (presented, header) = presented(headers);
-    let decision =
-        gateway::decide(manager, &caller, presented, &required, Gateway::ForwardAuth).await?;
+    let decision = gateway::decide(
+        manager,
+        &caller,
+        presented,
+        &required,
+        client_ip,
+        Gateway::ForwardAuth,
+    )
+    .await?;
     Ok((decision, header))
 }
 
@@ -242,6 +316,61 @@ mod tests {
         let only_basic = headers(&[("authorization", "Basic x")]);
         assert!(matches!(presented(&only_basic).0, Presented::Missing));
         assert!(matches!(presented(&headers(&[])).0, Presented::Missing));
+    }
+
+    #[test]
+    fn the_client_address_is_the_one_trusted_proxies_vouch_for() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = [
+            Cidr::parse("t", "10.0.0.0/8").unwrap(),
+            Cidr::parse("t", "::1").unwrap(),
+        ];
+        let xff = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 198.51.100.4"),
+            ("x-forwarded-for", "10.1.1.1"),
+            ("x-real-ip", "192.0.2.1"),
+        ]);
+        // An untrusted peer: its own address, whatever it claims.
+        assert_eq!(
+            client_ip(ip("203.0.113.5"), &xff, &trusted),
+            Some(ip("203.0.113.5"))
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.5"), &xff, &[]),
+            Some(ip("203.0.113.5"))
+        );
+        // A trusted peer: the right-most untrusted hop, not the spoofable left.
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), &xff, &trusted),
+            Some(ip("198.51.100.4"))
+        );
+        assert_eq!(
+            client_ip(ip("::1"), &xff, &trusted),
+            Some(ip("198.51.100.4"))
+        );
+        // IPv4 peers on a dual-stack socket.
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.2"), &xff, &trusted),
+            Some(ip("198.51.100.4"))
+        );
+        // Only trusted hops, or none: X-Real-IP; nothing at all: unknown.
+        let real = headers(&[
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-real-ip", "2001:db8::9"),
+        ]);
+        assert_eq!(
+            client_ip(ip("::1"), &real, &trusted),
+            Some(ip("2001:db8::9"))
+        );
+        assert_eq!(client_ip(ip("::1"), &headers(&[]), &trusted), None);
+        // Ports are dropped; garbage ends the walk (fail closed).
+        let ported = headers(&[("x-forwarded-for", "[2001:db8::7]:4711, 10.0.0.1:80")]);
+        assert_eq!(
+            client_ip(ip("::1"), &ported, &trusted),
+            Some(ip("2001:db8::7"))
+        );
+        let garbage = headers(&[("x-forwarded-for", "198.51.100.4, unknown")]);
+        assert_eq!(client_ip(ip("::1"), &garbage, &trusted), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::{
     domain::{
         AccountId, Caller, EventKind, NewEvent, OwnerId, Token, TokenId, TokenState, TokenValue,
         fields::TokenName,
+        policy::{AccountPolicy, Cidr},
         privilege::{Denied, Privilege},
         token::{Actor, SecretHash, StoredVerifier},
     },
@@ -29,6 +30,19 @@ struct Template {
     api_version: String,
     metadata: BTreeMap<String, String>,
     expires_at: Option<DateTime<Utc>>,
+    allowed_cidrs: Vec<Cidr>,
+}
+
+/// The ranges a new token is bound to: those its request names, else
+/// `inherited` (a duplicated token's), else the account policy's default.
+fn bind(requested: Vec<Cidr>, inherited: Vec<Cidr>, rules: &AccountPolicy) -> Vec<Cidr> {
+    if !requested.is_empty() {
+        requested
+    } else if !inherited.is_empty() {
+        inherited
+    } else {
+        rules.default_allowed_cidrs.clone()
+    }
 }
 
 impl Template {
@@ -47,6 +61,7 @@ impl Template {
             api_version: source.api_version,
             metadata: source.metadata,
             expires_at: source.expires_at.filter(|e| *e > now),
+            allowed_cidrs: source.allowed_cidrs,
         }
     }
 
@@ -82,6 +97,7 @@ impl Template {
             expires_at: self.expires_at,
             disabled_at: None,
             revoked_at: None,
+            allowed_cidrs: self.allowed_cidrs,
         }
     }
 }
@@ -117,6 +133,7 @@ impl TokenManager {
             api_version: input.api_version,
             metadata: input.metadata,
             expires_at: input.expires_at,
+            allowed_cidrs: bind(input.allowed_cidrs, Vec::new(), &rules),
         };
         self.create(
             template,
@@ -147,6 +164,9 @@ impl TokenManager {
             api_version: String::new(),
             metadata: BTreeMap::new(),
             expires_at: None,
+            // The platform's first credential is never bound: binding it
+            // wrongly would lock the operator out.
+            allowed_cidrs: Vec::new(),
         };
         let event = NewEvent {
             kind: EventKind::Issued,
@@ -165,6 +185,7 @@ impl TokenManager {
         caller: &Caller,
         id: TokenId,
         name: Option<TokenName>,
+        allowed_cidrs: Vec<Cidr>,
     ) -> Result<Issued> {
         let source = self.load(caller, id).await?;
         source
@@ -173,8 +194,13 @@ impl TokenManager {
             .map_err(revoked_is_final)?;
         grant(caller, "modules", &source.modules)?;
         let now = self.now();
-        let template = Template::duplicate_of(source, name, now);
+        let mut template = Template::duplicate_of(source, name, now);
         let rules = self.policies.effective(&template.account_id).await?;
+        template.allowed_cidrs = bind(
+            allowed_cidrs,
+            std::mem::take(&mut template.allowed_cidrs),
+            &rules,
+        );
         rules
             .check_expiry(template.expires_at, now)
             .map_err(|b| crate::manage::policy::refuse_token("duplicated", b))?;
@@ -241,6 +267,7 @@ mod tests {
         );
         assert_eq!(copy.description, "d");
         assert_eq!(copy.modules, source.modules);
+        assert_eq!(copy.allowed_cidrs, source.allowed_cidrs);
         let named = Template::duplicate_of(
             source,
             Some(TokenName::parse("name", "other").unwrap()),
@@ -248,6 +275,25 @@ mod tests {
         );
         assert_eq!(named.name, "other");
         assert_eq!(named.expires_at, Some(at(100)), "a future expiry is kept");
+    }
+
+    #[test]
+    fn ranges_come_from_the_request_else_the_source_else_the_policy() {
+        let c = |s: &str| Cidr::parse("c", s).unwrap();
+        let rules = AccountPolicy {
+            default_allowed_cidrs: vec![c("10.0.0.0/8")],
+            ..Default::default()
+        };
+        assert_eq!(
+            bind(vec![c("::1")], vec![c("192.0.2.0/24")], &rules),
+            [c("::1")]
+        );
+        assert_eq!(
+            bind(vec![], vec![c("192.0.2.0/24")], &rules),
+            [c("192.0.2.0/24")]
+        );
+        assert_eq!(bind(vec![], vec![], &rules), [c("10.0.0.0/8")]);
+        assert!(bind(vec![], vec![], &AccountPolicy::default()).is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    AccountId, OwnerId, Token, TokenId, TokenState, TokenValue, fields::TokenName,
+    AccountId, OwnerId, Token, TokenId, TokenState, TokenValue, fields::TokenName, policy::Cidr,
 };
 
 /// A token and its full value, handed out once.
@@ -27,6 +27,8 @@ pub struct IssueInput {
     pub api_version: String,
     pub metadata: BTreeMap<String, String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Empty: the account policy's `default_allowed_cidrs`.
+    pub allowed_cidrs: Vec<Cidr>,
 }
 
 /// Fields to change; `None` leaves a field alone.
@@ -38,6 +40,8 @@ pub struct UpdateInput {
     pub api_version: Option<String>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// `Some(vec![])` unbinds the token.
+    pub allowed_cidrs: Option<Vec<Cidr>>,
 }
 
 pub enum RevokeTarget {
@@ -72,6 +76,8 @@ pub struct SearchInput {
     pub expires_after: Option<DateTime<Utc>>,
     /// Tokens whose expiry breaks their account's current policy.
     pub breaks_policy: bool,
+    /// Only IP-bound tokens (`Some(true)`) or only unbound ones (`Some(false)`).
+    pub bound: Option<bool>,
 }
 
 /// One page of a Search.

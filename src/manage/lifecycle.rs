@@ -48,6 +48,10 @@ fn updated(mut token: Token, input: UpdateInput, actor: Actor, now: DateTime<Utc
         token.expires_at = e;
         changed.push("expires_at");
     }
+    if let Some(ranges) = input.allowed_cidrs {
+        token.allowed_cidrs = ranges;
+        changed.push("allowed_cidrs");
+    }
     if token == before {
         return Change::Unchanged(token);
     }

@@ -56,6 +56,7 @@ impl TokenManager {
             expires_before: input.expires_before,
             expires_after: input.expires_after,
             breaks,
+            bound: input.bound,
             limit: input.page_size + 1,
             ..SearchQuery::default()
         };
@@ -81,7 +82,7 @@ impl TokenManager {
             }
         }
         // The page size may change between pages; the filters may not.
-        let filters = Filters::default()
+        let mut filters = Filters::default()
             .scope(&scope)
             .text(query.account_id.as_deref())
             .raw(&query_key)
@@ -95,8 +96,13 @@ impl TokenManager {
             .time(query.last_used_after)
             .time(query.expires_before)
             .time(query.expires_after)
-            .raw(if input.breaks_policy { "breaks" } else { "" })
-            .fingerprint();
+            .raw(if input.breaks_policy { "breaks" } else { "" });
+        // Only when set: page tokens made without it (and before it
+        // existed) keep their fingerprint.
+        if let Some(bound) = input.bound {
+            filters = filters.raw(if bound { "bound" } else { "unbound" });
+        }
+        let filters = filters.fingerprint();
         if let Some(t) = &input.page_token {
             query.after = Some(TokenCursor::decode("page_token", t, filters)?);
         }

@@ -31,7 +31,9 @@ use crate::{
     },
     error::{Error, Result},
     store::{Change, Store},
-    validation::{Reason, Validator, Verdict, clock::Clock, hasher::Hasher, verifier::Keyring},
+    validation::{
+        Client, Reason, Validator, Verdict, clock::Clock, hasher::Hasher, verifier::Keyring,
+    },
 };
 
 /// Service-wide rules.
@@ -155,7 +157,12 @@ impl TokenManager {
         let value = TokenValue::parse(credential).map_err(|_| {
             Error::Unauthenticated("the credential is not a well-formed token".into())
         })?;
-        let verdict = self.validator.validate(&value, &[], None).await?;
+        // A caller credential's own IP binding is not checked (README
+        // "IP binding").
+        let verdict = self
+            .validator
+            .validate(&value, &[], None, Client::Unchecked)
+            .await?;
         match (verdict.reason, verdict.entry) {
             (Reason::Valid, Some(entry)) => {
                 let s = &entry.snapshot;
@@ -168,12 +175,14 @@ impl TokenManager {
         }
     }
 
-    /// Validate on behalf of `caller`.
+    /// Validate on behalf of `caller`, for an end client at `client_ip`
+    /// (`None`: not known, which an IP-bound token refuses).
     pub async fn validate(
         &self,
         caller: &Caller,
         value: Result<&TokenValue, MalformedToken>,
         required_modules: &[String],
+        client_ip: Option<std::net::IpAddr>,
     ) -> Result<Verdict> {
         let Some(account) = caller.validation_scope() else {
             return Err(Error::PermissionDenied(
@@ -183,7 +192,7 @@ impl TokenManager {
         match value {
             Ok(value) => {
                 self.validator
-                    .validate(value, required_modules, account)
+                    .validate(value, required_modules, account, Client::Addr(client_ip))
                     .await
             }
             Err(MalformedToken::TooLong) => {

@@ -163,8 +163,9 @@ pub(super) fn serve_forward_auth(
     addr: SocketAddr,
     tls: Option<Arc<Tls>>,
     services: &Services,
+    trusted_proxies: Vec<crate::domain::policy::Cidr>,
 ) {
-    let router = http::forward_auth::router(Arc::clone(&services.manager));
+    let router = http::forward_auth::router(Arc::clone(&services.manager), trusted_proxies);
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, "forward-auth on {scheme}://{addr}{}", http::forward_auth::PATH);
     let mut first = Some(listener);

@@ -291,7 +291,8 @@ impl Application {
             serve_metrics(&supervisor, m, &services, &health);
         }
         if let Some((listener, addr)) = http {
-            serve_forward_auth(&supervisor, listener, addr, tls.clone(), &services);
+            let trusted = config.trusted_proxies()?;
+            serve_forward_auth(&supervisor, listener, addr, tls.clone(), &services, trusted);
         }
 
         let drain = {

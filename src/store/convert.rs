@@ -12,6 +12,7 @@ use super::{
 use crate::{
     domain::{
         NewEvent, Token, TokenId, TokenState,
+        policy::Cidr,
         token::{
             Actor, Event, EventKind, PreviousSecret, SecretHash, StoredVerifier, ValidationRecord,
         },
@@ -21,6 +22,26 @@ use crate::{
 
 fn corrupt(what: &str, id: &str) -> Error {
     Error::Internal(format!("stored {what} of token {id} is unreadable"))
+}
+
+/// The `allowed_cidrs` column: NULL (unbound, and every row from before IP
+/// binding) or a JSON array of normalised ranges.
+fn allowed_cidrs(column: Option<&str>, id: &str) -> Result<Vec<Cidr>> {
+    let Some(json) = column else {
+        return Ok(Vec::new());
+    };
+    let texts: Vec<String> =
+        serde_json::from_str(json).map_err(|_| corrupt("allowed_cidrs", id))?;
+    Cidr::parse_list("allowed_cidrs", &texts).map_err(|_| corrupt("allowed_cidrs", id))
+}
+
+/// The column of `ranges`: NULL when there are none.
+pub fn allowed_cidrs_column(ranges: &[Cidr]) -> Option<String> {
+    if ranges.is_empty() {
+        return None;
+    }
+    let texts: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+    serde_json::to_string(&texts).ok()
 }
 
 /// The columns every reader of a token decodes the same way.
@@ -66,6 +87,7 @@ fn parse(
 }
 
 pub fn validation_record_from_row(r: WarmRow) -> Result<ValidationRecord> {
+    let allowed_cidrs = allowed_cidrs(r.allowed_cidrs.as_deref(), &r.id)?;
     let p = parse(
         &r.id,
         &r.modules,
@@ -88,10 +110,12 @@ pub fn validation_record_from_row(r: WarmRow) -> Result<ValidationRecord> {
         secret_hash: SecretHash::new(r.secret_hash.0),
         verifier: verifier_from_columns(r.verifier_key_id, r.verifier),
         previous_secret: p.previous_secret,
+        allowed_cidrs,
     })
 }
 
 pub fn token_from_model(m: token::Model) -> Result<Token> {
+    let allowed_cidrs = allowed_cidrs(m.allowed_cidrs.as_deref(), &m.id)?;
     let Parsed {
         id,
         modules,
@@ -131,6 +155,7 @@ pub fn token_from_model(m: token::Model) -> Result<Token> {
         expires_at: m.expires_at,
         disabled_at: m.disabled_at,
         revoked_at: m.revoked_at,
+        allowed_cidrs,
     })
 }
 
@@ -192,6 +217,7 @@ pub fn token_to_active(t: &Token) -> Result<token::ActiveModel> {
         expires_at: Set(t.expires_at),
         disabled_at: Set(t.disabled_at),
         revoked_at: Set(t.revoked_at),
+        allowed_cidrs: Set(allowed_cidrs_column(&t.allowed_cidrs)),
     })
 }
 

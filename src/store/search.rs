@@ -54,6 +54,10 @@ pub struct SearchQuery {
     pub expires_after: Option<chrono::DateTime<chrono::Utc>>,
     /// Tokens whose expiry breaks a policy (`ExpiryBreach`).
     pub breaks: Option<ExpiryBreach>,
+    /// Only IP-bound tokens (`Some(true)`: `allowed_cidrs IS NOT NULL`) or
+    /// only unbound ones. Checked on the row the other filters reach, like
+    /// the expiry filters: a token's binding is no index's leading column.
+    pub bound: Option<bool>,
     pub after: Option<TokenCursor>,
     pub limit: u64,
 }
@@ -187,6 +191,7 @@ impl Plan {
             || q.expires_before.is_some()
             || q.expires_after.is_some()
             || q.breaks.is_some()
+            || q.bound.is_some()
             || matches!(q.scope, Some(Scope::Owner { .. }))
     }
 
@@ -284,6 +289,11 @@ impl Plan {
                 any = any.add(Expr::val(1).eq(0));
             }
             cond = cond.add(any);
+        }
+        match q.bound {
+            Some(true) => cond = cond.add(C::AllowedCidrs.is_not_null()),
+            Some(false) => cond = cond.add(C::AllowedCidrs.is_null()),
+            None => {}
         }
         if let (Some(after), true) = (&q.after, paged) {
             // The first bound lets the index range start at the cursor.

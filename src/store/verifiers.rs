@@ -43,6 +43,7 @@ pub(super) struct WarmRow {
     pub prev_secret_expires_at: Option<DateTime<Utc>>,
     pub prev_verifier_key_id: Option<String>,
     pub prev_verifier: Option<VerifierColumn>,
+    pub allowed_cidrs: Option<String>,
 }
 
 /// A verifier to write for one slot of one token, only while the row still
@@ -105,6 +106,7 @@ fn validation_columns(select: sea_orm::Select<token::Entity>) -> sea_orm::Select
         C::PrevSecretExpiresAt,
         C::PrevVerifierKeyId,
         C::PrevVerifier,
+        C::AllowedCidrs,
     ])
 }
 

@@ -38,6 +38,7 @@ use super::{
 use crate::{
     domain::{
         Privileges, TokenId, TokenIdentity, TokenState, TokenValue,
+        policy::Cidr,
         token::{SecretHash, StoredVerifier, ValidationRecord, ValidationView},
     },
     telemetry::metrics::CountEvictions,

@@ -34,7 +34,7 @@ pub mod warm;
 #[cfg(test)]
 mod typo_tests;
 
-use std::{fmt, sync::Arc};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use self::{
     backfill::VerifierBackfill,
@@ -62,6 +62,8 @@ pub enum Reason {
     Revoked,
     Expired,
     MissingModules,
+    /// An IP-bound token from outside its ranges, or from an unknown address.
+    IpNotAllowed,
 }
 
 impl fmt::Display for Reason {
@@ -74,6 +76,7 @@ impl fmt::Display for Reason {
             Self::Revoked => "revoked",
             Self::Expired => "expired",
             Self::MissingModules => "missing modules",
+            Self::IpNotAllowed => "ip not allowed",
         })
     }
 }
@@ -102,12 +105,25 @@ impl Verdict {
     }
 }
 
-fn judge(entry: &Entry, required_modules: &[String], now: UnixMicros) -> Reason {
+/// The end client a token is presented for, as far as IP binding goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// The client's address, or `None` when the caller does not know it:
+    /// an IP-bound token is then rejected (binding fails closed).
+    Addr(Option<IpAddr>),
+    /// The token is tokend's own caller credential, whose binding is not
+    /// checked (README "IP binding").
+    Unchecked,
+}
+
+fn judge(entry: &Entry, required_modules: &[String], client: Client, now: UnixMicros) -> Reason {
     let s = &entry.snapshot;
     match s.state {
         TokenState::Revoked => Reason::Revoked,
         TokenState::Disabled => Reason::Disabled,
         TokenState::Active if s.expires_at.is_some_and(|t| t <= now) => Reason::Expired,
+        // One pointer test for an unbound token.
+        TokenState::Active if !s.allows(client) => Reason::IpNotAllowed,
         TokenState::Active if !s.has_modules(required_modules) => Reason::MissingModules,
         TokenState::Active => Reason::Valid,
     }
@@ -158,12 +174,14 @@ impl Validator {
 
     /// Judges a parsed token value, as a use of the token: a valid verdict
     /// updates its last-used time. `account` limits which account's tokens
-    /// this caller may see (others look unknown).
+    /// this caller may see (others look unknown); `client` is who presented
+    /// it, for IP-bound tokens.
     pub async fn validate(
         &self,
         value: &TokenValue,
         required_modules: &[String],
         account: Option<&str>,
+        client: Client,
     ) -> Result<Verdict> {
         let now = self.cache.clock().now();
         let (found, hit) = self.verified(value, now).await?;
@@ -179,7 +197,7 @@ impl Validator {
                 ..Verdict::rejected(Reason::Unknown)
             });
         }
-        let reason = judge(&entry, required_modules, now);
+        let reason = judge(&entry, required_modules, client, now);
         if reason == Reason::Valid && entry.should_record_use(now.secs()) {
             self.usage.record(value.id(), now.to_datetime());
         }

@@ -594,6 +594,7 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
             .duplicate(
                 &p,
                 pb::DuplicateRequest {
+                    allowed_cidrs: Vec::new(),
                     id: bad.into(),
                     name: String::new(),
                 },
@@ -678,6 +679,7 @@ async fn get_set_state_revoke_rotate_duplicate_reject_bad_input() {
             .duplicate(
                 &p,
                 pb::DuplicateRequest {
+                    allowed_cidrs: Vec::new(),
                     id: id.clone(),
                     name: bad.clone(),
                 },
@@ -709,6 +711,7 @@ async fn validate_rejects_oversized_values_and_bad_required_modules() {
     let p = app.platform.clone();
     let (_, value) = app.token_for("acme", "alice", &["x"]).await;
     let validate = |token: String, required: Vec<String>| pb::ValidateRequest {
+        client_ip: String::new(),
         token,
         required_modules: required,
     };

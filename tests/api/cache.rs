@@ -223,6 +223,7 @@ async fn rotate_and_duplicate_prewarm_the_new_value() {
         .duplicate(
             &app.platform,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: id.clone(),
                 name: String::new(),
             },

@@ -222,6 +222,7 @@ async fn populate(app: &TestApp, plain: usize) -> Vec<String> {
         .duplicate(
             &p,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: id_of(&updated.secret),
                 name: String::new(),
             },

@@ -608,6 +608,17 @@ impl Conn {
         Self::over(TokioIo::new(tcp)).await
     }
 
+    /// A connection from another loopback address (all of 127.0.0.0/8 is
+    /// this machine): a client the server sees as `from`.
+    async fn open_from(addr: SocketAddr, from: [u8; 4]) -> Conn {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::from((from, 0)))
+            .expect("bind a loopback source address");
+        let tcp = socket.connect(addr).await.unwrap();
+        Self::over(TokioIo::new(tcp)).await
+    }
+
     async fn open_tls(addr: SocketAddr, ca_pem: &str) -> Conn {
         use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
         let mut roots = rustls::RootCertStore::empty();
@@ -868,6 +879,7 @@ async fn issue_direct(app: &TestApp, owner: &str, modules: &[&str]) -> (String, 
         .issue(
             &caller,
             tokend::manage::IssueInput {
+                allowed_cidrs: Vec::new(),
                 account_id: None,
                 owner_id: Some(tokend::domain::OwnerId::parse("owner_id", owner).unwrap()),
                 name: tokend::domain::fields::TokenName::parse("name", owner).unwrap(),
@@ -1102,6 +1114,57 @@ async fn through_the_proxy(f: &Fixture, proxy: &Proxy, name: &str) {
     );
 }
 
+/// The body (and, after `tokend: `, the reason header) of an IP denial.
+const IP_DENIED: &str = "tokend: the token is not allowed from this client address\n";
+
+/// A token bound to 127.0.0.2 through `proxy`: allowed from that address,
+/// denied (403, the reason in body and challenge) from 127.0.0.3, even when
+/// that client claims 127.0.0.2 in its own X-Forwarded-For.
+async fn ip_bound_through_the_proxy(f: &Fixture, proxy: &Proxy, name: &str) {
+    let bound = f
+        .app
+        .issue(
+            &f.app.platform,
+            pb::IssueRequest {
+                owner_id: "grace".into(),
+                name: "bound".into(),
+                modules: vec!["billing:read".into()],
+                allowed_cidrs: vec!["127.0.0.2".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .secret;
+    let auth = format!("Bearer {bound}");
+    let mut inside = Conn::open_from(proxy.addr, [127, 0, 0, 2]).await;
+    for path in ["/billing/x", "/anything"] {
+        let r = inside.send("GET", path, &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 200, "{name} {path}: from 127.0.0.2: {}", r.body);
+    }
+    let mut outside = Conn::open_from(proxy.addr, [127, 0, 0, 3]).await;
+    for spoof in [None, Some("127.0.0.2"), Some("127.0.0.2, 127.0.0.2")] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(s) = spoof {
+            headers.push(("x-forwarded-for", s));
+        }
+        let r = outside.send("GET", "/billing/x", &headers).await;
+        assert_eq!(
+            r.status, 403,
+            "{name}: from 127.0.0.3 ({spoof:?}): {}",
+            r.body
+        );
+        assert_eq!(r.body, IP_DENIED, "{name} ({spoof:?})");
+        assert!(
+            r.header("www-authenticate")
+                .unwrap_or_default()
+                .contains(r#"error="invalid_token""#),
+            "{name}: {:?}",
+            r.headers
+        );
+    }
+}
+
 /// A proxy whose gateway credential is `credential`: every request is an
 /// error (500, not a 401), and tokend logs an UNAUTHENTICATED caller.
 async fn with_a_bad_gateway_credential(f: &Fixture, proxy: &Proxy, name: &str) {
@@ -1126,10 +1189,13 @@ async fn proxy_test(
     if proxy_or_skip(binary, test).is_none() {
         return;
     }
-    let f = fixture(|_| {}).await;
+    // The proxy connects from 127.0.0.1: tokend believes its forwarded
+    // client addresses.
+    let f = fixture(|c| c.trusted_proxies = vec!["127.0.0.1".into()]).await;
     let upstream = echo_upstream().await;
     let proxy = start(&placeholders(&f, upstream, &f.gateway)).unwrap();
     through_the_proxy(&f, &proxy, binary).await;
+    ip_bound_through_the_proxy(&f, &proxy, binary).await;
     assert!(!proxy.log().contains("[emerg]"), "{}", proxy.log());
     drop(proxy);
     for credential in [f.unknown.clone(), String::new()] {
@@ -1155,4 +1221,118 @@ async fn caddy_with_the_shipped_configuration() {
         test_proxies::start_caddy,
     )
     .await;
+}
+
+// ---------------------------------------------------------------------------
+// IP-bound tokens through each contract
+// ---------------------------------------------------------------------------
+
+/// A Check of `token` from the client at `source` (none: no source address).
+fn check_from(token: &str, source: Option<&str>) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+    let mut r = check_request(&[("authorization", &format!("Bearer {token}"))], &[]);
+    if let (Some(a), Some(ip)) = (r.attributes.as_mut(), source) {
+        a.source = Some(attribute_context::Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: ip.into(),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        });
+    }
+    r
+}
+
+/// A forward-auth call on `conn` presenting `auth` as `gateway`, with `extra` headers.
+async fn ask(conn: &mut Conn, auth: &str, gateway: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut headers = vec![("authorization", auth), ("x-tokend-authorization", gateway)];
+    headers.extend_from_slice(extra);
+    conn.send("GET", "/v1/forward-auth", &headers).await
+}
+
+#[tokio::test]
+async fn ip_bound_tokens_through_ext_authz_and_forward_auth() {
+    let f = fixture(|c| c.trusted_proxies = vec!["127.0.0.1".into()]).await;
+    let bound = f
+        .app
+        .issue(
+            &f.app.platform,
+            pb::IssueRequest {
+                owner_id: "grace".into(),
+                name: "bound".into(),
+                allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .secret;
+
+    // ext_authz: Envoy's source address is the client.
+    for (source, allowed) in [
+        (Some("10.1.2.3"), true),
+        (Some("2001:db8::7"), true),
+        (Some("192.0.2.1"), false),
+        (Some("2001:db9::7"), false),
+        (None, false),
+    ] {
+        let r = check(&f, Some(&f.gateway), check_from(&bound, source))
+            .await
+            .unwrap();
+        match &r.http_response {
+            Some(HttpResponse::OkResponse(_)) => assert!(allowed, "{source:?} allowed"),
+            Some(HttpResponse::DeniedResponse(d)) => {
+                assert!(!allowed, "{source:?} denied");
+                assert_eq!(d.status.as_ref().unwrap().code, 403, "{source:?}");
+                assert_eq!(d.body, IP_DENIED);
+                assert_eq!(r.status.as_ref().unwrap().code, 7, "PERMISSION_DENIED");
+            }
+            other => panic!("{source:?}: {other:?}"),
+        }
+    }
+    // An unbound token does not care where it comes from.
+    let r = check(&f, Some(&f.gateway), check_from(&f.other, None))
+        .await
+        .unwrap();
+    assert!(matches!(r.http_response, Some(HttpResponse::OkResponse(_))));
+
+    // forward-auth: from a trusted peer (127.0.0.1), the forwarded address.
+    let addr = f.app.http_addr.unwrap();
+    let auth = format!("Bearer {bound}");
+    let gateway = format!("Bearer {}", f.gateway);
+    let mut trusted = Conn::open(addr).await;
+    for (extra, status) in [
+        (&[("x-forwarded-for", "10.1.2.3")][..], 200),
+        (&[("x-forwarded-for", "10.1.2.3, 192.0.2.1")][..], 403),
+        (
+            &[("x-forwarded-for", "192.0.2.1, 10.1.2.3, 127.0.0.1")][..],
+            200,
+        ),
+        (&[("x-real-ip", "2001:db8::1")][..], 200),
+        (&[("x-real-ip", "192.0.2.1")][..], 403),
+        // A trusted peer that vouches for nobody: unknown, fail closed.
+        (&[][..], 403),
+    ] {
+        let r = ask(&mut trusted, &auth, &gateway, extra).await;
+        assert_eq!(r.status, status, "{extra:?}: {}", r.body);
+        if status == 403 {
+            assert_eq!(r.body, IP_DENIED, "{extra:?}");
+            assert_eq!(
+                r.header("x-tokend-reason"),
+                Some("the token is not allowed from this client address")
+            );
+        }
+    }
+    // From an untrusted peer its own address counts, whatever it claims.
+    let mut untrusted = Conn::open_from(addr, [127, 0, 0, 2]).await;
+    let r = ask(
+        &mut untrusted,
+        &auth,
+        &gateway,
+        &[("x-forwarded-for", "10.1.2.3")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
 }

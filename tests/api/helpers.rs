@@ -519,6 +519,7 @@ impl Api {
         required: &[&str],
     ) -> tonic::Result<pb::ValidateResponse> {
         let req = pb::ValidateRequest {
+            client_ip: String::new(),
             token: token.into(),
             required_modules: required.iter().map(|m| (*m).to_owned()).collect(),
         };

@@ -68,6 +68,7 @@ async fn issue_echoes_every_field_and_get_returns_the_same_record() {
         .issue_as(
             &app.platform,
             pb::IssueRequest {
+                allowed_cidrs: Vec::new(),
                 account_id: "acme".into(),
                 owner_id: "alice".into(),
                 name: "ci deploy".into(),
@@ -212,6 +213,7 @@ async fn update_changes_only_the_masked_fields() {
     );
     // Every other field carries a different value, and must be ignored.
     let noise = |paths: &[&str]| pb::UpdateRequest {
+        allowed_cidrs: Vec::new(),
         id: id.clone(),
         name: "NOISE".into(),
         description: "NOISE".into(),
@@ -876,6 +878,7 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
         .duplicate(
             &boss,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: src.id.clone(),
                 name: String::new(),
             },
@@ -925,6 +928,7 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
         .duplicate(
             &boss,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: src.id.clone(),
                 name: "reporting v2".into(),
             },
@@ -955,6 +959,7 @@ async fn duplicate_copies_the_token_under_a_new_id_and_secret() {
         .duplicate(
             &boss,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: src.id.clone(),
                 name: String::new(),
             },

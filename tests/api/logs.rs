@@ -141,6 +141,7 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
         .duplicate(
             &p,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: a.clone(),
                 name: String::new(),
             },
@@ -184,6 +185,7 @@ async fn no_secret_value_or_hash_reaches_the_logs() {
         .validate(
             &validator,
             pb::ValidateRequest {
+                client_ip: String::new(),
                 token: long,
                 required_modules: vec![],
             },

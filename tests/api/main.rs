@@ -10,6 +10,7 @@ mod cache;
 mod day_two;
 mod follower;
 mod gateways;
+mod ip_binding;
 mod lifecycle;
 mod limits;
 mod logs;

@@ -50,6 +50,7 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
     // Every TokenService RPC, some failing on purpose.
     let (id, value) = app.token_for("acme", "alice", &["svc:read"]).await;
     let validate = |token: &str, required: &[&str]| pb::ValidateRequest {
+        client_ip: String::new(),
         token: token.into(),
         required_modules: required.iter().map(|m| (*m).to_owned()).collect(),
     };
@@ -92,6 +93,7 @@ async fn a_scrape_after_every_rpc_passes_promtool() {
         .duplicate(
             &p,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: id.clone(),
                 name: String::new(),
             },

@@ -411,6 +411,7 @@ async fn rules_are_enforced(app: &TestApp) {
             .duplicate(authed(
                 &admin,
                 pb::DuplicateRequest {
+                    allowed_cidrs: Vec::new(),
                     id: id.clone(),
                     name: String::new(),
                 },
@@ -442,6 +443,7 @@ async fn rules_are_enforced(app: &TestApp) {
         .duplicate(authed(
             &admin,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: long_id.clone(),
                 name: String::new(),
             },

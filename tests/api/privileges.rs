@@ -404,6 +404,7 @@ impl Env {
                     .validate(
                         cred,
                         pb::ValidateRequest {
+                            client_ip: String::new(),
                             token: t.value.clone(),
                             required_modules: vec![],
                         },
@@ -549,6 +550,7 @@ impl Env {
                     .duplicate(
                         cred,
                         pb::DuplicateRequest {
+                            allowed_cidrs: Vec::new(),
                             id: t.id.clone(),
                             name: String::new(),
                         },
@@ -905,6 +907,7 @@ async fn all_unauthenticated(
             .validate(with_header(
                 header,
                 pb::ValidateRequest {
+                    client_ip: String::new(),
                     token: probe.into(),
                     required_modules: vec![],
                 },
@@ -1439,6 +1442,7 @@ async fn update_and_duplicate_cannot_hand_out_unheld_privileges() {
             .duplicate(
                 env.cred(*who),
                 pb::DuplicateRequest {
+                    allowed_cidrs: Vec::new(),
                     id,
                     name: String::new(),
                 },

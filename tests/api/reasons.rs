@@ -385,6 +385,7 @@ async fn callers_scope_and_value_size() {
         .validate(
             &selfish,
             pb::ValidateRequest {
+                client_ip: String::new(),
                 token: value.clone(),
                 required_modules: vec![],
             },
@@ -399,6 +400,7 @@ async fn callers_scope_and_value_size() {
             .validate(
                 &validator,
                 pb::ValidateRequest {
+                    client_ip: String::new(),
                     token: long,
                     required_modules: vec![],
                 },

@@ -52,6 +52,7 @@ pub fn token(
     created_at: DateTime<Utc>,
 ) -> Token {
     Token {
+        allowed_cidrs: Vec::new(),
         id: random_id(),
         account_id: account.into(),
         owner_id: owner.into(),

@@ -375,6 +375,7 @@ async fn a_certificate_swapped_on_disk_is_served_to_new_connections_without_drop
         .validate(
             &app.platform,
             pb::ValidateRequest {
+                client_ip: String::new(),
                 token,
                 required_modules: vec![],
             },

@@ -30,6 +30,12 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 mod field {
     /// CheckRequest.attributes
     pub const ATTRIBUTES: u32 = 1;
+    /// AttributeContext.source; Peer.address; Address.socket_address;
+    /// SocketAddress.address
+    pub const SOURCE: u32 = 1;
+    pub const PEER_ADDRESS: u32 = 1;
+    pub const SOCKET_ADDRESS: u32 = 1;
+    pub const SOCKET_ADDRESS_ADDRESS: u32 = 2;
     /// AttributeContext.request, .context_extensions
     pub const REQUEST: u32 = 4;
     pub const CONTEXT_EXTENSIONS: u32 = 10;
@@ -175,6 +181,23 @@ impl CheckCall {
             }
         }
         found
+    }
+
+    /// The downstream client's IP address: `source.address.socket_address.address`
+    /// (the last one sent: protobuf merges repeated occurrences), if it is
+    /// an IP address (a pipe or an internal address is not).
+    pub fn source_ip(&self) -> Option<std::net::IpAddr> {
+        let mut found = None;
+        for source in all(self.attributes(), field::SOURCE) {
+            for address in all(source, field::PEER_ADDRESS) {
+                for socket in all(address, field::SOCKET_ADDRESS) {
+                    if let Some(a) = last(socket, field::SOCKET_ADDRESS_ADDRESS) {
+                        found = Some(a);
+                    }
+                }
+            }
+        }
+        std::str::from_utf8(found?).ok()?.parse().ok()
     }
 
     /// The route's context extension `key`, if set (and text).

@@ -37,6 +37,7 @@ fn agree(bytes: &[u8], cut: Option<usize>) -> Result<(), TestCaseError> {
     match (ours, generated) {
         (Ok(call), Ok(message)) => {
             prop_assert_eq!(call.required_modules(), message.required_modules.as_slice());
+            prop_assert_eq!(call.client_ip(), message.client_ip.as_str());
             match call.token() {
                 Ok(value) => prop_assert_eq!(value.expose(), message.token.clone()),
                 Err(why) => prop_assert_eq!(TokenValue::parse(&message.token).err(), Some(why)),
@@ -150,7 +151,7 @@ proptest! {
         modules in prop::collection::vec(".{0,12}", 0..3),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4),
     ) {
-        let mut bytes = pb::ValidateRequest { token, required_modules: modules }.encode_to_vec();
+        let mut bytes = pb::ValidateRequest { token, required_modules: modules, client_ip: "203.0.113.7".into() }.encode_to_vec();
         for (at, byte, how) in edits {
             let i = at.index(bytes.len() + 1);
             match how {
@@ -166,12 +167,14 @@ proptest! {
     fn a_request_from_the_generated_client_decodes_field_for_field(
         token in token_text(),
         modules in prop::collection::vec(".{0,24}", 0..5),
+        client_ip in prop_oneof![Just(String::new()), Just("2001:db8::7".to_owned()), ".{0,50}"],
         cut in any::<prop::sample::Index>(),
     ) {
-        let sent = pb::ValidateRequest { token: token.clone(), required_modules: modules.clone() };
+        let sent = pb::ValidateRequest { token: token.clone(), required_modules: modules.clone(), client_ip: client_ip.clone() };
         let bytes = sent.encode_to_vec();
         let call = ValidateCall::decode(bytes.as_slice()).unwrap();
         prop_assert_eq!(call.required_modules(), modules.as_slice());
+        prop_assert_eq!(call.client_ip(), client_ip.as_str());
         match (call.token(), TokenValue::parse(&token)) {
             (Ok(value), Ok(parsed)) => {
                 prop_assert_eq!(value.expose(), token);

@@ -74,6 +74,7 @@ fn a_token_without_optional_fields_encodes_only_what_it_has() {
 
 fn request(token: &str, modules: &[&str]) -> pb::ValidateRequest {
     pb::ValidateRequest {
+        client_ip: String::new(),
         token: token.into(),
         required_modules: modules.iter().map(|m| (*m).to_owned()).collect(),
     }
@@ -165,6 +166,12 @@ fn field_numbers_match_the_proto() {
     let request = proto_fields("ValidateRequest");
     assert_eq!(request["token"], q::TOKEN);
     assert_eq!(request["required_modules"], q::REQUIRED_MODULES);
+    assert_eq!(request["client_ip"], q::CLIENT_IP);
+    assert_eq!(
+        request.len(),
+        3,
+        "a ValidateRequest field the codec does not know"
+    );
     let response = proto_fields("ValidateResponse");
     for (name, number) in [
         ("valid", r::VALID),

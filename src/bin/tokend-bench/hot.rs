@@ -1,9 +1,10 @@
 //! The whole run: cache-hit Validate against Health/Check in interleaved
-//! rounds and the wrong-secret and mixed floods (here), then the restart
-//! phase (`restart`), the TLS phase (`tls`), the gateway phase (`gateway`),
-//! WatchEvents across PostgreSQL replicas (`watch`, with
-//! `TOKEND_BENCH_POSTGRES_URL`) and memory per cached token (`memory`), and
-//! one summary.
+//! rounds, for unbound and for IP-bound tokens (`validate_vs_health`, also
+//! alone as `tokend-bench validate`), and the wrong-secret and mixed floods
+//! (here), then the restart phase (`restart`), the TLS phase (`tls`), the
+//! gateway phase (`gateway`), WatchEvents across PostgreSQL replicas
+//! (`watch`, with `TOKEND_BENCH_POSTGRES_URL`) and memory per cached token
+//! (`memory`), and one summary.
 
 use std::{fs, io::Write, time::Instant};
 
@@ -13,22 +14,34 @@ use crate::{
     HOT_TOKENS, LOAD_PROCESSES, STREAMS, gateway,
     load::{
         FLOOD_ROUNDS, Load, ROUNDS, WARM_UP_SECONDS, combine, disturbed_pair,
-        health_and_validate_loads, interleaved, show, summary_line, validate_body,
+        health_and_validate_loads, interleaved, interleaved_vs, show, summary_line, validate_body,
+        validate_body_from,
     },
     memory::memory_in_child,
-    server::{bootstrap, issue_caller, issue_tokens, start_server, warm},
+    server::{
+        BOUND_CIDRS, BOUND_CLIENT_IP, Server, bootstrap, issue_bound_tokens, issue_caller,
+        issue_tokens, start_server, warm, warm_from,
+    },
     tls,
 };
 
-pub async fn run(quick: bool) {
-    let seconds = if quick { 2 } else { 4 };
-    let (rounds, flood_rounds) = if quick {
-        (4, 2)
-    } else {
-        (ROUNDS, FLOOD_ROUNDS)
-    };
-    let dir_buf = crate::scratch_dir();
-    let dir = dir_buf.as_path();
+/// The hot-path comparison's medians: (throughput ratios, p99 ratios) for
+/// unbound tokens, and throughput ratios for IP-bound ones.
+pub struct HotRatios {
+    pub unbound: Vec<(f64, f64)>,
+    pub bound: Vec<(f64, f64)>,
+}
+
+/// What the hot phase leaves for the floods: the server and its loads.
+struct Hot {
+    server: Server,
+    caller: String,
+    hot: Vec<String>,
+    validate_loads: Vec<Load>,
+    ratios: HotRatios,
+}
+
+fn header(seconds: u32) {
     println!(
         "tokend-bench: {seconds} s per measurement (+{WARM_UP_SECONDS} s warm-up), {LOAD_PROCESSES} h2load processes x 1 connection x {STREAMS} streams"
     );
@@ -38,7 +51,13 @@ pub async fn run(quick: bool) {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+}
 
+/// Starts a server, issues and warms the hot tokens (and IP-bound ones),
+/// then compares cache-hit Validate with Health/Check in interleaved
+/// rounds: unbound tokens first, then IP-bound ones (several ranges, the
+/// client's in the last), each round against a fresh Health/Check run.
+async fn validate_vs_health(dir: &std::path::Path, rounds: usize, seconds: u32) -> Hot {
     let platform = bootstrap(dir);
     let server = start_server(dir, "server").await;
     let mut client = server.client().await;
@@ -52,12 +71,19 @@ pub async fn run(quick: bool) {
     );
     warm(&mut client, &caller, &hot).await;
     println!("all {} hot tokens validated once (cache warm)", hot.len());
+    let bound = issue_bound_tokens(&client, &platform, LOAD_PROCESSES).await;
+    warm_from(&mut client, &caller, &bound, BOUND_CLIENT_IP).await;
+    println!(
+        "{} IP-bound tokens ({}) validated once from {BOUND_CLIENT_IP}",
+        bound.len(),
+        BOUND_CIDRS.join(", ")
+    );
 
     let (health_loads, validate_loads) = health_and_validate_loads(&hot, 97);
     println!(
         "\n== Validate (cache hit) vs Health/Check, same server, same h2load settings, {rounds} interleaved rounds"
     );
-    let ratios = interleaved(
+    let unbound = interleaved(
         &server,
         &caller,
         &health_loads,
@@ -66,6 +92,80 @@ pub async fn run(quick: bool) {
         seconds,
         dir,
     );
+    let bound_loads: Vec<Load> = bound
+        .iter()
+        .map(|value| Load {
+            path: "/tokens.v1.TokenService/Validate",
+            body: validate_body_from(value, BOUND_CLIENT_IP),
+            rps: None,
+            streams: STREAMS,
+        })
+        .collect();
+    println!(
+        "\n== IP-bound Validate (cache hit, client_ip {BOUND_CLIENT_IP}) vs Health/Check, {rounds} interleaved rounds"
+    );
+    let bound = interleaved_vs(
+        &server,
+        &caller,
+        &health_loads,
+        &bound_loads,
+        "Validate (IP-bound)",
+        rounds,
+        seconds,
+        dir,
+    );
+    Hot {
+        server,
+        caller,
+        hot,
+        validate_loads,
+        ratios: HotRatios { unbound, bound },
+    }
+}
+
+fn hot_summary(ratios: &HotRatios) {
+    let throughput: Vec<f64> = ratios.unbound.iter().map(|r| r.0).collect();
+    let p99: Vec<f64> = ratios.unbound.iter().map(|r| r.1).collect();
+    summary_line("Validate/Health throughput", &throughput, ">= 0.9");
+    summary_line("Validate/Health p99", &p99, "<= 1.5");
+    let bound: Vec<f64> = ratios.bound.iter().map(|r| r.0).collect();
+    summary_line("IP-bound Validate/Health throughput", &bound, ">= 0.85");
+}
+
+/// `tokend-bench validate [--quick]`: only the cache-hit comparisons,
+/// unbound and IP-bound, in one run.
+pub async fn validate_alone(quick: bool) {
+    let seconds = if quick { 2 } else { 4 };
+    let rounds = if quick { 4 } else { ROUNDS };
+    let dir_buf = crate::scratch_dir();
+    let dir = dir_buf.as_path();
+    header(seconds);
+    let hot = validate_vs_health(dir, rounds, seconds).await;
+    println!("{}", hot.server.metrics_line());
+    println!("server: {}", hot.server.stop());
+    println!("\n== Summary (median over interleaved rounds; every round is printed above)");
+    hot_summary(&hot.ratios);
+    let _ = std::io::stdout().flush();
+    let _ = fs::remove_dir_all(dir);
+}
+
+pub async fn run(quick: bool) {
+    let seconds = if quick { 2 } else { 4 };
+    let (rounds, flood_rounds) = if quick {
+        (4, 2)
+    } else {
+        (ROUNDS, FLOOD_ROUNDS)
+    };
+    let dir_buf = crate::scratch_dir();
+    let dir = dir_buf.as_path();
+    header(seconds);
+    let Hot {
+        server,
+        caller,
+        hot,
+        validate_loads,
+        ratios,
+    } = validate_vs_health(dir, rounds, seconds).await;
 
     println!(
         "\n== Wrong-secret flood on one token id ({LOAD_PROCESSES} distinct wrong values, 2,500 req/s each) during Validate load"
@@ -168,10 +268,7 @@ pub async fn run(quick: bool) {
     let per_token = memory_in_child();
 
     println!("\n== Summary (median over interleaved rounds; every round is printed above)");
-    let throughput: Vec<f64> = ratios.iter().map(|r| r.0).collect();
-    let p99: Vec<f64> = ratios.iter().map(|r| r.1).collect();
-    summary_line("Validate/Health throughput", &throughput, ">= 0.9");
-    summary_line("Validate/Health p99", &p99, "<= 1.5");
+    hot_summary(&ratios);
     summary_line(
         "valid during 10,000/s wrong-secret flood / undisturbed",
         &flood_ratios,

@@ -311,7 +311,13 @@ pub fn show(label: &str, o: &Outcome) {
 }
 
 pub fn validate_body(token: &str) -> Vec<u8> {
+    validate_body_from(token, "")
+}
+
+/// A Validate of `token` for an end client at `client_ip` (empty: none).
+pub fn validate_body_from(token: &str, client_ip: &str) -> Vec<u8> {
     frame(&pb::ValidateRequest {
+        client_ip: client_ip.to_owned(),
         token: token.to_owned(),
         required_modules: vec!["billing:read".into()],
     })

@@ -7,7 +7,8 @@
 //! `nghttp2-client`), an independent HTTP/2 load generator: gRPC bodies are
 //! framed by hand and sent with `-d`. Each phase is a module of its own:
 //!
-//! - `hot`: cache-hit Validate vs Health/Check and floods (and the whole run);
+//! - `hot`: cache-hit Validate vs Health/Check, unbound and IP-bound, and
+//!   floods (and the whole run);
 //! - `restart`: Validate through restarts, miss latency, start-up with a
 //!   million tokens (`startup`), a flood on a cold id;
 //! - `tls`: the Validate vs Health/Check comparison over TLS;
@@ -28,6 +29,8 @@
 //! Usage: `cargo build --release && target/release/tokend-bench [--quick]`
 //!        `target/release/tokend-bench restart [--quick]`
 //!        `target/release/tokend-bench startup [TOKENS]`
+//!        `target/release/tokend-bench validate [--quick]` (cache-hit Validate,
+//!        unbound and IP-bound, vs Health/Check only)
 //!        `target/release/tokend-bench tls [--quick]`
 //!        `target/release/tokend-bench gateway [--quick]`
 //!        `target/release/tokend-bench memory [ENTRIES]`
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
         Some("tls") => rt.block_on(tls::alone(quick)),
         Some("gateway") => rt.block_on(gateway::alone(quick)),
         Some("watch") => rt.block_on(watch::alone(quick, postgres)),
+        Some("validate") => rt.block_on(hot::validate_alone(quick)),
         _ => rt.block_on(hot::run(quick)),
     }
     ExitCode::SUCCESS

@@ -66,6 +66,7 @@ pub fn memory(n: usize) {
             expires_at: None,
             disabled_at: None,
             revoked_at: None,
+            allowed_cidrs: Vec::new(),
         };
         // As the warm start builds entries: straight from stored rows.
         assert!(cache.load(&token.validation().to_record()));

@@ -125,6 +125,7 @@ async fn one_pass(
                     .validate(authed(
                         &caller,
                         pb::ValidateRequest {
+                            client_ip: String::new(),
                             token: value.clone(),
                             required_modules: vec![],
                         },
@@ -164,6 +165,7 @@ async fn sequential(server: &Server, caller: &str, values: &[String]) -> Vec<f64
             .validate(authed(
                 caller,
                 pb::ValidateRequest {
+                    client_ip: String::new(),
                     token: value.clone(),
                     required_modules: vec![],
                 },
@@ -262,6 +264,7 @@ pub async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
             expires_at: None,
             disabled_at: None,
             revoked_at: None,
+            allowed_cidrs: Vec::new(),
         });
         values.push(value.expose());
         if batch.len() == 5_000 {

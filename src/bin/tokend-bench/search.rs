@@ -322,6 +322,7 @@ async fn seed(url: &str) -> Seeded {
             expires_at: None,
             disabled_at: None,
             revoked_at: None,
+            allowed_cidrs: Vec::new(),
         });
         if batch.len() == BATCH {
             store

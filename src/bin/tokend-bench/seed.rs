@@ -117,6 +117,7 @@ pub async fn seed(url: &str, key_file: &std::path::Path, n: usize, sample_every:
             expires_at: None,
             disabled_at: (state == TokenState::Disabled).then_some(created),
             revoked_at: (state == TokenState::Revoked).then_some(created),
+            allowed_cidrs: Vec::new(),
         };
         batch.push(token);
         if batch.len() == 5000 || i + 1 == n {

@@ -355,6 +355,7 @@ pub async fn validate(
         .validate(authed(
             caller,
             tokend::pb::ValidateRequest {
+                client_ip: String::new(),
                 token: token.to_owned(),
                 required_modules: modules.iter().map(|m| (*m).to_owned()).collect(),
             },
@@ -420,13 +421,63 @@ pub async fn issue_tokens(
     values
 }
 
+/// The ranges of the benchmark's IP-bound tokens: a realistic handful,
+/// the load's client address in the last one (every range is tried).
+pub const BOUND_CIDRS: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "2001:db8::/32",
+    "127.0.0.0/8",
+];
+/// The client address the IP-bound load sends.
+pub const BOUND_CLIENT_IP: &str = "127.0.0.1";
+
+/// Issues `n` tokens bound to `BOUND_CIDRS`; returns their values.
+pub async fn issue_bound_tokens(
+    client: &TokenServiceClient<Channel>,
+    platform: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut c = client.clone();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let r = pb::IssueRequest {
+            owner_id: format!("bound-{i}"),
+            name: format!("bound {i}"),
+            modules: vec!["billing:read".into()],
+            allowed_cidrs: BOUND_CIDRS.iter().map(|c| (*c).to_owned()).collect(),
+            ..Default::default()
+        };
+        out.push(
+            c.issue(authed(platform, r))
+                .await
+                .expect("issue")
+                .into_inner()
+                .secret,
+        );
+    }
+    out
+}
+
 /// Validates each value once as `caller` (so the cache is warm).
 pub async fn warm(client: &mut TokenServiceClient<Channel>, caller: &str, values: &[String]) {
+    warm_from(client, caller, values, "").await;
+}
+
+/// As `warm`, for an end client at `client_ip`.
+pub async fn warm_from(
+    client: &mut TokenServiceClient<Channel>,
+    caller: &str,
+    values: &[String],
+    client_ip: &str,
+) {
     for value in values {
         let v = client
             .validate(authed(
                 caller,
                 pb::ValidateRequest {
+                    client_ip: client_ip.to_owned(),
                     token: value.clone(),
                     required_modules: vec!["billing:read".into()],
                 },

@@ -39,6 +39,8 @@ pub struct Model {
     pub expires_at: Option<DateTimeUtc>,
     pub disabled_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
+    /// JSON array of CIDR ranges; NULL: unbound (valid from anywhere).
+    pub allowed_cidrs: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

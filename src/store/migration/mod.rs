@@ -9,6 +9,7 @@ mod m20261201_000003_token_verifiers;
 mod m20261201_000004_search_indexes;
 mod m20261201_000005_event_retention;
 mod m20261201_000006_account_policies;
+mod m20261201_000007_token_allowed_cidrs;
 mod m20261201_000008_sweeper;
 
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000004_search_indexes::Migration),
             Box::new(m20261201_000005_event_retention::Migration),
             Box::new(m20261201_000006_account_policies::Migration),
+            Box::new(m20261201_000007_token_allowed_cidrs::Migration),
             Box::new(m20261201_000008_sweeper::Migration),
         ]
     }

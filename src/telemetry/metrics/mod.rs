@@ -128,7 +128,7 @@ fn shard() -> usize {
 // Label tables
 // ---------------------------------------------------------------------------
 
-const REASONS: [(Reason, &str); 7] = [
+const REASONS: [(Reason, &str); 8] = [
     (Reason::Valid, "valid"),
     (Reason::Malformed, "malformed"),
     (Reason::Unknown, "unknown"),
@@ -136,6 +136,7 @@ const REASONS: [(Reason, &str); 7] = [
     (Reason::Revoked, "revoked"),
     (Reason::Expired, "expired"),
     (Reason::MissingModules, "missing_modules"),
+    (Reason::IpNotAllowed, "ip_not_allowed"),
 ];
 
 fn reason_index(reason: Reason) -> usize {
@@ -147,6 +148,7 @@ fn reason_index(reason: Reason) -> usize {
         Reason::Revoked => 4,
         Reason::Expired => 5,
         Reason::MissingModules => 6,
+        Reason::IpNotAllowed => 7,
     }
 }
 

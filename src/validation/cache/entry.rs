@@ -20,7 +20,22 @@ pub struct Snapshot {
     /// rather than from its modules on every RPC it authenticates.
     pub privileges: Privileges,
     pub identity: TokenIdentity,
+    /// The ranges of an IP-bound token; `None` (no allocation, one pointer
+    /// test per Validate) for an unbound one.
+    pub allowed_cidrs: Option<Box<Ranges>>,
     reply: Box<[u8]>,
+}
+
+/// The ranges of an IP-bound token. Boxed once more in the snapshot, so
+/// that every entry (up to a million) pays one thin pointer for them, null
+/// when unbound, rather than a slice's two words.
+#[derive(Debug, Clone)]
+pub struct Ranges(Box<[Cidr]>);
+
+impl Ranges {
+    pub fn as_slice(&self) -> &[Cidr] {
+        &self.0
+    }
 }
 
 /// Encodes the verified-token part of a Validate reply for a token (the api
@@ -40,7 +55,21 @@ impl Snapshot {
                 token.modules,
                 token.api_version,
             ),
+            allowed_cidrs: (!token.allowed_cidrs.is_empty())
+                .then(|| Box::new(Ranges(token.allowed_cidrs.into()))),
             reply: encode(token),
+        }
+    }
+
+    /// Whether `client` may present this token: always for an unbound one;
+    /// for a bound one, only from an address in its ranges.
+    #[inline]
+    pub fn allows(&self, client: super::super::Client) -> bool {
+        match (&self.allowed_cidrs, client) {
+            (None, _) | (Some(_), super::super::Client::Unchecked) => true,
+            (Some(ranges), super::super::Client::Addr(ip)) => {
+                ip.is_some_and(|ip| Cidr::any_contains(&ranges.0, ip))
+            }
         }
     }
 

@@ -38,6 +38,7 @@ pub(crate) fn token(id: TokenId, hash: &str) -> Token {
         expires_at: None,
         disabled_at: None,
         revoked_at: None,
+        allowed_cidrs: Vec::new(),
     }
 }
 
@@ -82,6 +83,46 @@ fn a_snapshot_reads_its_identity_and_keeps_the_encoded_reply() {
     assert!(s.has_modules(&["b/*".into(), "a:read".into()]));
     assert!(!s.has_modules(&["c".into()]));
     assert_eq!(s.reply(), b"opaque");
+}
+
+#[test]
+fn a_snapshot_holds_ranges_only_for_a_bound_token_and_fails_closed() {
+    use crate::validation::Client;
+    let ip = |s: &str| Some(s.parse().unwrap());
+    let v = TokenValue::generate("tk").unwrap();
+    let mut t = token(v.id(), "h");
+    let unbound = Snapshot::of(&t.validation(), |_| Box::new([]));
+    assert!(
+        unbound.allowed_cidrs.is_none(),
+        "no allocation when unbound"
+    );
+    for client in [
+        Client::Addr(None),
+        Client::Addr(ip("1.2.3.4")),
+        Client::Unchecked,
+    ] {
+        assert!(unbound.allows(client), "{client:?}");
+    }
+    t.allowed_cidrs = crate::domain::policy::Cidr::parse_list(
+        "allowed_cidrs",
+        &["10.0.0.0/8".into(), "2001:db8::/32".into()],
+    )
+    .unwrap();
+    let bound = Snapshot::of(&t.validation(), |_| Box::new([]));
+    assert_eq!(
+        bound.allowed_cidrs.as_ref().unwrap().as_slice(),
+        t.allowed_cidrs
+    );
+    assert!(bound.allows(Client::Addr(ip("10.2.3.4"))));
+    assert!(bound.allows(Client::Addr(ip("2001:db8::1"))));
+    assert!(!bound.allows(Client::Addr(ip("11.2.3.4"))));
+    assert!(!bound.allows(Client::Addr(None)), "no address: fail closed");
+    assert!(bound.allows(Client::Unchecked));
+    // One thin pointer per entry for the ranges.
+    assert_eq!(
+        std::mem::size_of_val(&bound.allowed_cidrs),
+        std::mem::size_of::<usize>()
+    );
 }
 
 #[test]

@@ -405,6 +405,7 @@ async fn mutate(w: &mut Walk, i: &Issued) -> Mutated {
         .duplicate(
             p,
             pb::DuplicateRequest {
+                allowed_cidrs: Vec::new(),
                 id: a.id.clone(),
                 name: String::new(),
             },

@@ -154,6 +154,7 @@ pub(crate) async fn validate(
     required: &[String],
 ) -> Result<pb::ValidateResponse, Status> {
     let req = pb::ValidateRequest {
+        client_ip: String::new(),
         token: token.into(),
         required_modules: required.to_vec(),
     };

@@ -18,6 +18,7 @@ pub(crate) mod trial;
 
 mod basics;
 mod indexes;
+mod ip_binding;
 mod propagation;
 mod slow_commit;
 mod sweeper;

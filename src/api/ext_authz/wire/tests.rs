@@ -261,3 +261,43 @@ fn a_denied_reply_decodes_to_the_envoy_types_message() {
     };
     assert_eq!(reply.to_message(), expected);
 }
+
+#[test]
+fn the_source_address_is_read_in_place() {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+    let with_source = |ip: &str| {
+        let mut r = request(&[], &[], &[]);
+        if let Some(a) = r.attributes.as_mut() {
+            a.source = Some(attribute_context::Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.into(),
+                        port_specifier: Some(
+                            envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(
+                                41234,
+                            ),
+                        ),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            });
+            // The destination is a Peer too: it must not be taken for the source.
+            a.destination = Some(attribute_context::Peer {
+                principal: "upstream".into(),
+                ..Default::default()
+            });
+        }
+        CheckCall::of(&r)
+    };
+    assert_eq!(
+        with_source("203.0.113.9").source_ip(),
+        Some("203.0.113.9".parse().unwrap())
+    );
+    assert_eq!(
+        with_source("2001:db8::5").source_ip(),
+        Some("2001:db8::5".parse().unwrap())
+    );
+    assert_eq!(with_source("not-an-ip").source_ip(), None);
+    assert_eq!(CheckCall::of(&request(&[], &[], &[])).source_ip(), None);
+}
