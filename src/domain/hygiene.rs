@@ -160,6 +160,7 @@ mod tests {
             expires_at: None,
             disabled_at: None,
             revoked_at: None,
+            allowed_cidrs: Vec::new(),
         }
     }
 
