@@ -100,9 +100,25 @@ async fn polling_alone_propagates_when_notifications_are_lost() {
     // benchmark's; on a quiet machine the poll path takes poll + ~50 ms).
     let bound = Duration::from_secs(1);
     let apps = [
-        replica(&url, |_| {}).await,
-        replica(&url, |c| c.change_poll_interval = poll).await,
-        replica(&url, |c| c.change_poll_interval = poll).await,
+        // No last-used flush here: part (3) holds a row lock open from
+        // outside, and a flush batch that locked another row of that batch
+        // first would wait behind it and stall the Disable that needs that
+        // row (a 5 s store timeout, UNAVAILABLE) for reasons this test is
+        // not about.
+        replica(&url, |c| {
+            c.last_used_flush_interval = Duration::from_secs(3600)
+        })
+        .await,
+        replica(&url, |c| {
+            c.change_poll_interval = poll;
+            c.last_used_flush_interval = Duration::from_secs(3600);
+        })
+        .await,
+        replica(&url, |c| {
+            c.change_poll_interval = poll;
+            c.last_used_flush_interval = Duration::from_secs(3600);
+        })
+        .await,
     ];
     let caller = apps[0].platform.clone();
     let a = peer("A", &apps[0]).await;
