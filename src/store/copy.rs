@@ -276,6 +276,9 @@ impl Store {
         progress: &mut (dyn FnMut(CopyProgress) -> ControlFlow<()> + Send),
     ) -> Result<CopyReport> {
         self.require_current_schema("source").await?;
+        // Before migrating the target: a database holding tables of
+        // something else is refused untouched, not half-filled with ours.
+        target.refuse_unknown_tables("target").await?;
         target.migrate().await?;
         target.require_current_schema("target").await?;
         self.classify_tables("source").await?;
@@ -462,20 +465,7 @@ impl Store {
     /// Checks that every table is classified and that every copied table has
     /// exactly its entity's columns; returns the table names.
     async fn classify_tables(&self, side: &str) -> Result<BTreeSet<String>> {
-        let tables = self.list_tables().await?;
-        let copied: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
-        let unknown: Vec<&str> = tables
-            .iter()
-            .map(String::as_str)
-            .filter(|t| !copied.contains(t) && !BOOKKEEPING.contains(t) && !is_derived(t))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "the {side} database has tables `tokend move` does not know: {}; \
-                 classify them in src/store/copy.rs (copied or derived)",
-                unknown.join(", ")
-            )));
-        }
+        let tables = self.refuse_unknown_tables(side).await?;
         for table in Table::ALL {
             let have = self.list_columns(table.name()).await?;
             let want: BTreeSet<String> = table.columns().into_iter().map(str::to_owned).collect();
@@ -488,6 +478,27 @@ impl Store {
                     table.name()
                 )));
             }
+        }
+        Ok(tables)
+    }
+
+    /// Refuses a database with a table that is neither copied, derived nor
+    /// bookkeeping; returns the table names.
+    async fn refuse_unknown_tables(&self, side: &str) -> Result<BTreeSet<String>> {
+        let tables = self.list_tables().await?;
+        let copied: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        let unknown: Vec<&str> = tables
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !copied.contains(t) && !BOOKKEEPING.contains(t) && !is_derived(t))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "the {side} database has tables `tokend move` does not know: {}; it is not \
+                 (only) a tokend store: move into an empty database, or classify them in \
+                 src/store/copy.rs (copied or derived)",
+                unknown.join(", ")
+            )));
         }
         Ok(tables)
     }
@@ -732,6 +743,15 @@ where
         }
     }
     if recorded.is_none() {
+        // A resumed move reaches tables it has not started yet: they must
+        // still be empty (rows there are someone else's).
+        if has_rows::<E>(&target.db).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot resume: table {} on the target has rows this move did not copy; \
+                 start again with an empty target database",
+                table.name()
+            )));
+        }
         target.defer_indexes(table.name()).await?;
     }
     let mut copied = resumed_rows;

@@ -233,6 +233,106 @@ async fn populate(app: &TestApp, plain: usize) -> Vec<String> {
     values
 }
 
+/// What account policies and the sweeper leave in a store, for the moves to
+/// carry: account `acme`'s own policy, an IP-bound token, and (the app runs
+/// the sweeper: `crate::sweeper::sweeping`) the notice rows and sweep state
+/// of a token two days from its expiry. Waits until the sweeper has settled
+/// them and added no event for a second. Returns the values handed out.
+async fn policies_and_notices(app: &TestApp) -> Vec<String> {
+    let p = app.platform.clone();
+    let c = app.api.clone();
+    c.raw()
+        .update_account_policy(helpers::authed(
+            &p,
+            pb::UpdateAccountPolicyRequest {
+                policy: Some(pb::AccountPolicy {
+                    account_id: "acme".into(),
+                    max_tokens_per_owner: 40,
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["max_tokens_per_owner".into()],
+                }),
+            },
+        ))
+        .await
+        .expect("UpdateAccountPolicy");
+    let bound = c
+        .issue(
+            &p,
+            pb::IssueRequest {
+                owner_id: "frank".into(),
+                name: "bound".into(),
+                allowed_cidrs: vec!["203.0.113.0/24".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Issue bound");
+    let soon = c
+        .issue(
+            &p,
+            pb::IssueRequest {
+                owner_id: "grace".into(),
+                name: "expires in two days".into(),
+                expires_at: Some(helpers::ts(chrono::Utc::now() + chrono::Duration::days(2))),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Issue expiring");
+    let soon_id = id_of(&soon.secret);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = usize::MAX;
+    loop {
+        let events = all_events(&c, &p).await;
+        let noticed = events
+            .iter()
+            .any(|e| e.token_id == soon_id && e.kind == pb::EventKind::ExpiringSoon as i32);
+        if noticed && events.len() == last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper recorded no expiring-soon notice in 30 s"
+        );
+        last = events.len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    vec![bound.secret, soon.secret]
+}
+
+/// The row count a `tokend move` report gives for `table` on the target.
+fn moved_rows(report: &str, table: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some(table)).then(|| cols.nth(1)?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no row for {table} in the report:\n{report}"))
+}
+
+/// The moved store serves account `acme`'s own policy.
+async fn assert_policy_moved(target: &TestApp, caller: &str) {
+    let policy = target
+        .api
+        .raw()
+        .get_account_policy(helpers::authed(
+            caller,
+            pb::GetAccountPolicyRequest {
+                account_id: "acme".into(),
+            },
+        ))
+        .await
+        .expect("GetAccountPolicy")
+        .into_inner()
+        .policy
+        .unwrap();
+    assert!(policy.custom, "{policy:?}");
+    assert_eq!(policy.max_tokens_per_owner, 40);
+}
+
 /// Every event the API lists, oldest first.
 async fn all_events(c: &Api, caller: &str) -> Vec<pb::Event> {
     let mut out = Vec::new();
@@ -506,9 +606,10 @@ async fn move_sqlite_to_postgres_keeps_every_token_and_event() {
     };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("source.db");
-    let app = app_on_file(&file, |_| {}).await;
+    let app = app_on_file(&file, crate::sweeper::sweeping).await;
     let p = app.platform.clone();
-    let values = populate(&app, 25).await;
+    let mut values = populate(&app, 25).await;
+    values.extend(policies_and_notices(&app).await);
     let c = app.api.clone();
     let expected = verdicts(&c, &p, &values).await;
     let events = all_events(&c, &p).await;
@@ -528,10 +629,15 @@ async fn move_sqlite_to_postgres_keeps_every_token_and_event() {
     assert!(report.contains("verified: every table's row count and checksum match"));
     assert!(report.contains("sequence of token_events.id moved past the copied ids"));
     assert!(!report.contains(&pg), "the URL must not be printed");
+    for table in ["account_policies", "token_notices", "sweep_state"] {
+        assert!(moved_rows(&report, table) > 0, "{table}: {report}");
+    }
 
     let target = app_on(&pg).await;
     assert_same_store(&target, &p, &expected, &events).await;
+    assert_policy_moved(&target, &p).await;
     assert!(reasons_of(&expected)[&pb::Reason::Revoked] >= 2);
+    assert!(reasons_of(&expected)[&pb::Reason::IpNotAllowed] >= 1);
     target.stop().await;
     crate::postgres::drop_database(&pg).await;
 }
@@ -544,9 +650,16 @@ async fn move_postgres_to_sqlite_keeps_every_token_and_event() {
     else {
         return;
     };
-    let app = app_on(&pg).await;
+    let app = {
+        let mut config = helpers::test_config(pg.clone());
+        config.db_max_connections = 4;
+        shared_key(&mut config);
+        crate::sweeper::sweeping(&mut config);
+        helpers::start(config, None).await
+    };
     let p = app.platform.clone();
-    let values = populate(&app, 25).await;
+    let mut values = populate(&app, 25).await;
+    values.extend(policies_and_notices(&app).await);
     let c = app.api.clone();
     let expected = verdicts(&c, &p, &values).await;
     let events = all_events(&c, &p).await;
@@ -565,12 +678,157 @@ async fn move_postgres_to_sqlite_keeps_every_token_and_event() {
         "{report}"
     );
     assert!(report.contains("verified"));
+    for table in ["account_policies", "token_notices", "sweep_state"] {
+        assert!(moved_rows(&report, table) > 0, "{table}: {report}");
+    }
     app.stop().await;
 
     let target = app_on(&sqlite_url(&file)).await;
     assert_same_store(&target, &p, &expected, &events).await;
+    assert_policy_moved(&target, &p).await;
     target.stop().await;
     crate::postgres::drop_database(&pg).await;
+}
+
+/// PostgreSQL to PostgreSQL, the way an operator's move really stops: the
+/// `tokend move` process is SIGKILLed in the middle of the tokens table
+/// (between or inside a batch's transaction), then the same command is run
+/// again. It resumes after the last committed batch and verifies; the target
+/// then serves every token, policy and event of the source.
+#[tokio::test]
+async fn move_postgres_to_postgres_killed_mid_copy_resumes() {
+    use sea_orm::sqlx::{Connection, PgConnection, Row};
+    let _pg = helpers::PG_LOCK.read().await;
+    let Some(from) = helpers::fresh_pg_database("move_pg_to_pg_killed_source").await else {
+        return;
+    };
+    let Some(to) = helpers::fresh_pg_database("move_pg_to_pg_killed_target").await else {
+        return;
+    };
+    let app = {
+        let mut config = helpers::test_config(from.clone());
+        config.db_max_connections = 4;
+        shared_key(&mut config);
+        crate::sweeper::sweeping(&mut config);
+        helpers::start(config, None).await
+    };
+    let p = app.platform.clone();
+    let mut values = populate(&app, 120).await;
+    values.extend(policies_and_notices(&app).await);
+    let c = app.api.clone();
+    let expected = verdicts(&c, &p, &values).await;
+    let events = all_events(&c, &p).await;
+    app.stop().await;
+
+    // One row per batch: the tokens table alone takes over a hundred commits.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["move", "--batch-rows", "1"])
+        .env_remove("TOKEND_DATABASE_URL")
+        .env("TOKEND_LOG", "warn")
+        .env("TOKEND_MOVE_FROM", &from)
+        .env("TOKEND_MOVE_TO", &to)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tokend move");
+    let mut conn = PgConnection::connect(&to).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let copied_before_kill = loop {
+        let rows: Option<i64> = sea_orm::sqlx::query(
+            "SELECT rows FROM tokend_move_progress WHERE table_name = 'tokens'",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
+        if let Some(n) = rows.filter(|n| *n >= 40) {
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the move never reached 40 tokens"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the move ended before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed: {status:?}");
+    let total_tokens: i64 = sea_orm::sqlx::query("SELECT COUNT(*) FROM tokens")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        total_tokens < values.len() as i64,
+        "killed after {copied_before_kill} rows, yet all {total_tokens} tokens are there"
+    );
+    conn.close().await.unwrap();
+
+    let out = tokend(
+        &["move", "--batch-rows", "50"],
+        &[("TOKEND_MOVE_FROM", &from), ("TOKEND_MOVE_TO", &to)],
+    )
+    .await;
+    let report = succeeded(&out);
+    println!("{report}");
+    assert!(
+        report.contains("tokend move: PostgreSQL -> PostgreSQL (resumed an interrupted move)"),
+        "{report}"
+    );
+    assert!(report.contains("rows from the earlier run"), "{report}");
+    assert!(report.contains("verified: every table's row count and checksum match"));
+    for table in ["account_policies", "token_notices", "sweep_state"] {
+        assert!(moved_rows(&report, table) > 0, "{table}: {report}");
+    }
+
+    let target = app_on(&to).await;
+    assert_same_store(&target, &p, &expected, &events).await;
+    assert_policy_moved(&target, &p).await;
+    target.stop().await;
+    crate::postgres::drop_database(&from).await;
+    crate::postgres::drop_database(&to).await;
+}
+
+/// A target that already holds tables of something else is refused before
+/// anything is written to it (no tokend table is created there).
+#[tokio::test]
+async fn a_move_into_a_database_of_something_else_leaves_it_untouched() {
+    use sea_orm::sqlx::{Connection, SqliteConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("source.db");
+    let app = app_on_file(&file, |_| {}).await;
+    populate(&app, 3).await;
+    app.stop().await;
+
+    let other = dir.path().join("other.db");
+    let other_url = sqlite_url(&other);
+    {
+        let mut conn = SqliteConnection::connect(&other_url).await.unwrap();
+        sea_orm::sqlx::query("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total INTEGER)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let out = tokend(
+        &["move", "--from", &sqlite_url(&file), "--to", &other_url],
+        &[],
+    )
+    .await;
+    failed_with(&out, "tables `tokend move` does not know: invoices");
+    let mut conn = SqliteConnection::connect(&other_url).await.unwrap();
+    let tables: Vec<String> = sea_orm::sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(tables, vec!["invoices".to_owned()]);
 }
 
 /// A move stopped after a few batches resumes where it stopped when run

@@ -18,6 +18,7 @@ mod metrics;
 mod policy;
 mod postgres;
 mod privileges;
+mod readme;
 mod reasons;
 mod search;
 mod search_index;

@@ -4,8 +4,11 @@
 
 use super::*;
 
-/// A primary key as stored in the progress table: a JSON array of strings and
-/// integers (the only key types the schema uses).
+/// A primary key as stored in the progress table: a JSON array of strings,
+/// integers and timestamps (the key types the schema uses; `token_notices`
+/// has a timestamp in its key). A timestamp is `{"utc": RFC 3339}` with every
+/// digit of its fraction, so the resumed copy starts exactly after the row it
+/// stopped at.
 pub(super) fn key_to_json(key: &[Value]) -> Result<String> {
     let parts = key
         .iter()
@@ -13,6 +16,9 @@ pub(super) fn key_to_json(key: &[Value]) -> Result<String> {
             Value::String(Some(s)) => Ok(serde_json::Value::from(s.as_str())),
             Value::BigInt(Some(n)) => Ok(serde_json::Value::from(*n)),
             Value::Int(Some(n)) => Ok(serde_json::Value::from(*n)),
+            Value::ChronoDateTimeUtc(Some(t)) => Ok(serde_json::json!({
+                "utc": t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+            })),
             other => Err(Error::Internal(format!(
                 "unsupported primary-key value for a resumable copy: {other:?}"
             ))),
@@ -34,6 +40,14 @@ pub(super) fn key_from_json<E: EntityTrait>(text: &str) -> Result<Vec<Value>> {
             serde_json::Value::Number(n) => {
                 n.as_i64().map(|n| Value::BigInt(Some(n))).ok_or_else(bad)
             }
+            serde_json::Value::Object(o) => match o.get("utc") {
+                Some(serde_json::Value::String(t)) if o.len() == 1 => {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|t| Value::ChronoDateTimeUtc(Some(t.with_timezone(&chrono::Utc))))
+                        .map_err(|_| bad())
+                }
+                _ => Err(bad()),
+            },
             _ => Err(bad()),
         })
         .collect()

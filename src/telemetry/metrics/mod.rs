@@ -153,7 +153,7 @@ fn reason_index(reason: Reason) -> usize {
 }
 
 /// The RPCs this server serves, as (service, method); anything else is "other".
-pub const METHODS: [(&str, &str); 15] = [
+pub const METHODS: [(&str, &str); 18] = [
     ("tokens.v1.TokenService", "Issue"),
     ("tokens.v1.TokenService", "Validate"),
     ("tokens.v1.TokenService", "Get"),
@@ -164,6 +164,9 @@ pub const METHODS: [(&str, &str); 15] = [
     ("tokens.v1.TokenService", "Duplicate"),
     ("tokens.v1.TokenService", "Search"),
     ("tokens.v1.TokenService", "ListEvents"),
+    ("tokens.v1.TokenService", "GetAccountPolicy"),
+    ("tokens.v1.TokenService", "UpdateAccountPolicy"),
+    ("tokens.v1.TokenService", "WatchEvents"),
     ("grpc.health.v1.Health", "Check"),
     ("grpc.health.v1.Health", "Watch"),
     (
