@@ -118,8 +118,8 @@ pub fn issue_input(r: pb::IssueRequest, now: DateTime<Utc>) -> Result<IssueInput
 }
 
 /// Validate's `required_modules`, each a well-formed module name.
-pub fn check_required_modules(modules: &[String]) -> Result<()> {
-    for (i, m) in modules.iter().enumerate() {
+pub fn check_required_modules(modules: &[impl AsRef<str>]) -> Result<()> {
+    for (i, m) in modules.iter().map(AsRef::as_ref).enumerate() {
         if fields::check_module("required_modules", m).is_err() {
             // Named with its index only when it is wrong: no format! per call.
             fields::check_module(&format!("required_modules[{i}]"), m)?;

@@ -8,6 +8,7 @@
 //! `Authorization/Check` on the same port) and `gateway`, the verdict-to-HTTP
 //! mapping that `ext_authz` and the HTTP forward-auth endpoint share.
 
+pub mod connection;
 mod convert;
 pub mod export;
 pub mod ext_authz;
@@ -18,9 +19,10 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Request, Response, Status};
 use tracing::{Span, instrument};
 
+use self::connection::ConnectionInfo;
 use self::convert::{event_to_pb, reason_to_pb, token_id, token_to_pb};
 use self::wire::{ValidateCall, ValidateReply};
 use crate::{
@@ -29,7 +31,7 @@ use crate::{
     manage::{RevokeTarget, TokenManager},
     pb::{self, token_service_server::TokenService},
     telemetry::metrics,
-    validation::clock::Clock,
+    validation::{callers::CallerMemo, clock::Clock},
 };
 
 pub use crate::pb::token_service_server::TokenServiceServer;
@@ -47,29 +49,38 @@ impl TokenApi {
         Self { manager, clock }
     }
 
-    async fn caller(&self, metadata: &MetadataMap) -> Result<Caller> {
-        authenticate(&self.manager, metadata).await
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Caller> {
+        authenticate(&self.manager, req).await
     }
 }
 
-/// The caller of an RPC, from its `authorization: Bearer <token>` metadata;
-/// records it on the handler's span.
-async fn authenticate(manager: &TokenManager, metadata: &MetadataMap) -> Result<Caller> {
+/// The caller of an RPC, from its `authorization: Bearer <token>` metadata
+/// (remembered per connection: `ConnectionInfo`); records it on the
+/// handler's span.
+async fn authenticate<T>(manager: &TokenManager, req: &Request<T>) -> Result<Caller> {
     static AUTHORIZATION: std::sync::LazyLock<tonic::metadata::AsciiMetadataKey> =
         std::sync::LazyLock::new(|| {
             tonic::metadata::AsciiMetadataKey::from_static("authorization")
         });
-    let value = metadata.get(&*AUTHORIZATION).map(|v| v.as_bytes());
-    authenticate_bearer(manager, value, "the authorization metadata").await
+    let value = req.metadata().get(&*AUTHORIZATION).map(|v| v.as_bytes());
+    let connection = req.extensions().get::<ConnectionInfo>();
+    let peer = connection.and_then(|c| c.peer).map(|p| p.ip());
+    let memo = connection.map(|c| &*c.callers);
+    authenticate_bearer(manager, value, "the authorization metadata", peer, memo).await
 }
 
 /// The caller whose credential is `value` (`Bearer <token>`; `None` when it
 /// was not sent, which `manager` refuses); `what` names where it was sent
-/// in the error for any other value. Records the caller on the span.
+/// in the error for any other value; `peer` is the address it came from (an
+/// IP-bound credential must come from inside its ranges); `memo` is the
+/// connection's remembered caller, if it keeps one. Records the caller on
+/// the span.
 pub(crate) async fn authenticate_bearer(
     manager: &TokenManager,
     value: Option<&[u8]>,
     what: &str,
+    peer: Option<std::net::IpAddr>,
+    memo: Option<&CallerMemo>,
 ) -> Result<Caller> {
     let credential =
         match value {
@@ -78,7 +89,7 @@ pub(crate) async fn authenticate_bearer(
                 Error::Unauthenticated(format!("{what} must be `Bearer <token>`"))
             })?),
         };
-    let caller = manager.authenticate(credential).await?;
+    let caller = manager.authenticate(credential, peer, memo).await?;
     record_caller(&caller);
     Ok(caller)
 }
@@ -117,7 +128,7 @@ fn record_token(id: impl std::fmt::Display) {
 
 impl TokenApi {
     async fn inner_issue(&self, req: Request<pb::IssueRequest>) -> Result<pb::IssueResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let now = self.clock.now_utc();
         let input = convert::issue_input(req.into_inner(), now)?;
         let issued = self.manager.issue(&caller, input).await?;
@@ -129,7 +140,7 @@ impl TokenApi {
     }
 
     async fn inner_validate(&self, req: Request<ValidateCall>) -> Result<ValidateReply> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let call = req.get_ref();
         convert::check_required_modules(call.required_modules())?;
         // Parsed for every token when sent (a malformed one is refused
@@ -153,7 +164,7 @@ impl TokenApi {
     }
 
     async fn inner_get(&self, req: Request<pb::GetRequest>) -> Result<pb::GetResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let id = token_id("id", &req.get_ref().id)?;
         record_token(id);
         let token = self.manager.get(&caller, id).await?;
@@ -163,7 +174,7 @@ impl TokenApi {
     }
 
     async fn inner_update(&self, req: Request<pb::UpdateRequest>) -> Result<pb::UpdateResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let id = token_id("id", &r.id)?;
         record_token(id);
@@ -181,7 +192,7 @@ impl TokenApi {
         &self,
         req: Request<pb::SetStateRequest>,
     ) -> Result<pb::SetStateResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let id = token_id("id", &req.get_ref().id)?;
         record_token(id);
         let (state, reason) = convert::set_state_input(req.get_ref())?;
@@ -192,7 +203,7 @@ impl TokenApi {
     }
 
     async fn inner_revoke(&self, req: Request<pb::RevokeRequest>) -> Result<pb::RevokeResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let (target, reason) = convert::revoke_input(req.into_inner())?;
         if let RevokeTarget::Id(id) = &target {
             record_token(id);
@@ -205,7 +216,7 @@ impl TokenApi {
     }
 
     async fn inner_rotate(&self, req: Request<pb::RotateRequest>) -> Result<pb::RotateResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let r = req.get_ref();
         let id = token_id("id", &r.id)?;
         record_token(id);
@@ -221,7 +232,7 @@ impl TokenApi {
         &self,
         req: Request<pb::DuplicateRequest>,
     ) -> Result<pb::DuplicateResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let id = token_id("id", &req.get_ref().id)?;
         let (name, ranges) = convert::duplicate_input(req.get_ref())?;
         let issued = self.manager.duplicate(&caller, id, name, ranges).await?;
@@ -233,7 +244,7 @@ impl TokenApi {
     }
 
     async fn inner_search(&self, req: Request<pb::SearchRequest>) -> Result<pb::SearchResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let input = convert::search_input(req.into_inner())?;
         let page = self.manager.search(&caller, input).await?;
         let now = self.clock.now_utc();
@@ -248,7 +259,7 @@ impl TokenApi {
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Result<pb::ListEventsResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let input = convert::events_input(req.into_inner())?;
         let (events, next) = self.manager.list_events(&caller, input).await?;
         Ok(pb::ListEventsResponse {

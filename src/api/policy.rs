@@ -121,7 +121,7 @@ impl TokenApi {
         &self,
         req: Request<pb::GetAccountPolicyRequest>,
     ) -> Result<pb::GetAccountPolicyResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let account = opt_account("account_id", &req.get_ref().account_id)?
             .map(crate::domain::AccountId::into_inner);
         let v = self.manager.policies().get(&caller, account).await?;
@@ -134,7 +134,7 @@ impl TokenApi {
         &self,
         req: Request<pb::UpdateAccountPolicyRequest>,
     ) -> Result<pb::UpdateAccountPolicyResponse> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let patch = patch(r.policy.unwrap_or_default(), &paths)?;

@@ -61,7 +61,7 @@ impl TokenApi {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<WatchStream> {
-        let caller = self.caller(req.metadata()).await?;
+        let caller = self.caller(&req).await?;
         let r = req.into_inner();
         let mut kinds = Vec::with_capacity(r.kinds.len());
         for (i, k) in r.kinds.iter().enumerate() {

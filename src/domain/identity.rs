@@ -86,8 +86,10 @@ impl TokenIdentity {
 
     /// Whether every one of `required` is among the modules: runs on every
     /// Validate that names modules, comparing bytes.
-    pub fn has_modules(&self, required: &[String]) -> bool {
-        required.iter().all(|r| self.modules().any(|m| m == r))
+    pub fn has_modules(&self, required: &[impl AsRef<str>]) -> bool {
+        required
+            .iter()
+            .all(|r| self.modules().any(|m| m == r.as_ref()))
     }
 }
 
@@ -118,7 +120,7 @@ mod tests {
         assert_eq!(id.api_version(), "v1");
         assert_eq!(id.modules().collect::<Vec<_>>(), ["a:read", "b/*"]);
         assert!(id.has_modules(&modules(&["b/*", "a:read"])));
-        assert!(id.has_modules(&[]));
+        assert!(id.has_modules(&[] as &[&str]));
         assert!(!id.has_modules(&modules(&["a"])));
         assert!(!id.has_modules(&modules(&["a:read", "c"])));
         for other in ["acme", "alice", "v1", ""] {

@@ -102,7 +102,7 @@ async fn forward_auth(State(gate): State<Gate>, request: Request) -> Response {
         .get::<ConnectInfo<Peer>>()
         .map(|ConnectInfo(Peer(addr))| addr.ip());
     let client_ip = peer.and_then(|peer| client_ip(peer, &parts.headers, &gate.trusted));
-    match judge(&gate.manager, &parts, client_ip).await {
+    match judge(&gate.manager, &parts, peer, client_ip).await {
         Ok((Decision::Allow(identity), header)) => allowed(&identity, header),
         Ok((Decision::Deny(denial), _)) => denied(denial),
         Err(err) => {
@@ -146,10 +146,13 @@ fn forwarded_address(text: &str) -> Option<IpAddr> {
         .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
-/// The decision, and the header the token came in.
+/// The decision, and the header the token came in. `peer` (the gateway
+/// itself) is where the gateway's credential comes from; `client_ip` is
+/// where the end client's token does.
 async fn judge(
     manager: &TokenManager,
     request: &Parts,
+    peer: Option<IpAddr>,
     client_ip: Option<IpAddr>,
 ) -> Result<(Decision, &'static str)> {
     let headers = &request.headers;
@@ -162,6 +165,8 @@ async fn judge(
         manager,
         Some(credential.as_bytes()),
         "X-Tokend-Authorization",
+        peer,
+        None,
     )
     .await?;
     let mut required = Vec::new();

@@ -32,7 +32,8 @@ use crate::{
     error::{Error, Result},
     store::{Change, Store},
     validation::{
-        Client, Reason, Validator, Verdict, clock::Clock, hasher::Hasher, verifier::Keyring,
+        Client, Reason, Validator, Verdict, cache::Entry, callers::CallerMemo, clock::Clock,
+        hasher::Hasher, verifier::Keyring,
     },
 };
 
@@ -147,27 +148,44 @@ impl TokenManager {
         self.clock.now_utc()
     }
 
-    /// Authenticates the bearer credential of an RPC.
-    pub async fn authenticate(&self, credential: Option<&str>) -> Result<Caller> {
+    /// Authenticates the bearer credential of an RPC. `memo` is the
+    /// connection's remembered caller (`validation::callers`), when the
+    /// credential came over a connection that keeps one.
+    /// `peer` is the address the credential came from (the TCP peer), which
+    /// an IP-bound credential must be inside of.
+    pub async fn authenticate(
+        &self,
+        credential: Option<&str>,
+        peer: Client,
+        memo: Option<&CallerMemo>,
+    ) -> Result<Caller> {
         let credential = credential.ok_or_else(|| {
             Error::Unauthenticated(
                 "missing credential: send metadata `authorization: Bearer <token>`".into(),
             )
         })?;
+        if let Some(memo) = memo
+            && let Some(entry) = self.validator.recall(memo, credential.as_bytes(), peer)
+        {
+            return Ok(caller_of(&entry));
+        }
         let value = TokenValue::parse(credential).map_err(|_| {
             Error::Unauthenticated("the credential is not a well-formed token".into())
         })?;
-        // A caller credential's own IP binding is not checked (README
-        // "IP binding").
+        // Before the entry is read: a change after this point voids the memo.
+        let mark = self.validator.cache().mark(&value.id());
         let verdict = self
             .validator
-            .validate(&value, &[], None, Client::Unchecked)
+            .validate(&value, &[] as &[&str], None, peer)
             .await?;
         match (verdict.reason, verdict.entry) {
             (Reason::Valid, Some(entry)) => {
-                let s = &entry.snapshot;
-                let (id, privileges, identity) = (s.id, s.privileges, s.identity.clone());
-                Ok(Caller::new(id, privileges, identity))
+                let caller = caller_of(&entry);
+                if let Some(memo) = memo {
+                    self.validator
+                        .remember(memo, credential.as_bytes(), entry, mark);
+                }
+                Ok(caller)
             }
             (reason, _) => Err(Error::Unauthenticated(format!(
                 "the credential was rejected: {reason}"
@@ -181,7 +199,7 @@ impl TokenManager {
         &self,
         caller: &Caller,
         value: Result<&TokenValue, MalformedToken>,
-        required_modules: &[String],
+        required_modules: &[impl AsRef<str> + Sync],
         client_ip: Option<std::net::IpAddr>,
     ) -> Result<Verdict> {
         let Some(account) = caller.validation_scope() else {
@@ -192,7 +210,7 @@ impl TokenManager {
         match value {
             Ok(value) => {
                 self.validator
-                    .validate(value, required_modules, account, Client::Addr(client_ip))
+                    .validate(value, required_modules, account, client_ip)
                     .await
             }
             Err(MalformedToken::TooLong) => {
@@ -255,4 +273,10 @@ impl TokenManager {
         self.validator.apply(updated.token(), fresh);
         Ok(updated.into_token())
     }
+}
+
+/// The caller a valid credential's cache entry describes.
+fn caller_of(entry: &Entry) -> Caller {
+    let s = &entry.snapshot;
+    Caller::new(s.id, s.privileges, s.identity.clone())
 }

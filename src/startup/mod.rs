@@ -24,11 +24,13 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{
         TokenApi, TokenServiceServer,
+        connection::Connection,
         ext_authz::{self, AuthorizationServer, ExtAuthzApi},
     },
     config::Config,
@@ -318,20 +320,28 @@ impl Application {
             ))));
         let served = match &tls {
             Some(tls) => {
-                router
-                    .serve_with_incoming_shutdown(tls.incoming(listener), drain)
-                    .await
+                let incoming = tls.incoming(listener).map(|accepted| {
+                    accepted.map(|stream| {
+                        let peer = stream.get_ref().0.peer_addr().ok();
+                        Connection::new(stream, peer)
+                    })
+                });
+                router.serve_with_incoming_shutdown(incoming, drain).await
             }
             // Our own listener (bound in `build`), so the socket options that
             // `Server::tcp_nodelay` would set must be set here: without
             // TCP_NODELAY, small responses wait on delayed ACKs (~40 ms).
             None => {
-                router
-                    .serve_with_incoming_shutdown(
-                        TcpIncoming::from(listener).with_nodelay(Some(true)),
-                        drain,
-                    )
-                    .await
+                let incoming =
+                    TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .map(|accepted| {
+                            accepted.map(|stream| {
+                                let peer = stream.peer_addr().ok();
+                                Connection::new(stream, peer)
+                            })
+                        });
+                router.serve_with_incoming_shutdown(incoming, drain).await
             }
         };
 

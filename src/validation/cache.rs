@@ -59,6 +59,13 @@ pub use self::entry::{Check, Entry, Matched, ReplyEncoder, Snapshot};
 
 const STRIPES: usize = 1024;
 
+/// A stripe's generation at one moment (`VerifiedCache::mark`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    stripe: usize,
+    generation: u64,
+}
+
 /// Tuning of the cache; see `ValidationConfig` for defaults.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -189,6 +196,25 @@ impl VerifiedCache {
         self.generations[self.stripe(id)].load(Ordering::Acquire)
     }
 
+    /// Where `id`'s stripe stands now. Taken before an entry is read, a mark
+    /// that is still `unchanged` later proves the entry is still the token's
+    /// current state (every change bumps the stripe before and after it
+    /// replaces the entry), without looking the entry up again.
+    pub fn mark(&self, id: &TokenId) -> Mark {
+        let stripe = self.stripe(id);
+        Mark {
+            stripe,
+            generation: self.generations[stripe].load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether no change touched the mark's stripe since it was taken.
+    pub fn unchanged(&self, mark: Mark) -> bool {
+        self.generations
+            .get(mark.stripe)
+            .is_some_and(|g| g.load(Ordering::Acquire) == mark.generation)
+    }
+
     pub async fn flight(&self, id: &TokenId) -> tokio::sync::MutexGuard<'_, ()> {
         self.flights[self.stripe(id)].lock().await
     }
@@ -262,14 +288,20 @@ impl VerifiedCache {
             fresh.map(|d| (Matched::Current, d)),
         );
         self.entries.insert(token.id, Arc::new(entry));
+        // Again after the replacement: a `mark` taken between the first bump
+        // and the insert may have gone with the old entry.
+        self.generations[stripe].fetch_add(1, Ordering::AcqRel);
     }
 
     /// Forgets a token (e.g. when another replica changed it).
     pub fn invalidate(&self, id: &TokenId) {
-        self.generations[self.stripe(id)].fetch_add(1, Ordering::AcqRel);
+        let stripe = self.stripe(id);
+        self.generations[stripe].fetch_add(1, Ordering::AcqRel);
         self.note_change(id);
         self.entries.remove(id);
         self.unknown.remove(id);
+        // See `apply`.
+        self.generations[stripe].fetch_add(1, Ordering::AcqRel);
     }
 
     /// Forgets everything (e.g. after losing the change feed).
@@ -282,6 +314,10 @@ impl VerifiedCache {
         }
         self.entries.clear();
         self.unknown.clear();
+        // See `apply`.
+        for g in self.generations.iter() {
+            g.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn note_change(&self, id: &TokenId) {

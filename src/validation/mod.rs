@@ -21,6 +21,7 @@
 
 pub mod backfill;
 pub mod cache;
+pub mod callers;
 pub mod change_cursor;
 pub mod clock;
 pub mod coherence;
@@ -105,18 +106,18 @@ impl Verdict {
     }
 }
 
-/// The end client a token is presented for, as far as IP binding goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Client {
-    /// The client's address, or `None` when the caller does not know it:
-    /// an IP-bound token is then rejected (binding fails closed).
-    Addr(Option<IpAddr>),
-    /// The token is tokend's own caller credential, whose binding is not
-    /// checked (README "IP binding").
-    Unchecked,
-}
+/// The address of the client a token is presented by, as far as IP binding
+/// goes: for a token being validated, the end client the caller names; for a
+/// caller's own credential, the TCP peer. `None` when not known: an
+/// IP-bound token is then rejected (binding fails closed).
+pub type Client = Option<IpAddr>;
 
-fn judge(entry: &Entry, required_modules: &[String], client: Client, now: UnixMicros) -> Reason {
+fn judge(
+    entry: &Entry,
+    required_modules: &[impl AsRef<str>],
+    client: Client,
+    now: UnixMicros,
+) -> Reason {
     let s = &entry.snapshot;
     match s.state {
         TokenState::Revoked => Reason::Revoked,
@@ -179,7 +180,7 @@ impl Validator {
     pub async fn validate(
         &self,
         value: &TokenValue,
-        required_modules: &[String],
+        required_modules: &[impl AsRef<str> + Sync],
         account: Option<&str>,
         client: Client,
     ) -> Result<Verdict> {

@@ -873,7 +873,11 @@ async fn forward_auth_allows_denies_and_refuses_on_one_kept_alive_connection() {
 
 /// A token issued through the use-case directly (the gRPC port speaks TLS).
 async fn issue_direct(app: &TestApp, owner: &str, modules: &[&str]) -> (String, String) {
-    let caller = app.manager.authenticate(Some(&app.platform)).await.unwrap();
+    let caller = app
+        .manager
+        .authenticate(Some(&app.platform), None, None)
+        .await
+        .unwrap();
     let issued = app
         .manager
         .issue(

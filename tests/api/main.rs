@@ -7,6 +7,7 @@ mod helpers;
 
 mod bad_input;
 mod cache;
+mod callers;
 mod day_two;
 mod follower;
 mod gateways;

@@ -65,11 +65,9 @@ impl Snapshot {
     /// for a bound one, only from an address in its ranges.
     #[inline]
     pub fn allows(&self, client: super::super::Client) -> bool {
-        match (&self.allowed_cidrs, client) {
-            (None, _) | (Some(_), super::super::Client::Unchecked) => true,
-            (Some(ranges), super::super::Client::Addr(ip)) => {
-                ip.is_some_and(|ip| Cidr::any_contains(&ranges.0, ip))
-            }
+        match &self.allowed_cidrs {
+            None => true,
+            Some(ranges) => client.is_some_and(|ip| Cidr::any_contains(&ranges.0, ip)),
         }
     }
 
@@ -95,7 +93,7 @@ impl Snapshot {
     }
 
     /// Runs on every Validate that names modules.
-    pub fn has_modules(&self, required: &[String]) -> bool {
+    pub fn has_modules(&self, required: &[impl AsRef<str>]) -> bool {
         self.identity.has_modules(required)
     }
 }
@@ -300,6 +298,12 @@ impl Entry {
             Matched::Current => self.current.mac.is_none(),
             Matched::Previous => self.previous.as_ref().is_some_and(|p| p.0.mac.is_none()),
         }
+    }
+
+    /// Whether a rotated-out secret is still accepted (its grace runs, or
+    /// ran until recently): which of the two a value matched then matters.
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// Whether the entry can answer every value without argon2.
