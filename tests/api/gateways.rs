@@ -871,6 +871,55 @@ async fn forward_auth_allows_denies_and_refuses_on_one_kept_alive_connection() {
     assert_no_secret(&f, &helpers::captured_logs(), "the log");
 }
 
+/// A gateway credential bound to an address range is checked against the TCP
+/// peer of the forward-auth connection (the gateway itself), never against
+/// forwarded-address headers, which only ever describe the end client.
+#[tokio::test]
+async fn a_bound_gateway_credential_works_only_from_its_range() {
+    let f = fixture(|_| {}).await;
+    let addr = f.app.http_addr.unwrap();
+    let bound = f
+        .app
+        .issue(
+            &f.app.platform,
+            pb::IssueRequest {
+                owner_id: "gateway".into(),
+                name: "bound gateway".into(),
+                modules: vec!["tokens:validate".into()],
+                allowed_cidrs: vec!["127.0.0.2/32".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Issue")
+        .secret;
+    let gateway = format!("Bearer {bound}");
+    let valid = &f.valid.1;
+    let mut inside = Conn::open_from(addr, [127, 0, 0, 2]).await;
+    let mut outside = Conn::open_from(addr, [127, 0, 0, 3]).await;
+    for _ in 0..2 {
+        let r = inside.forward_auth(valid, &gateway, "billing:read").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = outside
+            .send(
+                "GET",
+                "/v1/forward-auth",
+                &[
+                    ("authorization", &format!("Bearer {valid}")),
+                    ("x-tokend-authorization", &gateway),
+                    ("x-forwarded-for", "127.0.0.2"),
+                    ("x-real-ip", "127.0.0.2"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            r.status, 500,
+            "a refused gateway is a server error: {}",
+            r.body
+        );
+    }
+}
+
 /// A token issued through the use-case directly (the gRPC port speaks TLS).
 async fn issue_direct(app: &TestApp, owner: &str, modules: &[&str]) -> (String, String) {
     let caller = app
