@@ -4,10 +4,12 @@
 //! `config/policy_defaults.rs`, the `--watch-*` flags in `config/watch.rs`,
 //! the `--sweep*` flags in `config/sweep.rs`.
 
+mod error;
 mod policy_defaults;
 mod sweep;
 mod watch;
 
+pub use error::ConfigError;
 pub use policy_defaults::PolicyDefaults;
 pub use sweep::SweepFlags;
 pub use watch::WatchFlags;
@@ -437,16 +439,14 @@ impl Config {
     }
 
     /// `--trusted-proxies`, parsed (blanks ignored).
-    pub fn trusted_proxies(&self) -> crate::error::Result<Vec<crate::domain::policy::Cidr>> {
+    pub fn trusted_proxies(&self) -> Result<Vec<crate::domain::policy::Cidr>, ConfigError> {
         let mut out = Vec::new();
         for (i, text) in self.trusted_proxies.iter().map(|t| t.trim()).enumerate() {
             if text.is_empty() {
                 continue;
             }
             let c = crate::domain::policy::Cidr::parse(&format!("--trusted-proxies[{i}]"), text)
-                .map_err(|v| {
-                    crate::error::Error::Config(format!("{}: {}", v.field, v.description))
-                })?;
+                .map_err(|v| ConfigError::new(v.field, v.description))?;
             if !out.contains(&c) {
                 out.push(c);
             }
@@ -456,7 +456,7 @@ impl Config {
 
     /// The service-wide rules; fails on `--policy-*` defaults that would be
     /// refused through the API.
-    pub fn policy(&self) -> crate::error::Result<Policy> {
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
         Ok(Policy {
             prefix: self.token_prefix.clone(),
             per_owner_limit: self.max_tokens_per_owner,

@@ -30,9 +30,6 @@ pub enum Error {
     Database(String),
     #[error("internal error: {0}")]
     Internal(String),
-    /// Start-up configuration that cannot work (never a request's fault).
-    #[error("configuration: {0}")]
-    Config(String),
     /// The server could not start (`tokend serve`), or a listener could not
     /// be bound again under the supervisor.
     #[error(transparent)]
@@ -46,6 +43,14 @@ impl From<crate::startup::StartupError> for Error {
             crate::startup::StartupError::Service(inner) => inner,
             other => Self::Startup(Box::new(other)),
         }
+    }
+}
+
+/// A configuration error met outside `serve` (a command such as `tokend
+/// move` loading the verifier key): reported like a start-up error.
+impl From<crate::config::ConfigError> for Error {
+    fn from(e: crate::config::ConfigError) -> Self {
+        crate::startup::StartupError::Config(e).into()
     }
 }
 
@@ -113,7 +118,7 @@ impl Error {
                 tracing::warn!(%fault, error = %detail, "store unavailable")
             }
             Self::Database(detail) => tracing::error!(error = %detail, "database error"),
-            Self::Internal(detail) | Self::Config(detail) => {
+            Self::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error")
             }
             Self::Startup(e) => tracing::error!(error = %e, "internal error"),
@@ -146,7 +151,7 @@ impl From<Error> for Status {
             Error::Unavailable(..) => {
                 Status::unavailable("the token store is unavailable; retry later")
             }
-            Error::Database(_) | Error::Internal(_) | Error::Config(_) | Error::Startup(_) => {
+            Error::Database(_) | Error::Internal(_) | Error::Startup(_) => {
                 Status::internal("internal error")
             }
         }

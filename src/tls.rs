@@ -50,6 +50,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::ConfigError,
     error::{Error, Result},
     telemetry::metrics,
 };
@@ -83,7 +84,7 @@ pub struct Tls {
 impl Tls {
     /// Loads the files and builds the server configuration. A missing or bad
     /// file here is a start-up error naming the flag.
-    pub fn load(files: &TlsFiles) -> Result<Self> {
+    pub fn load(files: &TlsFiles) -> Result<Self, ConfigError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (pair, fingerprint) = read_pair(&files.cert, &files.key)?;
         let key = certified_key(&pair, &provider)?;
@@ -95,30 +96,30 @@ impl Tls {
         });
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Internal(format!("TLS protocol versions: {e}")))?;
+            .map_err(|e| ConfigError::new("--tls-cert", format!("TLS protocol versions: {e}")))?;
         let builder = match &files.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
-                let pem = read(ca, "tls_client_ca")?;
+                let pem = read(ca, "--tls-client-ca")?;
                 for cert in CertificateDer::pem_slice_iter(&pem) {
                     let cert = cert.map_err(|e| {
-                        Error::invalid("tls_client_ca", format!("{}: {e}", ca.display()))
+                        ConfigError::new("--tls-client-ca", format!("{}: {e}", ca.display()))
                     })?;
                     roots.add(cert).map_err(|e| {
-                        Error::invalid("tls_client_ca", format!("{}: {e}", ca.display()))
+                        ConfigError::new("--tls-client-ca", format!("{}: {e}", ca.display()))
                     })?;
                 }
                 if roots.is_empty() {
-                    return Err(Error::invalid(
-                        "tls_client_ca",
+                    return Err(ConfigError::new(
+                        "--tls-client-ca",
                         format!("{} holds no certificate", ca.display()),
                     ));
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()
-                        .map_err(|e| Error::invalid("tls_client_ca", e.to_string()))?;
+                        .map_err(|e| ConfigError::new("--tls-client-ca", e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
@@ -266,15 +267,15 @@ struct Pair {
     key: SecretSlice<u8>,
 }
 
-fn read(path: &Path, field: &str) -> Result<Vec<u8>> {
+fn read(path: &Path, setting: &str) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path)
-        .map_err(|e| Error::invalid(field, format!("cannot read {}: {e}", path.display())))
+        .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {e}", path.display())))
 }
 
 /// Reads both files, with a fingerprint of their contents (never shown).
-fn read_pair(cert: &Path, key: &Path) -> Result<(Pair, blake3::Hash)> {
-    let cert = read(cert, "tls_cert")?;
-    let key = SecretSlice::from(read(key, "tls_key")?);
+fn read_pair(cert: &Path, key: &Path) -> Result<(Pair, blake3::Hash), ConfigError> {
+    let cert = read(cert, "--tls-cert")?;
+    let key = SecretSlice::from(read(key, "--tls-key")?);
     let mut h = blake3::Hasher::new();
     h.update(&(cert.len() as u64).to_le_bytes());
     h.update(&cert);
@@ -283,18 +284,18 @@ fn read_pair(cert: &Path, key: &Path) -> Result<(Pair, blake3::Hash)> {
     Ok((Pair { cert, key }, fingerprint))
 }
 
-fn certified_key(pair: &Pair, provider: &CryptoProvider) -> Result<CertifiedKey> {
+fn certified_key(pair: &Pair, provider: &CryptoProvider) -> Result<CertifiedKey, ConfigError> {
     let chain = CertificateDer::pem_slice_iter(&pair.cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::invalid("tls_cert", format!("not a PEM certificate chain: {e}")))?;
+        .map_err(|e| ConfigError::new("--tls-cert", format!("not a PEM certificate chain: {e}")))?;
     if chain.is_empty() {
-        return Err(Error::invalid("tls_cert", "holds no certificate"));
+        return Err(ConfigError::new("--tls-cert", "holds no certificate"));
     }
     // The parse error of a key names no key material (rustls-pki-types).
     let key = PrivateKeyDer::from_pem_slice(pair.key.expose_secret())
-        .map_err(|e| Error::invalid("tls_key", format!("not a PEM private key: {e}")))?;
+        .map_err(|e| ConfigError::new("--tls-key", format!("not a PEM private key: {e}")))?;
     CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| Error::invalid("tls_key", format!("unusable with the certificate: {e}")))
+        .map_err(|e| ConfigError::new("--tls-key", format!("unusable with the certificate: {e}")))
 }
 
 /// A throw-away certificate authority for the integration tests and the

@@ -325,8 +325,8 @@ pub(super) fn event_kind_from_pb(field: &str, value: i32) -> Parsed<EventKind> {
 pub fn token_to_pb(t: &Token, now: DateTime<Utc>) -> pb::Token {
     pb::Token {
         id: t.id.to_string(),
-        account_id: t.account_id.clone(),
-        owner_id: t.owner_id.clone(),
+        account_id: t.account_id.as_str().to_owned(),
+        owner_id: t.owner_id.as_str().to_owned(),
         created_by: t.created_by.clone(),
         name: t.name.clone(),
         description: t.description.clone(),
@@ -359,8 +359,8 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
     pb::Event {
         id: e.id,
         token_id: e.token_id.clone(),
-        account_id: e.account_id.clone(),
-        owner_id: e.owner_id.clone(),
+        account_id: e.account_id.as_str().to_owned(),
+        owner_id: e.owner_id.as_str().to_owned(),
         kind: event_kind_to_pb(e.kind) as i32,
         actor_token_id: e.actor.recorded_id(),
         actor_owner_id: e.actor.owner_id().to_owned(),

@@ -19,8 +19,8 @@ pub fn event_json_line(e: &Event) -> String {
     serde_json::json!({
         "id": e.id,
         "token_id": e.token_id,
-        "account_id": e.account_id,
-        "owner_id": e.owner_id,
+        "account_id": e.account_id.as_str(),
+        "owner_id": e.owner_id.as_str(),
         "kind": event_kind_to_pb(e.kind).as_str_name(),
         "actor_token_id": e.actor.recorded_id(),
         "actor_owner_id": e.actor.owner_id(),

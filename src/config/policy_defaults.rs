@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 
 use crate::{
+    config::ConfigError,
     domain::policy::{self, AccountPolicy, Cidr},
-    error::{Error, Result},
 };
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
@@ -47,13 +47,12 @@ pub struct PolicyDefaults {
 
 impl PolicyDefaults {
     /// The default policy, checked like one set through the API.
-    pub fn account_policy(&self) -> Result<AccountPolicy> {
+    pub fn account_policy(&self) -> Result<AccountPolicy, ConfigError> {
         let bad = |v: crate::domain::FieldViolation| {
-            Error::Config(format!(
-                "--policy-{}: {}",
-                v.field.replace('_', "-"),
-                v.description
-            ))
+            ConfigError::new(
+                format!("--policy-{}", v.field.replace('_', "-")),
+                v.description,
+            )
         };
         Ok(AccountPolicy {
             max_lifetime: policy::duration("max_lifetime", self.policy_max_lifetime)

@@ -20,12 +20,32 @@ macro_rules! principal_id {
                 fields::principal(field, s).map(Self)
             }
 
+            /// An id read back from the store, where only parsed ids are
+            /// written (the store's boundary converts with this).
+            pub fn from_stored(s: String) -> Self {
+                Self(s)
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }
 
             pub fn into_inner(self) -> String {
                 self.0
+            }
+        }
+
+        /// Test fixtures name ids inline.
+        #[cfg(test)]
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
             }
         }
 

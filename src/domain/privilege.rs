@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use super::{FieldViolation, TokenId, TokenIdentity};
+use super::{AccountId, FieldViolation, OwnerId, TokenId, TokenIdentity};
 
 /// Prefix reserved for tokend's own privilege modules.
 pub const PRIVILEGE_PREFIX: &str = "tokens:";
@@ -137,15 +137,16 @@ impl Caller {
 
     /// May this caller manage (get, update, disable, revoke, rotate, duplicate)
     /// a token of this account and owner?
-    pub fn may_manage(&self, account_id: &str, owner_id: &str) -> Result<(), Denied> {
+    pub fn may_manage(&self, account_id: &AccountId, owner_id: &OwnerId) -> Result<(), Denied> {
         let p = self.privileges;
         if p.has(Privilege::Platform) {
             return Ok(());
         }
-        if account_id != self.account_id() {
+        if account_id.as_str() != self.account_id() {
             return Err(Denied::NotFound);
         }
-        if p.has(Privilege::Admin) || (p.has(Privilege::SelfService) && owner_id == self.owner_id())
+        if p.has(Privilege::Admin)
+            || (p.has(Privilege::SelfService) && owner_id.as_str() == self.owner_id())
         {
             return Ok(());
         }
@@ -251,23 +252,37 @@ mod tests {
         assert!(selfp.has(Privilege::SelfService) && !selfp.has(Privilege::Admin));
     }
 
+    fn acc(s: &str) -> AccountId {
+        AccountId::parse("account_id", s).unwrap()
+    }
+
+    fn own(s: &str) -> OwnerId {
+        OwnerId::parse("owner_id", s).unwrap()
+    }
+
     #[test]
     fn manage_matrix() {
         let s = caller(&["tokens:self"]);
-        assert_eq!(s.may_manage("acme", "alice"), Ok(()));
+        assert_eq!(s.may_manage(&acc("acme"), &own("alice")), Ok(()));
         assert!(matches!(
-            s.may_manage("acme", "bob"),
+            s.may_manage(&acc("acme"), &own("bob")),
             Err(Denied::Permission(_))
         ));
-        assert_eq!(s.may_manage("other", "alice"), Err(Denied::NotFound));
+        assert_eq!(
+            s.may_manage(&acc("other"), &own("alice")),
+            Err(Denied::NotFound)
+        );
         let a = caller(&["tokens:admin"]);
-        assert_eq!(a.may_manage("acme", "bob"), Ok(()));
-        assert_eq!(a.may_manage("other", "bob"), Err(Denied::NotFound));
+        assert_eq!(a.may_manage(&acc("acme"), &own("bob")), Ok(()));
+        assert_eq!(
+            a.may_manage(&acc("other"), &own("bob")),
+            Err(Denied::NotFound)
+        );
         let p = caller(&["tokens:platform"]);
-        assert_eq!(p.may_manage("other", "bob"), Ok(()));
+        assert_eq!(p.may_manage(&acc("other"), &own("bob")), Ok(()));
         let v = caller(&["tokens:validate"]);
         assert!(matches!(
-            v.may_manage("acme", "alice"),
+            v.may_manage(&acc("acme"), &own("alice")),
             Err(Denied::Permission(_))
         ));
         assert!(v.listing_scope().is_err());

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, Utc};
 
-use super::{TokenId, TokenState, policy::Cidr};
+use super::{AccountId, OwnerId, TokenId, TokenState, policy::Cidr};
 
 /// An argon2id PHC string. Its `Debug` is redacted: the hash must never reach a
 /// log line, an error or a response.
@@ -69,8 +69,8 @@ pub struct PreviousSecret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
     pub id: TokenId,
-    pub account_id: String,
-    pub owner_id: String,
+    pub account_id: AccountId,
+    pub owner_id: OwnerId,
     pub created_by: String,
     pub updated_by: String,
     pub name: String,
@@ -103,8 +103,8 @@ pub struct Token {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationRecord {
     pub id: TokenId,
-    pub account_id: String,
-    pub owner_id: String,
+    pub account_id: AccountId,
+    pub owner_id: OwnerId,
     pub modules: Vec<String>,
     pub api_version: String,
     pub metadata: BTreeMap<String, String>,
@@ -138,8 +138,8 @@ impl ValidationView<'_> {
     pub fn to_record(&self) -> ValidationRecord {
         ValidationRecord {
             id: self.id,
-            account_id: self.account_id.to_owned(),
-            owner_id: self.owner_id.to_owned(),
+            account_id: AccountId::from_stored(self.account_id.to_owned()),
+            owner_id: OwnerId::from_stored(self.owner_id.to_owned()),
             modules: self.modules.to_vec(),
             api_version: self.api_version.to_owned(),
             metadata: self.metadata.clone(),
@@ -153,56 +153,44 @@ impl ValidationView<'_> {
     }
 }
 
-impl ValidationRecord {
-    /// The previous secret, if its grace period is still running.
-    pub fn live_previous_secret(&self, now: DateTime<Utc>) -> Option<&PreviousSecret> {
-        self.previous_secret.as_ref().filter(|p| p.expires_at > now)
-    }
+/// `view()` for the two records Validate's cache is built from: one body, so
+/// a field added to `ValidationView` cannot be filled from one and forgotten
+/// in the other.
+macro_rules! validation_view {
+    ($record:ty) => {
+        impl $record {
+            /// The fields Validate needs, borrowed.
+            pub fn view(&self) -> ValidationView<'_> {
+                ValidationView {
+                    id: self.id,
+                    account_id: self.account_id.as_str(),
+                    owner_id: self.owner_id.as_str(),
+                    modules: &self.modules,
+                    api_version: &self.api_version,
+                    metadata: &self.metadata,
+                    state: self.state,
+                    expires_at: self.expires_at,
+                    secret_hash: &self.secret_hash,
+                    verifier: self.verifier.as_ref(),
+                    previous_secret: self.previous_secret.as_ref(),
+                    allowed_cidrs: &self.allowed_cidrs,
+                }
+            }
 
-    pub fn view(&self) -> ValidationView<'_> {
-        ValidationView {
-            id: self.id,
-            account_id: &self.account_id,
-            owner_id: &self.owner_id,
-            modules: &self.modules,
-            api_version: &self.api_version,
-            metadata: &self.metadata,
-            state: self.state,
-            expires_at: self.expires_at,
-            secret_hash: &self.secret_hash,
-            verifier: self.verifier.as_ref(),
-            previous_secret: self.previous_secret.as_ref(),
-            allowed_cidrs: &self.allowed_cidrs,
+            /// The previous secret, if its grace period is still running.
+            pub fn live_previous_secret(&self, now: DateTime<Utc>) -> Option<&PreviousSecret> {
+                self.previous_secret.as_ref().filter(|p| p.expires_at > now)
+            }
         }
-    }
+    };
 }
 
-impl Token {
-    /// The fields Validate needs.
-    pub fn validation(&self) -> ValidationView<'_> {
-        ValidationView {
-            id: self.id,
-            account_id: &self.account_id,
-            owner_id: &self.owner_id,
-            modules: &self.modules,
-            api_version: &self.api_version,
-            metadata: &self.metadata,
-            state: self.state,
-            expires_at: self.expires_at,
-            secret_hash: &self.secret_hash,
-            verifier: self.verifier.as_ref(),
-            previous_secret: self.previous_secret.as_ref(),
-            allowed_cidrs: &self.allowed_cidrs,
-        }
-    }
+validation_view!(Token);
+validation_view!(ValidationRecord);
 
+impl Token {
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
-    }
-
-    /// The previous secret, if its grace period is still running.
-    pub fn live_previous_secret(&self, now: DateTime<Utc>) -> Option<&PreviousSecret> {
-        self.previous_secret.as_ref().filter(|p| p.expires_at > now)
     }
 }
 
@@ -335,8 +323,8 @@ pub struct NewEvent {
 pub struct Event {
     pub id: i64,
     pub token_id: String,
-    pub account_id: String,
-    pub owner_id: String,
+    pub account_id: AccountId,
+    pub owner_id: OwnerId,
     pub kind: EventKind,
     pub actor: Actor,
     pub at: DateTime<Utc>,

@@ -22,8 +22,8 @@ use crate::{
 /// The settable fields of a new token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Template {
-    account_id: String,
-    owner_id: String,
+    account_id: AccountId,
+    owner_id: OwnerId,
     name: String,
     description: String,
     modules: Vec<String>,
@@ -106,10 +106,10 @@ impl TokenManager {
     pub async fn issue(&self, caller: &Caller, input: IssueInput) -> Result<Issued> {
         let account_id = input
             .account_id
-            .map_or_else(|| caller.account_id().to_owned(), AccountId::into_inner);
+            .unwrap_or_else(|| AccountId::from_stored(caller.account_id().to_owned()));
         let owner_id = input
             .owner_id
-            .map_or_else(|| caller.owner_id().to_owned(), OwnerId::into_inner);
+            .unwrap_or_else(|| OwnerId::from_stored(caller.owner_id().to_owned()));
         if let Err(denied) = caller.may_manage(&account_id, &owner_id) {
             return Err(match denied {
                 Denied::NotFound => Error::PermissionDenied(
@@ -154,9 +154,9 @@ impl TokenManager {
     /// arguments of the command).
     pub async fn bootstrap(&self, account: &str, owner: &str) -> Result<Issued> {
         let account_id = AccountId::parse("account", account)?;
-        let owner_id = OwnerId::parse("owner", owner)?.into_inner();
+        let owner_id = OwnerId::parse("owner", owner)?;
         let template = Template {
-            account_id: account_id.into_inner(),
+            account_id,
             owner_id: owner_id.clone(),
             name: "bootstrap".into(),
             description: "created by `tokend bootstrap`".into(),
@@ -171,12 +171,12 @@ impl TokenManager {
         let event = NewEvent {
             kind: EventKind::Issued,
             actor: Actor::Bootstrap {
-                owner_id: owner_id.clone(),
+                owner_id: owner_id.as_str().to_owned(),
             },
             detail: "tokend bootstrap".into(),
         };
         let limit = self.policy.per_owner_limit;
-        self.create(template, owner_id, event, self.now(), limit)
+        self.create(template, owner_id.into_inner(), event, self.now(), limit)
             .await
     }
 

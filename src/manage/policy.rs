@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        Caller, EventKind, NewEvent, Privilege,
+        AccountId, Caller, EventKind, NewEvent, Privilege,
         policy::{AccountPolicy, Breach, PolicyField, StoredPolicy},
         token::Actor,
     },
@@ -122,8 +122,8 @@ impl AccountPolicies {
     }
 
     /// The policy in force for `account_id`.
-    pub async fn effective(&self, account_id: &str) -> Result<AccountPolicy> {
-        Ok(match self.store.find_policy(account_id).await? {
+    pub async fn effective(&self, account_id: &AccountId) -> Result<AccountPolicy> {
+        Ok(match self.store.find_policy(account_id.as_str()).await? {
             Some(s) => s.policy,
             None => self.defaults.clone(),
         })
@@ -153,14 +153,14 @@ impl AccountPolicies {
         account_id: Option<&str>,
     ) -> Result<ExpiryBreach> {
         let account = match account_id {
-            Some(a) => a.to_owned(),
+            Some(a) => AccountId::parse("account_id", a)?,
             None if caller.privileges.has(Privilege::Platform) => {
                 return Err(Error::invalid(
                     "breaks_policy",
                     "needs account_id: each account has its own policy",
                 ));
             }
-            None => caller.account_id().to_owned(),
+            None => AccountId::from_stored(caller.account_id().to_owned()),
         };
         let (missing, later_than) = self
             .effective(&account)

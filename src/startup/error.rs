@@ -33,6 +33,12 @@ pub enum StartupError {
     /// The reflection service could not be built from the descriptor sets.
     #[error("reflection service: {0}")]
     Reflection(String),
+    /// A setting, or a file a setting names, cannot work.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The argon2 pool could not start.
+    #[error(transparent)]
+    Hasher(#[from] crate::validation::hasher::StartError),
     /// A part of the service could not start.
     #[error(transparent)]
     Service(#[from] Error),

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     domain::{
-        NewEvent, Token, TokenId, TokenState,
+        AccountId, NewEvent, OwnerId, Token, TokenId, TokenState,
         policy::Cidr,
         token::{
             Actor, Event, EventKind, PreviousSecret, SecretHash, StoredVerifier, ValidationRecord,
@@ -100,8 +100,8 @@ pub fn validation_record_from_row(r: WarmRow) -> Result<ValidationRecord> {
     )?;
     Ok(ValidationRecord {
         id: p.id,
-        account_id: r.account_id,
-        owner_id: r.owner_id,
+        account_id: AccountId::from_stored(r.account_id),
+        owner_id: OwnerId::from_stored(r.owner_id),
         modules: p.modules,
         api_version: r.api_version,
         metadata: p.metadata,
@@ -134,8 +134,8 @@ pub fn token_from_model(m: token::Model) -> Result<Token> {
     )?;
     Ok(Token {
         id,
-        account_id: m.account_id,
-        owner_id: m.owner_id,
+        account_id: AccountId::from_stored(m.account_id),
+        owner_id: OwnerId::from_stored(m.owner_id),
         created_by: m.created_by,
         updated_by: m.updated_by,
         name: m.name,
@@ -181,8 +181,8 @@ pub fn token_to_active(t: &Token) -> Result<token::ActiveModel> {
     let json = |e: serde_json::Error| Error::Internal(format!("encoding token fields: {e}"));
     Ok(token::ActiveModel {
         id: Set(t.id.to_string()),
-        account_id: Set(t.account_id.clone()),
-        owner_id: Set(t.owner_id.clone()),
+        account_id: Set(t.account_id.as_str().to_owned()),
+        owner_id: Set(t.owner_id.as_str().to_owned()),
         created_by: Set(t.created_by.clone()),
         updated_by: Set(t.updated_by.clone()),
         name: Set(t.name.clone()),
@@ -227,8 +227,8 @@ pub fn event_from_model(m: token_event::Model) -> Result<Event> {
     Ok(Event {
         id: m.id,
         token_id: m.token_id,
-        account_id: m.account_id,
-        owner_id: m.owner_id,
+        account_id: AccountId::from_stored(m.account_id),
+        owner_id: OwnerId::from_stored(m.owner_id),
         kind,
         actor: Actor::from_recorded(m.actor_token_id, m.actor_owner_id),
         at: m.at,
@@ -240,8 +240,8 @@ pub fn event_from_model(m: token_event::Model) -> Result<Event> {
 pub fn event_to_active(token: &Token, event: &NewEvent) -> token_event::ActiveModel {
     token_event::ActiveModel {
         token_id: Set(token.id.to_string()),
-        account_id: Set(token.account_id.clone()),
-        owner_id: Set(token.owner_id.clone()),
+        account_id: Set(token.account_id.as_str().to_owned()),
+        owner_id: Set(token.owner_id.as_str().to_owned()),
         kind: Set(event.kind.as_str().to_owned()),
         actor_token_id: Set(event.actor.recorded_id()),
         actor_owner_id: Set(event.actor.owner_id().to_owned()),

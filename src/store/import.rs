@@ -48,8 +48,8 @@ impl Store {
             .iter()
             .map(|t| token_event::ActiveModel {
                 token_id: Set(t.id.to_string()),
-                account_id: Set(t.account_id.clone()),
-                owner_id: Set(t.owner_id.clone()),
+                account_id: Set(t.account_id.as_str().to_owned()),
+                owner_id: Set(t.owner_id.as_str().to_owned()),
                 kind: Set(crate::domain::EventKind::Issued.as_str().to_owned()),
                 actor_token_id: Set(actor.recorded_id()),
                 actor_owner_id: Set(actor.owner_id().to_owned()),

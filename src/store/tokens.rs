@@ -84,8 +84,8 @@ impl Store {
             let _serialised = self.write_guard().await;
             let txn = self.db.begin().await?;
             owner_quota::Entity::insert(owner_quota::ActiveModel {
-                account_id: Set(token.account_id.clone()),
-                owner_id: Set(token.owner_id.clone()),
+                account_id: Set(token.account_id.as_str().to_owned()),
+                owner_id: Set(token.owner_id.as_str().to_owned()),
                 live_tokens: Set(0),
             })
             .on_conflict(OnConflict::columns([owner_quota::Column::AccountId, owner_quota::Column::OwnerId]).do_nothing().to_owned())

@@ -63,15 +63,18 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let word = |c: &[u8]| {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        u64::from_le_bytes(w)
-    };
-    let differ = a
-        .chunks(8)
-        .zip(b.chunks(8))
-        .fold(0u64, |acc, (x, y)| acc | (word(x) ^ word(y)));
+    // Whole words by value (no copy into a buffer, which compiles to a
+    // memcpy call per chunk), then the tail byte by byte.
+    let word = |c: &[u8]| c.try_into().map_or(0, u64::from_le_bytes);
+    let (xs, ys) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = xs
+        .remainder()
+        .iter()
+        .zip(ys.remainder())
+        .fold(0u64, |acc, (x, y)| acc | u64::from(x ^ y));
+    let differ = xs
+        .zip(ys)
+        .fold(tail, |acc, (x, y)| acc | (word(x) ^ word(y)));
     bool::from(differ.ct_eq(&0))
 }
 

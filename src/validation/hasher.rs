@@ -20,6 +20,7 @@ use argon2::{
 };
 
 use crate::{
+    config::ConfigError,
     domain::token::SecretHash,
     error::{Error, Result},
     telemetry::metrics,
@@ -39,6 +40,17 @@ pub struct HasherConfig {
 
 type Job = Box<dyn FnOnce(&Argon2<'static>) + Send>;
 
+/// Why the argon2 pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Parameters argon2 refuses.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A worker thread could not be spawned.
+    #[error("cannot start an argon2 worker thread: {0}")]
+    Worker(#[source] std::io::Error),
+}
+
 pub struct Hasher {
     jobs: mpsc::SyncSender<Job>,
     verifications: Arc<AtomicU64>,
@@ -46,15 +58,21 @@ pub struct Hasher {
 }
 
 impl Hasher {
-    /// Checks the parameters and starts the worker threads.
-    pub fn start(config: &HasherConfig) -> Result<Self> {
+    /// Checks the parameters and starts the worker threads (at start-up:
+    /// its errors are configuration or start-up errors, not a request's).
+    pub fn start(config: &HasherConfig) -> Result<Self, StartError> {
         let params = Params::new(
             config.memory_kib,
             config.iterations,
             config.parallelism,
             None,
         )
-        .map_err(|e| Error::invalid("argon2", format!("invalid argon2 parameters: {e}")))?;
+        .map_err(|e| {
+            ConfigError::new(
+                "--argon2-memory-kib, --argon2-iterations, --argon2-parallelism",
+                e.to_string(),
+            )
+        })?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let workers = config.workers.max(1);
         let (jobs, queue) = mpsc::sync_channel::<Job>(config.queue.max(1));
@@ -80,7 +98,7 @@ impl Hasher {
                         }
                     }
                 })
-                .map_err(|e| Error::Internal(format!("cannot start argon2 worker: {e}")))?;
+                .map_err(StartError::Worker)?;
         }
         Ok(Self {
             jobs,

@@ -15,7 +15,7 @@ use std::{
 use zeroize::Zeroizing;
 
 use super::verifier::Keyring;
-use crate::error::{Error, Result};
+use crate::config::ConfigError;
 
 /// The key file made beside a SQLite database when none is configured.
 pub const DEFAULT_FILE_NAME: &str = "tokend.key";
@@ -39,20 +39,20 @@ pub fn load(
     configured: Option<&Path>,
     sqlite_file: Option<&Path>,
     shared: bool,
-) -> Result<(Keyring, KeySource)> {
+) -> Result<(Keyring, KeySource), ConfigError> {
     if let Some(path) = configured {
         return Ok((read(path)?, KeySource::Configured(path.to_owned())));
     }
     if shared {
-        return Err(Error::Config(
+        return Err(ConfigError::new(
+            "--verifier-key-file",
             "no verifier key: set --verifier-key-file (TOKEND_VERIFIER_KEY_FILE) to a file \
-             made by `tokend keygen`, the same file on every replica"
-                .into(),
+             made by `tokend keygen`, the same file on every replica",
         ));
     }
     let Some(db) = sqlite_file else {
         let keyring = Keyring::parse(&Zeroizing::new(Keyring::generate_line()))
-            .map_err(|e| Error::Config(format!("generated verifier key: {e}")))?;
+            .map_err(|e| ConfigError::new("verifier key", format!("generated key: {e}")))?;
         return Ok((keyring, KeySource::Ephemeral));
     };
     let path = db
@@ -64,21 +64,21 @@ pub fn load(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             Ok((read(&path)?, KeySource::Beside(path)))
         }
-        Err(e) => Err(Error::Config(format!(
-            "cannot create the verifier key file {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(ConfigError::new(
+            "verifier key",
+            format!("cannot create the key file {}: {e}", path.display()),
+        )),
     }
 }
 
 /// Reads and parses a key file; warns when every user may read it (a group
 /// read is how Kubernetes mounts a Secret for a non-root pod).
-fn read(path: &Path) -> Result<Keyring> {
+fn read(path: &Path) -> Result<Keyring, ConfigError> {
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        Error::Config(format!(
-            "cannot read the verifier key file {}: {e}",
-            path.display()
-        ))
+        ConfigError::new(
+            "--verifier-key-file",
+            format!("cannot read {}: {e}", path.display()),
+        )
     })?);
     #[cfg(unix)]
     {
@@ -90,10 +90,10 @@ fn read(path: &Path) -> Result<Keyring> {
         }
     }
     Keyring::parse(&text).map_err(|e| {
-        Error::Config(format!(
-            "the verifier key file {} is unusable: {e}",
-            path.display()
-        ))
+        ConfigError::new(
+            "--verifier-key-file",
+            format!("{} is unusable: {e}", path.display()),
+        )
     })
 }
 

@@ -401,6 +401,6 @@ impl Validator {
     /// digest is cached so its first Validate is already a hit.
     pub fn apply(&self, token: &Token, fresh: Option<&TokenValue>) {
         self.cache
-            .apply(&token.validation(), fresh.map(|v| self.cache.digest(v)));
+            .apply(&token.view(), fresh.map(|v| self.cache.digest(v)));
     }
 }

@@ -84,7 +84,7 @@ fn issue(prefix: &str) -> Issued {
         verifier: Some(cache.keyring().seal(&previous)),
         expires_at: Utc::now() + Duration::hours(1),
     });
-    cache.apply(&t.validation(), None);
+    cache.apply(&t.view(), None);
     Issued {
         current,
         previous,

@@ -15,7 +15,7 @@ use sea_orm::{ConnectionTrait, Database};
 use sea_orm_migration::MigratorTrait;
 use tokend::{
     domain::{
-        Token, TokenId, TokenState,
+        AccountId, OwnerId, Token, TokenId, TokenState,
         page::TokenCursor,
         privilege::Scope,
         token::{Actor, SecretHash},
@@ -54,8 +54,8 @@ pub fn token(
     Token {
         allowed_cidrs: Vec::new(),
         id: random_id(),
-        account_id: account.into(),
-        owner_id: owner.into(),
+        account_id: AccountId::from_stored(account.into()),
+        owner_id: OwnerId::from_stored(owner.into()),
         created_by: "ops".into(),
         updated_by: "ops".into(),
         name: name.into(),
@@ -880,15 +880,19 @@ fn brute_force(all: &[Token], q: &SearchQuery) -> Vec<String> {
     let mut hits: Vec<&Token> = all
         .iter()
         .filter(|t| match &q.scope {
-            Some(Scope::Account(a)) => &t.account_id == a,
+            Some(Scope::Account(a)) => t.account_id.as_str() == a,
             Some(Scope::Owner {
                 account_id,
                 owner_id,
-            }) => &t.account_id == account_id && &t.owner_id == owner_id,
+            }) => t.account_id.as_str() == account_id && t.owner_id.as_str() == owner_id,
             _ => true,
         })
-        .filter(|t| q.account_id.as_ref().is_none_or(|a| &t.account_id == a))
-        .filter(|t| q.owner_id.as_ref().is_none_or(|o| &t.owner_id == o))
+        .filter(|t| {
+            q.account_id
+                .as_ref()
+                .is_none_or(|a| t.account_id.as_str() == a)
+        })
+        .filter(|t| q.owner_id.as_ref().is_none_or(|o| t.owner_id.as_str() == o))
         .filter(|t| q.states.is_empty() || q.states.contains(&t.state))
         .filter(|t| q.module.as_ref().is_none_or(|m| t.modules.contains(m)))
         .filter(|t| {

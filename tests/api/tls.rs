@@ -435,7 +435,7 @@ async fn a_bad_certificate_at_start_up_is_an_error_naming_the_flag() {
         Ok(_) => panic!("started with a bad key"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("tls_key"), "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
     assert!(
         !err.contains("not a key"),
         "the key file's content is shown: {err}"

@@ -476,7 +476,7 @@ async fn keygen_prints_a_usable_key_line_and_nothing_else() {
 /// their audit events and owners' counts, and validate by their verifiers.
 #[tokio::test]
 async fn imported_tokens_validate_with_their_events_and_quotas() {
-    use tokend::domain::{Token, TokenState, TokenValue, token::Actor};
+    use tokend::domain::{OwnerId, Token, TokenState, TokenValue, token::Actor};
     let db = SharedDb::new();
     let first = db.spawn(|_| {}).await;
     let keyring = first.manager.validator().cache().keyring();
@@ -492,7 +492,7 @@ async fn imported_tokens_validate_with_their_events_and_quotas() {
         let value = TokenValue::generate("tk").unwrap();
         tokens.push(Token {
             id: value.id(),
-            owner_id: "imported".into(),
+            owner_id: OwnerId::from_stored("imported".into()),
             name: format!("imported {i}"),
             modules: vec!["billing:read".into()],
             state: TokenState::Active,

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    domain::{Token, TokenId, TokenState},
+    domain::{AccountId, OwnerId, Token, TokenId, TokenState},
     validation::cache::tests::token,
 };
 
@@ -98,8 +98,8 @@ fn any_token() -> impl Strategy<Value = Token> {
     )
         .prop_map(|(id, (account, owner, api), modules, metadata, expires)| {
             let mut t = token(TokenId::parse(&id).unwrap(), "h");
-            t.account_id = account;
-            t.owner_id = owner;
+            t.account_id = AccountId::from_stored(account);
+            t.owner_id = OwnerId::from_stored(owner);
             t.api_version = api;
             t.modules = modules;
             t.metadata = metadata;
@@ -114,8 +114,8 @@ fn expected(t: &Token, valid: bool, reason: pb::Reason) -> pb::ValidateResponse 
         valid,
         reason: reason as i32,
         token_id: t.id.to_string(),
-        account_id: t.account_id.clone(),
-        owner_id: t.owner_id.clone(),
+        account_id: t.account_id.as_str().to_owned(),
+        owner_id: t.owner_id.as_str().to_owned(),
         modules: t.modules.clone(),
         api_version: t.api_version.clone(),
         metadata: t.metadata.clone().into_iter().collect::<HashMap<_, _>>(),
@@ -195,7 +195,7 @@ proptest! {
         verified in any::<bool>(),
     ) {
         let cache = crate::validation::cache::tests::cache();
-        cache.apply(&t.validation(), Some([7; 32]));
+        cache.apply(&t.view(), Some([7; 32]));
         let entry = verified.then(|| cache.get(&t.id).unwrap());
         let reply = ValidateReply::new(valid, reason, entry);
         let bytes = reply.encode_to_vec();
@@ -224,13 +224,13 @@ proptest! {
 fn empty_strings_are_left_out_as_prost_leaves_them_out() {
     let v = TokenValue::generate("tk").unwrap();
     let mut t = token(v.id(), "h");
-    t.account_id.clear();
-    t.owner_id.clear();
+    t.account_id = AccountId::from_stored(String::new());
+    t.owner_id = OwnerId::from_stored(String::new());
     t.api_version.clear();
     t.modules = vec![String::new()];
     t.metadata = std::collections::BTreeMap::from([(String::new(), String::new())]);
     let cache = crate::validation::cache::tests::cache();
-    cache.apply(&t.validation(), Some([7; 32]));
+    cache.apply(&t.view(), Some([7; 32]));
     let reply = ValidateReply::new(false, pb::Reason::Unspecified, cache.get(&t.id));
     let want = expected(&t, false, pb::Reason::Unspecified);
     assert_eq!(reply.encode_to_vec(), want.encode_to_vec());

@@ -10,7 +10,7 @@ use crate::{domain::TokenValue, validation::cache::tests::token};
 
 fn entry_for(t: &crate::domain::Token) -> Arc<Entry> {
     let cache = crate::validation::cache::tests::cache();
-    cache.apply(&t.validation(), Some([7; 32]));
+    cache.apply(&t.view(), Some([7; 32]));
     cache.get(&t.id).unwrap()
 }
 
@@ -20,8 +20,8 @@ fn expected(t: &crate::domain::Token, valid: bool, reason: pb::Reason) -> pb::Va
         valid,
         reason: reason as i32,
         token_id: t.id.to_string(),
-        account_id: t.account_id.clone(),
-        owner_id: t.owner_id.clone(),
+        account_id: t.account_id.as_str().to_owned(),
+        owner_id: t.owner_id.as_str().to_owned(),
         modules: t.modules.clone(),
         api_version: t.api_version.clone(),
         metadata: t.metadata.clone().into_iter().collect::<HashMap<_, _>>(),

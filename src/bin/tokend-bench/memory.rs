@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fs, process::Command, sync::Arc, time::Duration};
 
 use tokend::{
-    domain::{Token, TokenState, TokenValue, token::SecretHash},
+    domain::{AccountId, OwnerId, Token, TokenState, TokenValue, token::SecretHash},
     validation::{
         cache::{CacheConfig, VerifiedCache},
         verifier::Keyring,
@@ -45,8 +45,8 @@ pub fn memory(n: usize) {
         let value = TokenValue::generate("tk").expect("random");
         let token = Token {
             id: value.id(),
-            account_id: format!("acct-{:05}", i % 50_000),
-            owner_id: format!("user-{:07}", i),
+            account_id: AccountId::from_stored(format!("acct-{:05}", i % 50_000)),
+            owner_id: OwnerId::from_stored(format!("user-{:07}", i)),
             created_by: String::new(),
             updated_by: String::new(),
             name: String::new(),
@@ -69,7 +69,7 @@ pub fn memory(n: usize) {
             allowed_cidrs: Vec::new(),
         };
         // As the warm start builds entries: straight from stored rows.
-        assert!(cache.load(&token.validation().to_record()));
+        assert!(cache.load(&token.view().to_record()));
     }
     let after = rss_bytes();
     let entries = cache.len();

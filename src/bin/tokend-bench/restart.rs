@@ -29,7 +29,7 @@ use std::{
 
 use chrono::Utc;
 use tokend::{
-    domain::{Token, TokenState, TokenValue, token::Actor},
+    domain::{AccountId, OwnerId, Token, TokenState, TokenValue, token::Actor},
     pb::{self, token_service_client::TokenServiceClient},
     store::{Store, StoreConfig},
     validation::{
@@ -243,8 +243,8 @@ pub async fn seed(target: &Target, n: usize, hash_each: bool) -> Vec<String> {
         let used = now - chrono::Duration::seconds((i % 86_400) as i64);
         batch.push(Token {
             id: value.id(),
-            account_id: format!("acct-{:04}", i % 1000),
-            owner_id: format!("user-{i}"),
+            account_id: AccountId::from_stored(format!("acct-{:04}", i % 1000)),
+            owner_id: OwnerId::from_stored(format!("user-{i}")),
             created_by: "bench".into(),
             updated_by: "bench".into(),
             name: format!("seeded {i}"),

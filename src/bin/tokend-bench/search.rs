@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use sea_orm::{ConnectionTrait, Database};
 use tokend::{
     domain::{
-        Token, TokenId, TokenState,
+        AccountId, OwnerId, Token, TokenId, TokenState,
         token::{Actor, SecretHash},
     },
     pb,
@@ -301,8 +301,8 @@ async fn seed(url: &str) -> Seeded {
         }
         batch.push(Token {
             id: TokenId::parse(&id).expect("id"),
-            account_id: account,
-            owner_id: owner,
+            account_id: AccountId::from_stored(account),
+            owner_id: OwnerId::from_stored(owner),
             created_by: "ops".into(),
             updated_by: "ops".into(),
             name,

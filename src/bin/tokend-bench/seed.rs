@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, time::Instant};
 use chrono::Duration as Span;
 use tokend::{
     domain::{
-        Token, TokenState, TokenValue,
+        AccountId, OwnerId, Token, TokenState, TokenValue,
         token::{Actor, SecretHash},
     },
     store::{Store, StoreConfig},
@@ -92,8 +92,8 @@ pub async fn seed(url: &str, key_file: &std::path::Path, n: usize, sample_every:
         let created = now - Span::milliseconds((n - i) as i64);
         let token = Token {
             id: value.id(),
-            account_id: format!("acct-{:03}", i % 100),
-            owner_id: format!("user-{:05}", i % 10_000),
+            account_id: AccountId::from_stored(format!("acct-{:03}", i % 100)),
+            owner_id: OwnerId::from_stored(format!("user-{:05}", i % 10_000)),
             created_by: "ops".into(),
             updated_by: "ops".into(),
             name: format!("seeded token {i}"),

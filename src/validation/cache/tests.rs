@@ -75,7 +75,7 @@ fn a_snapshot_reads_its_identity_and_keeps_the_encoded_reply() {
     let v = TokenValue::generate("tk").unwrap();
     let mut t = token(v.id(), "h");
     t.modules = vec!["a:read".into(), "b/*".into()];
-    let s = Snapshot::of(&t.validation(), |_| Box::new(*b"opaque"));
+    let s = Snapshot::of(&t.view(), |_| Box::new(*b"opaque"));
     assert_eq!(s.account_id(), "acme");
     assert_eq!(s.owner_id(), "alice");
     assert_eq!(s.api_version(), "v1");
@@ -90,7 +90,7 @@ fn a_snapshot_holds_ranges_only_for_a_bound_token_and_fails_closed() {
     let ip = |s: &str| Some(s.parse().unwrap());
     let v = TokenValue::generate("tk").unwrap();
     let mut t = token(v.id(), "h");
-    let unbound = Snapshot::of(&t.validation(), |_| Box::new([]));
+    let unbound = Snapshot::of(&t.view(), |_| Box::new([]));
     assert!(
         unbound.allowed_cidrs.is_none(),
         "no allocation when unbound"
@@ -103,7 +103,7 @@ fn a_snapshot_holds_ranges_only_for_a_bound_token_and_fails_closed() {
         &["10.0.0.0/8".into(), "2001:db8::/32".into()],
     )
     .unwrap();
-    let bound = Snapshot::of(&t.validation(), |_| Box::new([]));
+    let bound = Snapshot::of(&t.view(), |_| Box::new([]));
     assert_eq!(
         bound.allowed_cidrs.as_ref().unwrap().as_slice(),
         t.allowed_cidrs
@@ -123,7 +123,7 @@ fn a_snapshot_holds_ranges_only_for_a_bound_token_and_fails_closed() {
 fn an_entry_debug_shows_no_digest() {
     let cache = cache();
     let v = TokenValue::generate("tk").unwrap();
-    cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
+    cache.apply(&token(v.id(), "h").view(), Some(cache.digest(&v)));
     let shown = format!("{:?}", cache.get(&v.id()).unwrap());
     assert!(shown.contains("key: Some(0)"), "{shown}");
     let digest = format!("{:?}", cache.digest(&v));
@@ -149,7 +149,7 @@ fn an_entry_built_from_a_row_settles_every_value_without_argon2() {
     let mut t = token(v.id(), "h1");
     t.verifier = Some(cache.keyring().seal(&v));
     let g = cache.generation(&v.id());
-    cache.fill(&t.validation(), None, g);
+    cache.fill(&t.view(), None, g);
     let now = UnixMicros::now();
     assert_eq!(
         check(&cache, &v.id(), &v, now),
@@ -164,17 +164,13 @@ fn a_row_without_a_verifier_needs_argon2_until_one_is_proven() {
     let v = TokenValue::generate("tk").unwrap();
     let t = token(v.id(), "h1");
     let g = cache.generation(&v.id());
-    cache.fill(&t.validation(), None, g);
+    cache.fill(&t.view(), None, g);
     let now = UnixMicros::now();
     assert_eq!(check(&cache, &v.id(), &v, now), Check::Unverified);
     // argon2 proved it: the digest is kept, and survives a refresh of the
     // row that still has no verifier (the write-behind has not landed).
-    cache.fill(
-        &t.validation(),
-        Some((Matched::Current, cache.digest(&v))),
-        g,
-    );
-    cache.apply(&t.validation(), None);
+    cache.fill(&t.view(), Some((Matched::Current, cache.digest(&v))), g);
+    cache.apply(&t.view(), None);
     assert_eq!(
         check(&cache, &v.id(), &v, now),
         Check::Match(Matched::Current, 0)
@@ -188,11 +184,7 @@ fn a_mutation_between_read_and_fill_prevents_caching() {
     let t = token(v.id(), "h1");
     let g = cache.generation(&v.id());
     cache.invalidate(&v.id());
-    cache.fill(
-        &t.validation(),
-        Some((Matched::Current, cache.digest(&v))),
-        g,
-    );
+    cache.fill(&t.view(), Some((Matched::Current, cache.digest(&v))), g);
     assert!(cache.get(&v.id()).is_none());
 }
 
@@ -204,7 +196,7 @@ fn rows_under_an_older_key_match_and_are_rekeyed() {
     let mut t = token(v.id(), "h1");
     t.verifier = Some(old.keyring().seal(&v));
     let g = cache.generation(&v.id());
-    let e = cache.fill(&t.validation(), None, g);
+    let e = cache.fill(&t.view(), None, g);
     let now = UnixMicros::now();
     assert_eq!(
         check(&cache, &v.id(), &v, now),
@@ -219,7 +211,7 @@ fn rows_under_an_older_key_match_and_are_rekeyed() {
     );
     // A key nobody lists any more cannot settle anything.
     let other = with_keys(KEY_B);
-    other.fill(&t.validation(), None, other.generation(&v.id()));
+    other.fill(&t.view(), None, other.generation(&v.id()));
     assert_eq!(check(&other, &v.id(), &v, now), Check::Unverified);
 }
 
@@ -229,10 +221,10 @@ fn apply_keeps_digests_of_hashes_still_in_use() {
     let old = TokenValue::generate("tk").unwrap();
     let new = TokenValue::generate_for("tk", old.id()).unwrap();
     let mut t = token(old.id(), "h-old");
-    cache.apply(&t.validation(), Some(cache.digest(&old)));
+    cache.apply(&t.view(), Some(cache.digest(&old)));
     // Disable: same hash, digest kept, state updated.
     t.state = TokenState::Disabled;
-    cache.apply(&t.validation(), None);
+    cache.apply(&t.view(), None);
     let e = cache.get(&old.id()).unwrap();
     assert_eq!(e.snapshot.state, TokenState::Disabled);
     let now = UnixMicros::now();
@@ -248,7 +240,7 @@ fn apply_keeps_digests_of_hashes_still_in_use() {
         expires_at: Utc::now() + chrono::Duration::seconds(60),
     });
     t.secret_hash = SecretHash::new("h-new".into());
-    cache.apply(&t.validation(), Some(cache.digest(&new)));
+    cache.apply(&t.view(), Some(cache.digest(&new)));
     assert_eq!(
         check(&cache, &old.id(), &new, now),
         Check::Match(Matched::Current, 0)
@@ -261,7 +253,7 @@ fn apply_keeps_digests_of_hashes_still_in_use() {
     assert_eq!(check(&cache, &old.id(), &old, later), Check::Mismatch);
     // Rotate without grace: the old digest is gone.
     t.previous_secret = None;
-    cache.apply(&t.validation(), None);
+    cache.apply(&t.view(), None);
     assert_eq!(check(&cache, &old.id(), &old, now), Check::Mismatch);
 }
 
@@ -271,7 +263,7 @@ fn a_warm_load_skips_tokens_changed_since_it_began() {
     let sealed = |v: &TokenValue| {
         let mut t = token(v.id(), "h");
         t.verifier = Some(cache.keyring().seal(v));
-        t.validation().to_record()
+        t.view().to_record()
     };
     let (a, b, c, d) = (
         TokenValue::generate("tk").unwrap(),
@@ -284,7 +276,7 @@ fn a_warm_load_skips_tokens_changed_since_it_began() {
     assert!(cache.load(&sealed(&a)));
     assert!(!cache.load(&sealed(&b)), "changed during the load");
     assert!(
-        !cache.load(&token(c.id(), "h").validation().to_record()),
+        !cache.load(&token(c.id(), "h").view().to_record()),
         "no verifier"
     );
     cache.clear();
@@ -317,7 +309,7 @@ fn unknown_ids_are_forgotten_when_the_token_appears() {
     let v = TokenValue::generate("tk").unwrap();
     cache.remember_unknown(v.id(), cache.generation(&v.id()));
     assert!(cache.recently_unknown(&v.id()));
-    cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
+    cache.apply(&token(v.id(), "h").view(), Some(cache.digest(&v)));
     assert!(!cache.recently_unknown(&v.id()));
 }
 
@@ -333,7 +325,7 @@ fn capacity_is_bounded() {
     );
     for _ in 0..1000 {
         let v = TokenValue::generate("tk").unwrap();
-        cache.apply(&token(v.id(), "h").validation(), Some(cache.digest(&v)));
+        cache.apply(&token(v.id(), "h").view(), Some(cache.digest(&v)));
     }
     assert!(cache.len() <= 110, "cache grew to {}", cache.len());
 }
