@@ -222,11 +222,7 @@ fn p99_between(log: &Path, from: u64, to: u64) -> (f64, usize) {
         .collect();
     latencies.sort_unstable();
     let n = latencies.len();
-    let p99 = latencies
-        .get(((n as f64 * 0.99) as usize).min(n.saturating_sub(1)))
-        .copied()
-        .unwrap_or(0) as f64
-        / 1000.0;
+    let p99 = crate::load::percentile(&latencies, 0.99).unwrap_or(0) as f64 / 1000.0;
     (p99, n)
 }
 

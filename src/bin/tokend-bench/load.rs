@@ -144,13 +144,7 @@ pub fn combine(outcomes: &[Outcome], dir: &Path, tag: &str, first: usize) -> Out
         );
     }
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let pct = |p: f64| percentile(&latencies, p).unwrap_or(0) as f64 / 1000.0;
     Outcome {
         rps: outcomes.iter().map(|o| o.rps).sum(),
         p50_ms: pct(0.50),
@@ -285,6 +279,13 @@ pub fn health_and_validate_loads(hot: &[String], stride: usize) -> (Vec<Load>, V
         })
         .collect();
     (vec![health; LOAD_PROCESSES], validate)
+}
+
+/// The nearest-rank percentile (`fraction` in 0..=1) of sorted values; the
+/// one definition every phase's p50/p95/p99 uses.
+pub fn percentile<T: Copy>(sorted: &[T], fraction: f64) -> Option<T> {
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }
 
 pub fn median(values: &[f64]) -> f64 {

@@ -51,6 +51,7 @@ mod hot;
 mod load;
 mod memory;
 mod r#move;
+mod pg;
 mod restart;
 mod search;
 mod seed;

@@ -180,11 +180,8 @@ async fn sequential(server: &Server, caller: &str, values: &[String]) -> Vec<f64
     out
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0.0)
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    crate::load::percentile(sorted, fraction).unwrap_or(0.0)
 }
 
 /// A store to seed: the server's own database and key file.
@@ -319,37 +316,6 @@ fn argon2_of(stats: &str) -> u64 {
 }
 
 /// A fresh PostgreSQL database next to the one `base` names.
-async fn fresh_pg(base: &str) -> String {
-    use sea_orm::{ConnectionTrait, Database};
-    let name = format!("tokend_bench_{}", std::process::id());
-    let admin = Database::connect(base)
-        .await
-        .expect("connect to PostgreSQL");
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .expect("drop");
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create bench database");
-    admin.close().await.ok();
-    let (prefix, _) = base.rsplit_once('/').expect("URL ends with /database");
-    format!("{prefix}/{name}")
-}
-
-async fn drop_pg(base: &str, url: &str) {
-    use sea_orm::{ConnectionTrait, Database};
-    let name = url.rsplit_once('/').map(|(_, n)| n).unwrap_or_default();
-    let admin = Database::connect(base)
-        .await
-        .expect("connect to PostgreSQL");
-    let _ = admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
-    admin.close().await.ok();
-}
-
 /// The summary lines this phase contributes.
 pub struct Figures {
     pub warm_ratio: f64,
@@ -481,7 +447,7 @@ pub async fn run(quick: bool, dir: &Path) -> Figures {
 
     let miss_p50_postgres = match std::env::var("TOKEND_BENCH_POSTGRES_URL") {
         Ok(base) => {
-            let pg_url = fresh_pg(&base).await;
+            let pg_url = crate::pg::database(&base, "restart", true).await;
             let pg = Target {
                 url: pg_url.clone(),
                 key_file: dir.join("pg.key"),
@@ -507,7 +473,7 @@ pub async fn run(quick: bool, dir: &Path) -> Figures {
                 percentile(&lat, 0.99)
             );
             argon2 += argon2_of(&server.stop());
-            drop_pg(&base, &pg_url).await;
+            crate::pg::drop_database(&base, &pg_url).await;
             Some(p50)
         }
         Err(_) => {

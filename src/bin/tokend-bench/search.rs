@@ -142,8 +142,8 @@ pub async fn run(postgres: Option<String>) {
     all.push(backend("SQLite", &sqlite, &baseline, dir, &[]).await);
     if let Some(base) = postgres {
         let (with, without) = (
-            pg_database(&base, "with", true).await,
-            pg_database(&base, "without", false).await,
+            crate::pg::database(&base, "with", true).await,
+            crate::pg::database(&base, "without", false).await,
         );
         // PostgreSQL: both stores' servers share one key file.
         let key_file = dir.join("pg.key");
@@ -151,7 +151,7 @@ pub async fn run(postgres: Option<String>) {
         let env = [("TOKEND_VERIFIER_KEY_FILE", key_file.display().to_string())];
         all.push(backend("PostgreSQL", &with, &without, dir, &env).await);
         for url in [&with, &without] {
-            drop_pg_database(&base, url).await;
+            crate::pg::drop_database(&base, url).await;
         }
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -179,41 +179,6 @@ pub async fn run(postgres: Option<String>) {
             );
         }
     }
-}
-
-/// The URL of a PostgreSQL database next to `base`'s, dropped if it exists
-/// and created empty when `create`.
-pub(crate) async fn pg_database(base: &str, tag: &str, create: bool) -> String {
-    let name = format!("tokend_bench_{tag}_{}", std::process::id());
-    let admin = Database::connect(base)
-        .await
-        .expect("connect to PostgreSQL");
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .expect("drop");
-    if create {
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create");
-    }
-    admin.close().await.ok();
-    let (prefix, _) = base
-        .rsplit_once('/')
-        .expect("postgres URL ends with /database");
-    format!("{prefix}/{name}")
-}
-
-pub(crate) async fn drop_pg_database(base: &str, url: &str) {
-    let (_, name) = url.rsplit_once('/').expect("database");
-    let admin = Database::connect(base)
-        .await
-        .expect("connect to PostgreSQL");
-    let _ = admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
-    admin.close().await.ok();
 }
 
 fn base62(mut n: u64) -> String {

@@ -33,7 +33,6 @@ use tonic::transport::Channel;
 
 use crate::{
     restart::write_key_file,
-    search::{drop_pg_database, pg_database},
     server::{Server, authed, bootstrap_on, start_server_on},
 };
 
@@ -255,12 +254,7 @@ struct Commit {
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    // Nearest rank.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted
-        .get(rank.clamp(1, sorted.len().max(1)) - 1)
-        .copied()
-        .unwrap_or(f64::NAN)
+    crate::load::percentile(sorted, p / 100.0).unwrap_or(f64::NAN)
 }
 
 fn line(label: &str, sorted: &[f64]) {
@@ -666,7 +660,7 @@ async fn resume_watcher(
 /// Both passes on a fresh database beside `base`.
 pub async fn run(quick: bool, dir: &Path, base: &str) -> Figures {
     let n = if quick { 200 } else { 300 };
-    let url = pg_database(base, "watch", true).await;
+    let url = crate::pg::database(base, "watch", true).await;
     let key_file = dir.join("watch.key");
     write_key_file(&key_file);
     let env = env(&key_file);
@@ -686,7 +680,7 @@ pub async fn run(quick: bool, dir: &Path, base: &str) -> Figures {
     db.close().await.ok();
     a.stop();
     c.stop();
-    drop_pg_database(base, &url).await;
+    crate::pg::drop_database(base, &url).await;
     Figures { latency, resume }
 }
 

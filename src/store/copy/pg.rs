@@ -1,5 +1,7 @@
-//! The PostgreSQL batch writer of the copy: rows go in through `COPY ... FROM
-//! STDIN` in the text format, which is several times faster than INSERTs.
+//! What only a PostgreSQL target needs: the batch writer (rows go in through
+//! `COPY ... FROM STDIN` in the text format, several times faster than
+//! INSERTs), secondary indexes set aside while a table loads, and key
+//! sequences moved past the copied ids.
 
 use super::*;
 
@@ -98,4 +100,112 @@ pub(super) fn copy_text<E: EntityTrait>(rows: &[E::Model]) -> Option<String> {
         out.push('\n');
     }
     Some(out)
+}
+
+impl Store {
+    /// PostgreSQL: drops `table`'s secondary indexes before it loads, having
+    /// saved their definitions in the same transaction (a bulk load then
+    /// builds each index once, sorted, instead of row by row).
+    pub(super) async fn defer_indexes(&self, table: &str) -> Result<()> {
+        if self.backend() != DbBackend::Postgres {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        let rows = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT i.relname::text, pg_get_indexdef(i.oid) FROM pg_index x \
+                 JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+                 JOIN pg_namespace n ON n.oid = t.relnamespace \
+                 WHERE t.relname = $1 AND n.nspname = current_schema() \
+                 AND NOT x.indisunique AND NOT x.indisprimary",
+                [table.into()],
+            ))
+            .await?;
+        for row in rows {
+            let name: String = row.try_get_by_index(0)?;
+            let definition: String = row.try_get_by_index(1)?;
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!(
+                    "INSERT INTO {DEFERRED_INDEXES_TABLE} (index_name, table_name, definition) \
+                     VALUES ($1, $2, $3) ON CONFLICT (index_name) DO NOTHING"
+                ),
+                [name.clone().into(), table.into(), definition.into()],
+            ))
+            .await?;
+            txn.execute_unprepared(&format!("DROP INDEX \"{name}\""))
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// PostgreSQL: rebuilds the indexes `defer_indexes` set aside for
+    /// `table`, each in one transaction with the removal of its saved
+    /// definition, so a rebuild is never lost or done twice.
+    pub(super) async fn restore_indexes(&self, table: &str) -> Result<()> {
+        if self.backend() != DbBackend::Postgres {
+            return Ok(());
+        }
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT index_name, definition FROM {DEFERRED_INDEXES_TABLE} \
+                     WHERE table_name = $1 ORDER BY index_name"
+                ),
+                [table.into()],
+            ))
+            .await?;
+        for row in rows {
+            let name: String = row.try_get_by_index(0)?;
+            let definition: String = row.try_get_by_index(1)?;
+            let txn = self.db.begin().await?;
+            txn.execute_unprepared("SET LOCAL maintenance_work_mem = '256MB'")
+                .await?;
+            txn.execute_unprepared(&definition).await?;
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!("DELETE FROM {DEFERRED_INDEXES_TABLE} WHERE index_name = $1"),
+                [name.into()],
+            ))
+            .await?;
+            txn.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL: moves each copied auto-increment key's sequence past the
+    /// highest copied id, so new rows do not collide with copied ones. SQLite
+    /// (`AUTOINCREMENT`) tracks explicitly inserted ids by itself.
+    pub(super) async fn advance_sequences(&self) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        if self.backend() != DbBackend::Postgres {
+            return Ok(out);
+        }
+        for table in Table::ALL {
+            let Some(column) = with_entity!(table, E => auto_increment_column::<E>()) else {
+                continue;
+            };
+            let name = table.name();
+            let sql = format!(
+                "SELECT setval(pg_get_serial_sequence('\"{name}\"', '{column}'), \
+                 COALESCE((SELECT MAX(\"{column}\") FROM \"{name}\"), 0) + 1, false)"
+            );
+            let row = self
+                .db
+                .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+                .await?;
+            let next = row
+                .map(|r| r.try_get_by_index::<Option<i64>>(0))
+                .transpose()?
+                .flatten();
+            if let Some(next) = next {
+                out.push((format!("{name}.{column}"), next));
+            }
+        }
+        Ok(out)
+    }
 }
