@@ -58,6 +58,25 @@ impl TokenApi {
 /// (remembered per connection: `ConnectionInfo`); records it on the
 /// handler's span.
 async fn authenticate<T>(manager: &TokenManager, req: &Request<T>) -> Result<Caller> {
+    let (value, peer, memo) = presented(req);
+    authenticate_bearer(manager, value, "the authorization metadata", peer, memo).await
+}
+
+/// The caller this connection remembers, when the request presents its
+/// credential again; `None`: `authenticate` must answer. No await (Validate's
+/// fast path). Records the caller on the span.
+fn remembered<T>(manager: &TokenManager, req: &Request<T>) -> Option<Caller> {
+    let (value, peer, memo) = presented(req);
+    let caller = manager.remembered(bearer_bytes(value?)?, peer, memo?)?;
+    record_caller(&caller);
+    Some(caller)
+}
+
+/// What a request presents: its `authorization` value, the address it came
+/// from and its connection's remembered caller.
+fn presented<T>(
+    req: &Request<T>,
+) -> (Option<&[u8]>, Option<std::net::IpAddr>, Option<&CallerMemo>) {
     static AUTHORIZATION: std::sync::LazyLock<tonic::metadata::AsciiMetadataKey> =
         std::sync::LazyLock::new(|| {
             tonic::metadata::AsciiMetadataKey::from_static("authorization")
@@ -66,7 +85,7 @@ async fn authenticate<T>(manager: &TokenManager, req: &Request<T>) -> Result<Cal
     let connection = req.extensions().get::<ConnectionInfo>();
     let peer = connection.and_then(|c| c.peer).map(|p| p.ip());
     let memo = connection.map(|c| &*c.callers);
-    authenticate_bearer(manager, value, "the authorization metadata", peer, memo).await
+    (value, peer, memo)
 }
 
 /// The caller whose credential is `value` (`Bearer <token>`; `None` when it
@@ -85,7 +104,7 @@ pub(crate) async fn authenticate_bearer(
     let credential =
         match value {
             None => None,
-            Some(v) => Some(bearer(v).ok_or_else(|| {
+            Some(v) => Some(bearer_bytes(v).ok_or_else(|| {
                 Error::Unauthenticated(format!("{what} must be `Bearer <token>`"))
             })?),
         };
@@ -106,12 +125,19 @@ fn record_caller(caller: &Caller) {
 /// The credential of a `Bearer` authorization value. Works on bytes: it runs
 /// on every RPC, and the token parser checks the characters anyway.
 pub(crate) fn bearer(header: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bearer_bytes(header)?).ok()
+}
+
+/// As `bearer`, without the UTF-8 check: a connection's remembered caller is
+/// recognised by its bytes, and only a credential it does not remember is
+/// parsed (which checks every character).
+fn bearer_bytes(header: &[u8]) -> Option<&[u8]> {
     const SCHEME: &[u8] = b"bearer ";
     let (scheme, rest) = header.split_at_checked(SCHEME.len())?;
     if !scheme.eq_ignore_ascii_case(SCHEME) {
         return None;
     }
-    std::str::from_utf8(rest.trim_ascii()).ok()
+    Some(rest.trim_ascii())
 }
 
 /// Whether the handler spans (DEBUG) are on: a static check, far cheaper than
@@ -141,26 +167,29 @@ impl TokenApi {
 
     async fn inner_validate(&self, req: Request<ValidateCall>) -> Result<ValidateReply> {
         let caller = self.caller(&req).await?;
-        let call = req.get_ref();
-        convert::check_required_modules(call.required_modules())?;
-        // Parsed for every token when sent (a malformed one is refused
-        // whatever the token); nothing to do when not sent.
-        let client_ip = crate::domain::policy::client_ip("client_ip", call.client_ip())?;
-        let value = call.token();
-        if let Ok(v) = value {
-            record_token(v.id());
-        }
+        let (call, client_ip) = validate_input(&req)?;
         let started = metrics::timer();
         let verdict = self
             .manager
-            .validate(&caller, value, call.required_modules(), client_ip)
+            .validate(&caller, call.token(), call.required_modules(), client_ip)
             .await?;
-        metrics::validate_outcome(verdict.reason, verdict.hit, started);
-        Ok(ValidateReply::new(
-            verdict.is_valid(),
-            reason_to_pb(verdict.reason),
-            verdict.entry,
-        ))
+        Ok(validate_reply(verdict, started))
+    }
+
+    /// `inner_validate` from memory alone, with no await: a caller this
+    /// connection remembers and a token the cache can judge (every hit).
+    /// `Ok(None)`: `inner_validate` answers. Kept apart so that a hit
+    /// neither builds nor moves the full path's state.
+    fn validate_now(&self, req: &Request<ValidateCall>) -> Result<Option<ValidateReply>> {
+        let Some(caller) = remembered(&self.manager, req) else {
+            return Ok(None);
+        };
+        let (call, client_ip) = validate_input(req)?;
+        let started = metrics::timer();
+        let verdict =
+            self.manager
+                .validate_now(&caller, call.token(), call.required_modules(), client_ip)?;
+        Ok(verdict.map(|v| validate_reply(v, started)))
     }
 
     async fn inner_get(&self, req: Request<pb::GetRequest>) -> Result<pb::GetResponse> {
@@ -271,6 +300,33 @@ impl TokenApi {
 
 /// The one place an RPC's error is handled: logged once (with the detail
 /// callers never see), then mapped to its status.
+/// Validate's request checked (the required modules' names; the client
+/// address, parsed only when sent, and refused when malformed whatever the
+/// token), the token recorded on the span.
+fn validate_input(
+    req: &Request<ValidateCall>,
+) -> Result<(&ValidateCall, Option<std::net::IpAddr>)> {
+    let call = req.get_ref();
+    convert::check_required_modules(call.required_modules())?;
+    let client_ip = crate::domain::policy::client_ip("client_ip", call.client_ip())?;
+    if let Ok(v) = call.token() {
+        record_token(v.id());
+    }
+    Ok((call, client_ip))
+}
+
+fn validate_reply(
+    verdict: crate::validation::Verdict,
+    started: Option<std::time::Instant>,
+) -> ValidateReply {
+    metrics::validate_outcome(verdict.reason, verdict.hit, started);
+    ValidateReply::new(
+        verdict.is_valid(),
+        reason_to_pb(verdict.reason),
+        verdict.entry,
+    )
+}
+
 fn reply<T>(result: Result<T>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e| {
         e.log();
@@ -305,7 +361,12 @@ impl TokenService for TokenApi {
         &self,
         request: Request<ValidateCall>,
     ) -> Result<Response<ValidateReply>, Status> {
-        reply(self.inner_validate(request).await)
+        match self.validate_now(&request) {
+            Ok(Some(answer)) => reply(Ok(answer)),
+            // Boxed: the full path's state stays out of this future.
+            Ok(None) => reply(Box::pin(self.inner_validate(request)).await),
+            Err(e) => reply(Err(e)),
+        }
     }
 
     #[instrument(

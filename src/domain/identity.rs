@@ -73,6 +73,12 @@ impl TokenIdentity {
     }
 
     pub fn modules(&self) -> impl Iterator<Item = &str> {
+        self.module_bytes()
+            .filter_map(|name| std::str::from_utf8(name).ok())
+    }
+
+    /// The modules as stored (length-prefixed), without the UTF-8 check.
+    fn module_bytes(&self) -> impl Iterator<Item = &[u8]> {
         let mut rest = self
             .slice(self.owner_end, Some(self.modules_end))
             .as_bytes();
@@ -80,16 +86,17 @@ impl TokenIdentity {
             let (&len, after) = rest.split_first()?;
             let (name, after) = after.split_at_checked(usize::from(len))?;
             rest = after;
-            std::str::from_utf8(name).ok()
+            Some(name)
         })
     }
 
     /// Whether every one of `required` is among the modules: runs on every
-    /// Validate that names modules, comparing bytes.
+    /// Validate that names modules, comparing bytes (equal bytes are equal
+    /// text, so the UTF-8 check `modules` makes would buy nothing here).
     pub fn has_modules(&self, required: &[impl AsRef<str>]) -> bool {
         required
             .iter()
-            .all(|r| self.modules().any(|m| m == r.as_ref()))
+            .all(|r| self.module_bytes().any(|m| m == r.as_ref().as_bytes()))
     }
 }
 

@@ -155,7 +155,7 @@ impl TokenManager {
     /// an IP-bound credential must be inside of.
     pub async fn authenticate(
         &self,
-        credential: Option<&str>,
+        credential: Option<&[u8]>,
         peer: Client,
         memo: Option<&CallerMemo>,
     ) -> Result<Caller> {
@@ -164,14 +164,15 @@ impl TokenManager {
                 "missing credential: send metadata `authorization: Bearer <token>`".into(),
             )
         })?;
-        if let Some(memo) = memo
-            && let Some(entry) = self.validator.recall(memo, credential.as_bytes(), peer)
-        {
-            return Ok(caller_of(&entry));
+        if let Some(caller) = memo.and_then(|memo| self.remembered(credential, peer, memo)) {
+            return Ok(caller);
         }
-        let value = TokenValue::parse(credential).map_err(|_| {
-            Error::Unauthenticated("the credential is not a well-formed token".into())
-        })?;
+        let value = std::str::from_utf8(credential)
+            .ok()
+            .and_then(|text| TokenValue::parse(text).ok())
+            .ok_or_else(|| {
+                Error::Unauthenticated("the credential is not a well-formed token".into())
+            })?;
         // Before the entry is read: a change after this point voids the memo.
         let mark = self.validator.cache().mark(&value.id());
         let verdict = self
@@ -182,8 +183,7 @@ impl TokenManager {
             (Reason::Valid, Some(entry)) => {
                 let caller = caller_of(&entry);
                 if let Some(memo) = memo {
-                    self.validator
-                        .remember(memo, credential.as_bytes(), entry, mark);
+                    self.validator.remember(memo, credential, entry, mark);
                 }
                 Ok(caller)
             }
@@ -191,6 +191,15 @@ impl TokenManager {
                 "the credential was rejected: {reason}"
             ))),
         }
+    }
+
+    /// The caller `memo` remembers for this connection, when `credential`
+    /// is still its credential (see `Validator::recall`); `None`: call
+    /// `authenticate`. No await: Validate's fast path starts here.
+    pub fn remembered(&self, credential: &[u8], peer: Client, memo: &CallerMemo) -> Option<Caller> {
+        self.validator
+            .recall(memo, credential, peer)
+            .map(|entry| caller_of(&entry))
     }
 
     /// Validate on behalf of `caller`, for an end client at `client_ip`
@@ -202,22 +211,31 @@ impl TokenManager {
         required_modules: &[impl AsRef<str> + Sync],
         client_ip: Option<std::net::IpAddr>,
     ) -> Result<Verdict> {
-        let Some(account) = caller.validation_scope() else {
-            return Err(Error::PermissionDenied(
-                "Validate requires tokens:validate, tokens:admin or tokens:platform".into(),
-            ));
+        let (value, account) = match validation_input(caller, value) {
+            Ok(input) => input,
+            Err(answer) => return answer,
         };
-        match value {
-            Ok(value) => {
-                self.validator
-                    .validate(value, required_modules, account, client_ip)
-                    .await
-            }
-            Err(MalformedToken::TooLong) => {
-                Err(Error::invalid("token", "must be at most 512 bytes"))
-            }
-            Err(_) => Ok(Verdict::rejected(Reason::Malformed)),
-        }
+        self.validator
+            .validate(value, required_modules, account, client_ip)
+            .await
+    }
+
+    /// `validate` when memory alone can answer, with no await; `Ok(None)`:
+    /// call `validate`.
+    pub fn validate_now(
+        &self,
+        caller: &Caller,
+        value: Result<&TokenValue, MalformedToken>,
+        required_modules: &[impl AsRef<str>],
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<Option<Verdict>> {
+        let (value, account) = match validation_input(caller, value) {
+            Ok(input) => input,
+            Err(answer) => return answer.map(Some),
+        };
+        Ok(self
+            .validator
+            .validate_now(value, required_modules, account, client_ip))
     }
 
     /// Loads a token the caller may manage.
@@ -276,6 +294,27 @@ impl TokenManager {
 }
 
 /// The caller a valid credential's cache entry describes.
+/// What Validate checks before any lookup: the caller's scope (the account
+/// whose tokens it may see; `None`: any) and a well-formed value. `Err` is
+/// already the answer.
+fn validation_input<'c, 'v>(
+    caller: &'c Caller,
+    value: Result<&'v TokenValue, MalformedToken>,
+) -> std::result::Result<(&'v TokenValue, Option<&'c str>), Result<Verdict>> {
+    let Some(account) = caller.validation_scope() else {
+        return Err(Err(Error::PermissionDenied(
+            "Validate requires tokens:validate, tokens:admin or tokens:platform".into(),
+        )));
+    };
+    match value {
+        Ok(value) => Ok((value, account)),
+        Err(MalformedToken::TooLong) => {
+            Err(Err(Error::invalid("token", "must be at most 512 bytes")))
+        }
+        Err(_) => Err(Ok(Verdict::rejected(Reason::Malformed))),
+    }
+}
+
 fn caller_of(entry: &Entry) -> Caller {
     let s = &entry.snapshot;
     Caller::new(s.id, s.privileges, s.identity.clone())

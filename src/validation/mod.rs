@@ -186,27 +186,60 @@ impl Validator {
     ) -> Result<Verdict> {
         let now = self.cache.clock().now();
         let (found, hit) = self.verified(value, now).await?;
+        Ok(self.judged(found, hit, value, required_modules, account, client, now))
+    }
+
+    /// `validate` when memory alone can answer (a cached entry, or a value
+    /// or id recently found wrong), with no await; `None` when the store or
+    /// argon2 must be asked: call `validate`. Validate's cache hits run here,
+    /// so they never build or move the miss path's state.
+    pub fn validate_now(
+        &self,
+        value: &TokenValue,
+        required_modules: &[impl AsRef<str>],
+        account: Option<&str>,
+        client: Client,
+    ) -> Option<Verdict> {
+        let now = self.cache.clock().now();
+        let (found, hit) = self.known(value, &self.cache.digest(value), now)?;
+        Some(self.judged(found, hit, value, required_modules, account, client, now))
+    }
+
+    /// The verdict on `value` once its entry (if any) is known: what the
+    /// caller's scope lets it see, then the state, expiry, modules and
+    /// address checks; a valid use is recorded.
+    #[allow(clippy::too_many_arguments)]
+    fn judged(
+        &self,
+        found: Option<Arc<Entry>>,
+        hit: bool,
+        value: &TokenValue,
+        required_modules: &[impl AsRef<str>],
+        account: Option<&str>,
+        client: Client,
+        now: UnixMicros,
+    ) -> Verdict {
         let Some(entry) = found else {
-            return Ok(Verdict {
+            return Verdict {
                 hit,
                 ..Verdict::rejected(Reason::Unknown)
-            });
+            };
         };
         if account.is_some_and(|a| entry.snapshot.account_id() != a) {
-            return Ok(Verdict {
+            return Verdict {
                 hit,
                 ..Verdict::rejected(Reason::Unknown)
-            });
+            };
         }
         let reason = judge(&entry, required_modules, client, now);
         if reason == Reason::Valid && entry.should_record_use(now.secs()) {
             self.usage.record(value.id(), now.to_datetime());
         }
-        Ok(Verdict {
+        Verdict {
             reason,
             entry: Some(entry),
             hit,
-        })
+        }
     }
 
     /// Proof of possession without a use: the token's entry if `value`'s secret
@@ -224,18 +257,30 @@ impl Validator {
         now: UnixMicros,
     ) -> Result<(Option<Arc<Entry>>, bool)> {
         let digest = self.cache.digest(value);
-        if let Some(settled) = self.hit(value, &digest, now) {
-            metrics::cache_hit();
-            return Ok((settled, true));
-        }
-        // Floods of known-bad values end here, without touching the slow path.
-        if self.cache.recently_failed(&digest) || self.cache.recently_unknown(&value.id()) {
-            return Ok((None, true));
+        if let Some(known) = self.known(value, &digest, now) {
+            return Ok(known);
         }
         metrics::cache_miss();
         // Boxed: the miss path's state (store read, argon2) is large, and the
         // hit path should not carry and move it on every call.
         Ok((Box::pin(self.miss(value, digest, now)).await?, false))
+    }
+
+    /// `verified` from memory alone: the matching entry, or `None` for a
+    /// value or id recently found wrong (floods of known-bad values end
+    /// here, without touching the slow path); `None` when it cannot tell.
+    fn known(
+        &self,
+        value: &TokenValue,
+        digest: &Digest,
+        now: UnixMicros,
+    ) -> Option<(Option<Arc<Entry>>, bool)> {
+        if let Some(settled) = self.hit(value, digest, now) {
+            metrics::cache_hit();
+            return Some((settled, true));
+        }
+        (self.cache.recently_failed(digest) || self.cache.recently_unknown(&value.id()))
+            .then_some((None, true))
     }
 
     /// What the cache alone can say: `Some(Some(entry))` for a match,

@@ -924,7 +924,7 @@ async fn a_bound_gateway_credential_works_only_from_its_range() {
 async fn issue_direct(app: &TestApp, owner: &str, modules: &[&str]) -> (String, String) {
     let caller = app
         .manager
-        .authenticate(Some(&app.platform), None, None)
+        .authenticate(Some(app.platform.as_bytes()), None, None)
         .await
         .unwrap();
     let issued = app
