@@ -79,7 +79,10 @@ impl ExtAuthzApi {
     }
 
     async fn inner_check(&self, req: Request<CheckCall>) -> Result<CheckReply> {
-        let caller = super::authenticate(&self.manager, &req).await?;
+        let caller = match super::remembered(&self.manager, &req) {
+            Some(caller) => caller,
+            None => Box::pin(super::authenticate(&self.manager, &req)).await?,
+        };
         let call = req.get_ref();
         let mut required = Vec::new();
         if let Some(list) = call.context_extension(REQUIRED_MODULES) {

@@ -259,9 +259,13 @@ pub async fn decide(
             other => other,
         }),
     };
-    let verdict = manager
-        .validate(caller, parsed.as_ref().map_err(|e| *e), required, client_ip)
-        .await?;
+    let value = parsed.as_ref().map_err(|e| *e);
+    // A cache hit answers without an await; the full path is boxed, so its
+    // state stays out of this future (as Validate does).
+    let verdict = match manager.validate_now(caller, value, required, client_ip)? {
+        Some(verdict) => verdict,
+        None => Box::pin(manager.validate(caller, value, required, client_ip)).await?,
+    };
     let (decision, result) = match (presented, verdict.reason, verdict.entry) {
         (Presented::Missing, _, _) => (Decision::Deny(Denial::missing()), GatewayResult::Missing),
         (_, Reason::Valid, Some(entry)) => (

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use prost_types::{FieldMask, Timestamp};
+use prost_types::Timestamp;
 use tokend::pb::{self};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{Api, TestApp, spawn_app, ts};
+use crate::helpers::{Api, TestApp, mask, spawn_app, ts};
 
 fn raw_ts(seconds: i64, nanos: i32) -> Option<Timestamp> {
     Some(Timestamp { seconds, nanos })
@@ -57,12 +57,6 @@ fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &
         "{what}: expected a violation on {field}, got {fields:?} ({})",
         err.message()
     );
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
 }
 
 /// (tokens, events) the caller sees, revoked tokens included.

@@ -21,7 +21,7 @@ use tokend::{
 };
 use tonic::{Code, Status};
 
-use crate::helpers::{self, Api, SharedDb, TestApp, spawn_app_with};
+use crate::helpers::{self, Api, SharedDb, TestApp, spawn_app_with, unknown_value, verifications};
 
 // ---------------------------------------------------------------------------
 // Harness for this file
@@ -37,10 +37,6 @@ fn quiet(c: &mut Config) {
 struct Cost {
     statements: u64,
     verifications: u64,
-}
-
-fn verifications(app: &TestApp) -> u64 {
-    app.manager.validator().hasher().verifications()
 }
 
 fn cost(app: &TestApp) -> Cost {
@@ -68,11 +64,6 @@ fn wrong_value_for(id: &str) -> String {
     TokenValue::generate_for("tk", TokenId::parse(id).unwrap())
         .unwrap()
         .expose()
-}
-
-/// A well-formed value whose id belongs to no token.
-fn unknown_value() -> String {
-    TokenValue::generate("tk").unwrap().expose()
 }
 
 fn assert_valid(r: &pb::ValidateResponse, id: &str) {

@@ -770,3 +770,36 @@ pub fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
 pub fn id_of(value: &str) -> String {
     value.split('_').nth(1).unwrap().to_owned()
 }
+
+/// Owned copies of `items` (module lists, CIDR lists, mask paths).
+pub fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// An update mask naming `paths`.
+pub fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: strings(paths),
+    })
+}
+
+/// The field the first field violation of an error's details names (empty
+/// when it has none).
+pub fn violation(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+        .unwrap_or_default()
+}
+
+/// A well-formed token value no store holds.
+pub fn unknown_value() -> String {
+    tokend::domain::TokenValue::generate("tk").unwrap().expose()
+}
+
+/// argon2 verifications this app's server has run so far.
+pub fn verifications(app: &TestApp) -> u64 {
+    app.manager.validator().hasher().verifications()
+}

@@ -8,31 +8,15 @@
 
 use std::time::Duration;
 
-use prost_types::FieldMask;
 use tokend::{config::Config, pb};
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
-use crate::helpers::{SharedDb, TestApp, authed, spawn_app, spawn_app_with};
-
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: strings(paths),
-    })
-}
+use crate::helpers::{SharedDb, TestApp, authed, mask, spawn_app, spawn_app_with, strings};
 
 /// The field the first violation of an INVALID_ARGUMENT names.
 fn violation(status: &Status) -> String {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status
-        .get_error_details()
-        .bad_request()
-        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
-        .unwrap_or_default()
+    crate::helpers::violation(status)
 }
 
 /// No background flush during the test, so every statement counted is one

@@ -4,11 +4,11 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use prost_types::{FieldMask, Timestamp};
+use prost_types::Timestamp;
 use tokend::pb::{self};
 use tonic::Code;
 
-use crate::helpers::{id_of, spawn_app, ts};
+use crate::helpers::{id_of, mask, spawn_app, ts};
 
 fn at(t: &Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap()
@@ -16,12 +16,6 @@ fn at(t: &Timestamp) -> DateTime<Utc> {
 
 fn hint_of(value: &str) -> String {
     format!("tk_{}_...{}", id_of(value), &value[value.len() - 4..])
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
 }
 
 fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {

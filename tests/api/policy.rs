@@ -6,12 +6,11 @@
 //! `TOKEND_TEST_POSTGRES_URL`, on PostgreSQL.
 
 use chrono::{Duration as Days, Utc};
-use prost_types::{Duration, FieldMask};
+use prost_types::Duration;
 use tokend::pb::{self, token_service_client::TokenServiceClient};
 use tonic::{Code, Status, transport::Channel};
-use tonic_types::StatusExt;
 
-use crate::helpers::{self, TestApp, authed, spawn_app, spawn_app_with, ts};
+use crate::helpers::{self, TestApp, authed, mask, spawn_app, spawn_app_with, ts, violation};
 
 type Client = TokenServiceClient<Channel>;
 
@@ -22,20 +21,6 @@ fn days(n: i64) -> Option<Duration> {
         seconds: n * DAY,
         nanos: 0,
     })
-}
-
-fn mask(paths: &[&str]) -> Option<FieldMask> {
-    Some(FieldMask {
-        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
-}
-
-fn violation(status: &Status) -> String {
-    status
-        .get_error_details()
-        .bad_request()
-        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
-        .unwrap_or_default()
 }
 
 async fn update_policy(

@@ -13,7 +13,7 @@ use tokend::pb::{self, revoke_request::Target as By};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
-use crate::helpers::{Api, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Api, TestApp, spawn_app, spawn_app_with, strings};
 
 /// The account and owner of every matrix caller.
 const ACCOUNT: &str = "acme";
@@ -1241,10 +1241,6 @@ async fn revoke_by_value_works_from_another_account() {
 // ---------------------------------------------------------------------------
 // Granting tokens:* modules
 // ---------------------------------------------------------------------------
-
-fn strings(modules: &[&str]) -> Vec<String> {
-    modules.iter().map(|m| (*m).to_owned()).collect()
-}
 
 /// The first field violation's field of an INVALID_ARGUMENT status.
 fn violation_field(s: &Status) -> String {

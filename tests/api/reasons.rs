@@ -12,18 +12,13 @@ use tokend::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, id_of, spawn_app, ts};
+use crate::helpers::{TestApp, id_of, spawn_app, ts, unknown_value};
 
 /// A well-formed value (valid checksum) for `id` with a random, wrong secret.
 fn wrong_secret_for(id: &str) -> String {
     TokenValue::generate_for("tk", TokenId::parse(id).unwrap())
         .unwrap()
         .expose()
-}
-
-/// A well-formed value whose id exists nowhere.
-fn unknown_value() -> String {
-    TokenValue::generate("tk").unwrap().expose()
 }
 
 /// `value` with the character at `i` replaced (a typo).

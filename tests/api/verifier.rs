@@ -13,14 +13,11 @@ use tokend::{
     validation::verifier::Keyring,
 };
 
+use crate::helpers::verifications;
 use crate::{
     helpers::{self, SharedDb, TestApp, captured_logs, id_of},
     postgres::{exec, query_strings, sql_conn},
 };
-
-fn verifications(app: &TestApp) -> u64 {
-    app.manager.validator().hasher().verifications()
-}
 
 /// Validates every value concurrently (64 in flight), in order of `values`.
 async fn validate_all(app: &TestApp, caller: &str, values: &[String]) -> Vec<pb::Reason> {

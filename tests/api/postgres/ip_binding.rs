@@ -9,11 +9,7 @@ use prost_types::FieldMask;
 use tokend::pb;
 
 use super::harness::*;
-use crate::helpers;
-
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| (*s).to_owned()).collect()
-}
+use crate::helpers::{self, strings};
 
 async fn reason_from(c: &Client, caller: &str, value: &str, client_ip: &str) -> pb::Reason {
     let r = c
