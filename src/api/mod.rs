@@ -165,31 +165,37 @@ impl TokenApi {
         })
     }
 
+    /// A cache hit (a caller this connection remembers, a token the cache
+    /// can judge) runs without an await; the full paths are boxed, so their
+    /// state (store reads, argon2) is neither built nor moved for a hit.
     async fn inner_validate(&self, req: Request<ValidateCall>) -> Result<ValidateReply> {
-        let caller = self.caller(&req).await?;
-        let (call, client_ip) = validate_input(&req)?;
-        let started = metrics::timer();
-        let verdict = self
-            .manager
-            .validate(&caller, call.token(), call.required_modules(), client_ip)
-            .await?;
-        Ok(validate_reply(verdict, started))
-    }
-
-    /// `inner_validate` from memory alone, with no await: a caller this
-    /// connection remembers and a token the cache can judge (every hit).
-    /// `Ok(None)`: `inner_validate` answers. Kept apart so that a hit
-    /// neither builds nor moves the full path's state.
-    fn validate_now(&self, req: &Request<ValidateCall>) -> Result<Option<ValidateReply>> {
-        let Some(caller) = remembered(&self.manager, req) else {
-            return Ok(None);
+        let caller = match remembered(&self.manager, &req) {
+            Some(caller) => caller,
+            None => Box::pin(self.caller(&req)).await?,
         };
-        let (call, client_ip) = validate_input(req)?;
+        let call = req.get_ref();
+        convert::check_required_modules(call.required_modules())?;
+        // Parsed for every token when sent (a malformed one is refused
+        // whatever the token); nothing to do when not sent.
+        let client_ip = crate::domain::policy::client_ip("client_ip", call.client_ip())?;
+        let (value, modules) = (call.token(), call.required_modules());
+        if let Ok(v) = value {
+            record_token(v.id());
+        }
         let started = metrics::timer();
-        let verdict =
-            self.manager
-                .validate_now(&caller, call.token(), call.required_modules(), client_ip)?;
-        Ok(verdict.map(|v| validate_reply(v, started)))
+        let verdict = match self
+            .manager
+            .validate_now(&caller, value, modules, client_ip)?
+        {
+            Some(verdict) => verdict,
+            None => Box::pin(self.manager.validate(&caller, value, modules, client_ip)).await?,
+        };
+        metrics::validate_outcome(verdict.reason, verdict.hit, started);
+        Ok(ValidateReply::new(
+            verdict.is_valid(),
+            reason_to_pb(verdict.reason),
+            verdict.entry,
+        ))
     }
 
     async fn inner_get(&self, req: Request<pb::GetRequest>) -> Result<pb::GetResponse> {
@@ -300,33 +306,6 @@ impl TokenApi {
 
 /// The one place an RPC's error is handled: logged once (with the detail
 /// callers never see), then mapped to its status.
-/// Validate's request checked (the required modules' names; the client
-/// address, parsed only when sent, and refused when malformed whatever the
-/// token), the token recorded on the span.
-fn validate_input(
-    req: &Request<ValidateCall>,
-) -> Result<(&ValidateCall, Option<std::net::IpAddr>)> {
-    let call = req.get_ref();
-    convert::check_required_modules(call.required_modules())?;
-    let client_ip = crate::domain::policy::client_ip("client_ip", call.client_ip())?;
-    if let Ok(v) = call.token() {
-        record_token(v.id());
-    }
-    Ok((call, client_ip))
-}
-
-fn validate_reply(
-    verdict: crate::validation::Verdict,
-    started: Option<std::time::Instant>,
-) -> ValidateReply {
-    metrics::validate_outcome(verdict.reason, verdict.hit, started);
-    ValidateReply::new(
-        verdict.is_valid(),
-        reason_to_pb(verdict.reason),
-        verdict.entry,
-    )
-}
-
 fn reply<T>(result: Result<T>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e| {
         e.log();
@@ -361,12 +340,7 @@ impl TokenService for TokenApi {
         &self,
         request: Request<ValidateCall>,
     ) -> Result<Response<ValidateReply>, Status> {
-        match self.validate_now(&request) {
-            Ok(Some(answer)) => reply(Ok(answer)),
-            // Boxed: the full path's state stays out of this future.
-            Ok(None) => reply(Box::pin(self.inner_validate(request)).await),
-            Err(e) => reply(Err(e)),
-        }
+        reply(self.inner_validate(request).await)
     }
 
     #[instrument(

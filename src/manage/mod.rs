@@ -293,7 +293,6 @@ impl TokenManager {
     }
 }
 
-/// The caller a valid credential's cache entry describes.
 /// What Validate checks before any lookup: the caller's scope (the account
 /// whose tokens it may see; `None`: any) and a well-formed value. `Err` is
 /// already the answer.
@@ -315,6 +314,7 @@ fn validation_input<'c, 'v>(
     }
 }
 
+/// The caller a valid credential's cache entry describes.
 fn caller_of(entry: &Entry) -> Caller {
     let s = &entry.snapshot;
     Caller::new(s.id, s.privileges, s.identity.clone())
