@@ -45,6 +45,7 @@ mod server {
 
 use std::{borrow::Cow, sync::Arc};
 
+use smallvec::SmallVec;
 use tonic::{Request, Response, Status};
 
 pub use self::server::authorization_server::{Authorization, AuthorizationServer};
@@ -84,11 +85,12 @@ impl ExtAuthzApi {
             None => Box::pin(super::authenticate(&self.manager, &req)).await?,
         };
         let call = req.get_ref();
-        let mut required = Vec::new();
-        if let Some(list) = call.context_extension(REQUIRED_MODULES) {
+        let route = call.route();
+        let mut required = SmallVec::<[&str; 4]>::new();
+        if let Some(list) = route.required_modules {
             gateway::required_modules("context_extensions.required_modules", list, &mut required)?;
         }
-        let header = match call.context_extension(TOKEN_HEADER).map(str::trim) {
+        let header = match route.token_header.map(str::trim) {
             Some(name) if !name.is_empty() => name,
             _ => AUTHORIZATION,
         };
@@ -102,7 +104,7 @@ impl ExtAuthzApi {
             &caller,
             presented,
             &required,
-            call.source_ip(),
+            route.source_ip(),
             Gateway::ExtAuthz,
         )
         .await?;

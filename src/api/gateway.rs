@@ -35,6 +35,8 @@ use std::{
     },
 };
 
+use smallvec::SmallVec;
+
 use crate::{
     domain::{Caller, TokenValue, fields, token_value::MalformedToken},
     error::{Error, Result},
@@ -179,7 +181,7 @@ impl Denial {
         }
     }
 
-    fn of(reason: Reason, required: &[String]) -> Self {
+    fn of(reason: Reason, required: &[impl AsRef<str>]) -> Self {
         macro_rules! invalid {
             ($description:literal, $reason:literal) => {
                 Self {
@@ -214,7 +216,11 @@ impl Denial {
                 // Module names are [A-Za-z0-9._:/*-]: safe inside the quotes.
                 www_authenticate: Cow::Owned(format!(
                     r#"Bearer realm="{REALM}", error="insufficient_scope", error_description="the token lacks a required module", scope="{}""#,
-                    required.join(" ")
+                    required
+                        .iter()
+                        .map(AsRef::as_ref)
+                        .collect::<Vec<&str>>()
+                        .join(" ")
                 )),
                 body: "tokend: the token lacks a required module\n",
                 reason: "missing_modules",
@@ -226,11 +232,20 @@ impl Denial {
 /// Required modules from a gateway's setting: comma-separated, blanks
 /// ignored, each a module name (else an error naming `field`: the gateway is
 /// misconfigured).
-pub fn required_modules(field: &str, list: &str, into: &mut Vec<String>) -> Result<()> {
+/// `into` holds borrowed names (`&str`, ext_authz: no allocation per call)
+/// or owned ones (`String`, forward-auth's decoded query).
+pub fn required_modules<'a, M>(
+    field: &str,
+    list: &'a str,
+    into: &mut SmallVec<[M; 4]>,
+) -> Result<()>
+where
+    M: AsRef<str> + From<&'a str>,
+{
     for m in list.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         fields::check_module(field, m)?;
-        if !into.iter().any(|have| have == m) {
-            into.push(m.to_owned());
+        if !into.iter().any(|have| have.as_ref() == m) {
+            into.push(M::from(m));
         }
     }
     Ok(())
@@ -243,7 +258,7 @@ pub async fn decide(
     manager: &TokenManager,
     caller: &Caller,
     presented: Presented<'_>,
-    required: &[String],
+    required: &[impl AsRef<str> + Sync],
     client_ip: Option<IpAddr>,
     gateway: Gateway,
 ) -> Result<Decision> {
@@ -355,7 +370,7 @@ mod tests {
             (Reason::Revoked, "revoked"),
             (Reason::Expired, "expired"),
         ] {
-            let d = Denial::of(reason, &[]);
+            let d = Denial::of(reason, &[] as &[&str]);
             assert_eq!(d.status, 401);
             assert!(
                 d.www_authenticate
@@ -367,10 +382,7 @@ mod tests {
             assert_eq!(d.body.lines().count(), 1);
             assert_eq!(d.reason, word);
         }
-        let scope = Denial::of(
-            Reason::MissingModules,
-            &["billing:read".into(), "reports".into()],
-        );
+        let scope = Denial::of(Reason::MissingModules, &["billing:read", "reports"]);
         assert_eq!(scope.status, 403);
         assert!(
             scope
@@ -382,7 +394,7 @@ mod tests {
                 .www_authenticate
                 .ends_with(r#"scope="billing:read reports""#)
         );
-        let ip = Denial::of(Reason::IpNotAllowed, &[]);
+        let ip = Denial::of(Reason::IpNotAllowed, &[] as &[&str]);
         assert_eq!((ip.status, ip.reason), (403, "ip_not_allowed"));
         assert!(ip.www_authenticate.contains(r#"error="invalid_token""#));
         assert_eq!(
@@ -396,9 +408,12 @@ mod tests {
 
     #[test]
     fn required_modules_are_a_checked_comma_list() {
-        let mut into = Vec::new();
+        let mut into = SmallVec::<[&str; 4]>::new();
         required_modules("m", " billing:read, ,reports,billing:read ", &mut into).unwrap();
-        assert_eq!(into, ["billing:read", "reports"]);
+        assert_eq!(into.as_slice(), ["billing:read", "reports"]);
+        let mut owned = SmallVec::<[String; 4]>::new();
+        required_modules("m", "a,b,a", &mut owned).unwrap();
+        assert_eq!(owned.as_slice(), ["a", "b"]);
         let err =
             required_modules("context_extensions.required_modules", "a b", &mut into).unwrap_err();
         assert!(

@@ -169,7 +169,7 @@ async fn judge(
         None,
     )
     .await?;
-    let mut required = Vec::new();
+    let mut required = smallvec::SmallVec::<[String; 4]>::new();
     for value in headers.get_all(MODULES_HEADER) {
         let list = value.to_str().map_err(|_| {
             Error::invalid(

@@ -84,50 +84,100 @@ const OVERWRITE_IF_EXISTS_OR_ADD: u64 = 2;
 // Reading fields in place
 // ---------------------------------------------------------------------------
 
+/// A varint (protobuf base-128). Tags and lengths here are nearly all under
+/// 128: one byte, read without prost's general loop.
+#[inline]
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    match buf.split_first() {
+        Some((&b, rest)) if b < 0x80 => {
+            *buf = rest;
+            Some(u64::from(b))
+        }
+        Some(_) => encoding::decode_varint(buf).ok(),
+        None => None,
+    }
+}
+
 /// The length-delimited fields of an encoded message, in order, as (tag,
 /// bytes); other wire types are skipped. A malformed tail ends the walk.
-fn fields(mut rest: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
-    std::iter::from_fn(move || {
+///
+/// Every lookup below is one pass of this over the bytes received: `Check`
+/// runs on every proxied request, and a CheckRequest is half a kilobyte.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn step(&mut self) -> Option<(u64, &'a [u8])> {
         loop {
-            if rest.is_empty() {
-                return None;
-            }
-            let (tag, wire_type) = encoding::decode_key(&mut rest).ok()?;
-            match wire_type {
-                WireType::LengthDelimited => {
-                    let len = usize::try_from(encoding::decode_varint(&mut rest).ok()?).ok()?;
-                    let (value, after) = rest.split_at_checked(len)?;
-                    rest = after;
-                    return Some((tag, value));
+            let key = varint(&mut self.0)?;
+            match key & 7 {
+                // Length-delimited: a string, bytes or an embedded message.
+                2 => {
+                    let len = usize::try_from(varint(&mut self.0)?).ok()?;
+                    let (value, rest) = self.0.split_at_checked(len)?;
+                    self.0 = rest;
+                    return Some((key >> 3, value));
                 }
-                WireType::Varint => {
-                    encoding::decode_varint(&mut rest).ok()?;
+                0 => {
+                    varint(&mut self.0)?;
                 }
-                WireType::SixtyFourBit => rest = rest.get(8..)?,
-                WireType::ThirtyTwoBit => rest = rest.get(4..)?,
-                WireType::StartGroup | WireType::EndGroup => return None,
+                1 => self.0 = self.0.get(8..)?,
+                5 => self.0 = self.0.get(4..)?,
+                // Groups (not in these messages) or no wire type at all.
+                _ => return None,
             }
         }
-    })
+    }
 }
 
-/// Every occurrence of the embedded message or string `tag` in `message`.
-fn all(message: &[u8], tag: u32) -> impl Iterator<Item = &[u8]> {
-    fields(message).filter_map(move |(t, v)| (t == tag).then_some(v))
+impl<'a> Iterator for Fields<'a> {
+    type Item = (u64, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = self.step();
+        if next.is_none() {
+            self.0 = &[];
+        }
+        next
+    }
 }
 
-/// The last occurrence of `tag` (protobuf: the last scalar wins).
+/// The last occurrence of field `tag` (protobuf: the last scalar wins).
 fn last(message: &[u8], tag: u32) -> Option<&[u8]> {
-    all(message, tag).last()
+    let tag = u64::from(tag);
+    Fields(message).filter(|f| f.0 == tag).last().map(|f| f.1)
 }
 
-/// The value of the last entry whose key is `key` (as `eq`) in the map or
-/// repeated message field `tag` of `message`, with `value` the value's tag.
-fn entry(message: &[u8], tag: u32, value: u32, eq: impl Fn(&[u8]) -> bool) -> Option<&[u8]> {
-    all(message, tag)
-        .filter(|e| last(e, field::KEY).is_some_and(&eq))
-        .last()
-        .map(|e| last(e, value).unwrap_or_default())
+/// `field::KEY`'s first byte: length-delimited field 1.
+const KEY_BYTE: u8 = 0x0a;
+
+/// A map entry's (or `HeaderValue`'s) key, and its value field `value`
+/// (absent: empty), in one pass; the last occurrence of each wins.
+fn key_value(entry: &[u8], value: u32) -> (&[u8], &[u8]) {
+    // The shape every encoder writes, the key then the value, each under 128
+    // bytes, is read straight off the bytes: a CheckRequest has a dozen
+    // headers, and all but one are only looked at to be skipped.
+    if let [KEY_BYTE, k_len @ 0..=127, rest @ ..] = entry
+        && let Some((k, rest)) = rest.split_at_checked(usize::from(*k_len))
+    {
+        match rest {
+            [] => return (k, &[]),
+            [v_key, v_len @ 0..=127, v @ ..]
+                if u32::from(*v_key) == value << 3 | 2 && v.len() == usize::from(*v_len) =>
+            {
+                return (k, v);
+            }
+            _ => {}
+        }
+    }
+    let (mut k, mut v): (&[u8], &[u8]) = (&[], &[]);
+    for (tag, bytes) in Fields(entry) {
+        if tag == u64::from(field::KEY) {
+            k = bytes;
+        } else if tag == u64::from(value) {
+            v = bytes;
+        }
+    }
+    (k, v)
 }
 
 /// A `CheckRequest`: its `attributes` as received, read in place.
@@ -136,6 +186,28 @@ pub struct CheckCall {
     /// The encoded `AttributeContext` (several occurrences concatenated:
     /// that is how protobuf merges them).
     attributes: Option<Bytes>,
+}
+
+/// What `Check` reads from a request's attributes besides the presented
+/// token, found in one walk: the route's context extensions and the
+/// downstream client's address.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The context extension `token_header`, if set (and text).
+    pub token_header: Option<&'a str>,
+    /// The context extension `required_modules`, if set (and text).
+    pub required_modules: Option<&'a str>,
+    /// `source.address.socket_address.address`, as sent.
+    source: Option<&'a [u8]>,
+}
+
+impl Route<'_> {
+    /// The downstream client's IP address: `source.address.socket_address.
+    /// address` (the last one sent: protobuf merges repeated occurrences), if
+    /// it is an IP address (a pipe or an internal address is not).
+    pub fn source_ip(&self) -> Option<std::net::IpAddr> {
+        std::str::from_utf8(self.source?).ok()?.parse().ok()
+    }
 }
 
 impl CheckCall {
@@ -153,62 +225,73 @@ impl CheckCall {
         self.attributes.as_deref().unwrap_or_default()
     }
 
-    /// The `HttpRequest` messages (in order; one in practice).
-    fn http(&self) -> impl Iterator<Item = &[u8]> {
-        all(self.attributes(), field::REQUEST).flat_map(|r| all(r, field::HTTP))
+    /// The route's context extensions and the client's address, in one walk
+    /// of the attributes (the request's headers are skipped by length).
+    pub fn route(&self) -> Route<'_> {
+        let mut route = Route::default();
+        for (tag, bytes) in Fields(self.attributes()) {
+            if tag == u64::from(field::SOURCE) {
+                // Peer.address; Address.socket_address; SocketAddress.address.
+                for address in Fields(bytes).filter(|f| f.0 == u64::from(field::PEER_ADDRESS)) {
+                    for socket in
+                        Fields(address.1).filter(|f| f.0 == u64::from(field::SOCKET_ADDRESS))
+                    {
+                        if let Some(a) = last(socket.1, field::SOCKET_ADDRESS_ADDRESS) {
+                            route.source = Some(a);
+                        }
+                    }
+                }
+            } else if tag == u64::from(field::CONTEXT_EXTENSIONS) {
+                let (key, value) = key_value(bytes, field::VALUE);
+                let slot = match key {
+                    k if k == super::TOKEN_HEADER.as_bytes() => &mut route.token_header,
+                    k if k == super::REQUIRED_MODULES.as_bytes() => &mut route.required_modules,
+                    _ => continue,
+                };
+                *slot = std::str::from_utf8(value).ok();
+            }
+        }
+        route
     }
 
     /// The value of request header `name` (compared without case): from
     /// `headers` (lowercase names), or from `header_map` (Envoy's
-    /// `encode_raw_headers`: `raw_value`, else `value`).
+    /// `encode_raw_headers`: `raw_value`, else `value`), which wins when a
+    /// request has both. One walk of the request's fields.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        let eq = |k: &[u8]| k.eq_ignore_ascii_case(name.as_bytes());
+        let name = name.as_bytes();
+        let eq = |k: &[u8]| k.len() == name.len() && k.eq_ignore_ascii_case(name);
         let mut found = None;
-        for http in self.http() {
-            if let Some(v) = entry(http, field::HEADERS, field::VALUE, eq) {
-                found = Some(v);
-            }
-            for map in all(http, field::HEADER_MAP) {
-                if let Some(h) = all(map, field::HEADER_MAP_HEADERS)
-                    .filter(|h| last(h, field::KEY).is_some_and(eq))
-                    .last()
-                {
-                    found = last(h, field::RAW_VALUE)
-                        .filter(|raw| !raw.is_empty())
-                        .or_else(|| last(h, field::VALUE))
-                        .or(Some(&[]));
+        for (_, request) in Fields(self.attributes()).filter(|f| f.0 == u64::from(field::REQUEST)) {
+            for (_, http) in Fields(request).filter(|f| f.0 == u64::from(field::HTTP)) {
+                let (mut from_headers, mut from_map) = (None, None);
+                for (tag, bytes) in Fields(http) {
+                    if tag == u64::from(field::HEADERS) {
+                        let (key, value) = key_value(bytes, field::VALUE);
+                        if eq(key) {
+                            from_headers = Some(value);
+                        }
+                    } else if tag == u64::from(field::HEADER_MAP) {
+                        for (_, h) in
+                            Fields(bytes).filter(|f| f.0 == u64::from(field::HEADER_MAP_HEADERS))
+                        {
+                            let (key, value) = key_value(h, field::VALUE);
+                            if eq(key) {
+                                from_map = Some(
+                                    last(h, field::RAW_VALUE)
+                                        .filter(|raw| !raw.is_empty())
+                                        .unwrap_or(value),
+                                );
+                            }
+                        }
+                    }
+                }
+                if let Some(v) = from_map.or(from_headers) {
+                    found = Some(v);
                 }
             }
         }
         found
-    }
-
-    /// The downstream client's IP address: `source.address.socket_address.address`
-    /// (the last one sent: protobuf merges repeated occurrences), if it is
-    /// an IP address (a pipe or an internal address is not).
-    pub fn source_ip(&self) -> Option<std::net::IpAddr> {
-        let mut found = None;
-        for source in all(self.attributes(), field::SOURCE) {
-            for address in all(source, field::PEER_ADDRESS) {
-                for socket in all(address, field::SOCKET_ADDRESS) {
-                    if let Some(a) = last(socket, field::SOCKET_ADDRESS_ADDRESS) {
-                        found = Some(a);
-                    }
-                }
-            }
-        }
-        std::str::from_utf8(found?).ok()?.parse().ok()
-    }
-
-    /// The route's context extension `key`, if set (and text).
-    pub fn context_extension(&self, key: &str) -> Option<&str> {
-        entry(
-            self.attributes(),
-            field::CONTEXT_EXTENSIONS,
-            field::VALUE,
-            |k| k == key.as_bytes(),
-        )
-        .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// The envoy-types message with the same content.
@@ -277,15 +360,30 @@ impl Message for CheckCall {
 struct Writer(Vec<u8>);
 
 impl Writer {
+    /// A varint; the values written here (tags, lengths, codes) are nearly
+    /// all one byte, pushed without prost's general loop.
+    #[inline]
+    fn raw_varint(&mut self, v: u64) {
+        match u8::try_from(v) {
+            Ok(byte @ 0..=127) => self.0.push(byte),
+            _ => encoding::encode_varint(v, &mut self.0),
+        }
+    }
+
+    #[inline]
+    fn key(&mut self, tag: u32, wire_type: WireType) {
+        self.raw_varint(u64::from(tag) << 3 | wire_type as u64);
+    }
+
     fn string(&mut self, tag: u32, s: &[u8]) {
-        encoding::encode_key(tag, WireType::LengthDelimited, &mut self.0);
-        encoding::encode_varint(s.len() as u64, &mut self.0);
+        self.key(tag, WireType::LengthDelimited);
+        self.raw_varint(s.len() as u64);
         self.0.extend_from_slice(s);
     }
 
     fn varint(&mut self, tag: u32, v: u64) {
-        encoding::encode_key(tag, WireType::Varint, &mut self.0);
-        encoding::encode_varint(v, &mut self.0);
+        self.key(tag, WireType::Varint);
+        self.raw_varint(v);
     }
 
     /// A nested message, written in place: the key, a one-byte length
@@ -294,7 +392,7 @@ impl Writer {
     /// moves its body right by the varint's extra bytes. No allocation per
     /// message (this runs ~30 times per allowed reply).
     fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self)) {
-        encoding::encode_key(tag, WireType::LengthDelimited, &mut self.0);
+        self.key(tag, WireType::LengthDelimited);
         let at = self.0.len();
         self.0.push(0);
         body(self);

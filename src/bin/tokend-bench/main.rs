@@ -22,7 +22,9 @@
 //! - `seed`: the bulk-seeded stores those two start from;
 //! - `watch`: WatchEvents across 3 PostgreSQL replica processes (delivery
 //!   latency from one replica's commit to another's watcher, and a watcher
-//!   killed and resumed at random points, one replica killed).
+//!   killed and resumed at random points, one replica killed);
+//! - `instructions`: instructions per request under callgrind (not part of
+//!   the full run).
 //!
 //! Every server it starts has its Prometheus listener on.
 //!
@@ -33,6 +35,7 @@
 //!        unbound and IP-bound, vs Health/Check only)
 //!        `target/release/tokend-bench tls [--quick]`
 //!        `target/release/tokend-bench gateway [--quick]`
+//!        `target/release/tokend-bench instructions [--quick]` (valgrind)
 //!        `target/release/tokend-bench memory [ENTRIES]`
 //!        `target/release/tokend-bench move [TOKENS]`
 //!        `target/release/tokend-bench backup [TOKENS]`
@@ -48,6 +51,7 @@
 mod backup;
 mod gateway;
 mod hot;
+mod instructions;
 mod load;
 mod memory;
 mod r#move;
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Some("tls") => rt.block_on(tls::alone(quick)),
         Some("gateway") => rt.block_on(gateway::alone(quick)),
         Some("watch") => rt.block_on(watch::alone(quick, postgres)),
+        Some("instructions") => rt.block_on(instructions::run(quick)),
         Some("validate") => rt.block_on(hot::validate_alone(quick)),
         _ => rt.block_on(hot::run(quick)),
     }

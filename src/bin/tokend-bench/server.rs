@@ -89,16 +89,22 @@ pub fn bootstrap_on(url: &str, env: &[(&str, String)]) -> String {
 }
 
 pub async fn start_server(dir: &Path, name: &str) -> Server {
-    start(dir, name, &database_url(dir), &[], None).await
+    start(dir, name, &database_url(dir), &[], None, &[]).await
 }
 
 pub async fn start_tls_server(dir: &Path, name: &str, tls: &TlsFiles) -> Server {
-    start(dir, name, &database_url(dir), &[], Some(tls)).await
+    start(dir, name, &database_url(dir), &[], Some(tls), &[]).await
 }
 
 /// Starts `tokend serve` on the store at `url` with extra environment.
 pub async fn start_server_on(dir: &Path, name: &str, url: &str, env: &[(&str, String)]) -> Server {
-    start(dir, name, url, env, None).await
+    start(dir, name, url, env, None, &[]).await
+}
+
+/// Starts the server under `launcher` (e.g. valgrind and its options), which
+/// runs it in its own process.
+pub async fn start_server_under(dir: &Path, name: &str, launcher: &[String]) -> Server {
+    start(dir, name, &database_url(dir), &[], None, launcher).await
 }
 
 /// Starts the server and waits (up to 5 minutes) until its health reports
@@ -110,13 +116,21 @@ async fn start(
     url: &str,
     env: &[(&str, String)],
     tls: Option<&TlsFiles>,
+    launcher: &[String],
 ) -> Server {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let log = dir.join(format!("{name}.log"));
     let started = std::time::Instant::now();
-    let mut cmd = Command::new(tokend_exe());
+    let mut cmd = match launcher.split_first() {
+        None => Command::new(tokend_exe()),
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(tokend_exe());
+            cmd
+        }
+    };
     cmd.arg("serve")
         .env("TOKEND_DATABASE_URL", url)
         // Port 0: the server picks free ports and logs them, so no other
@@ -195,6 +209,11 @@ pub fn logged_port(log: &str, marker: &str) -> Option<u16> {
 }
 
 impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server process's resident set size, in bytes.
     pub fn rss_bytes(&self) -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))

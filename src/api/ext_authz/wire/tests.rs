@@ -68,12 +68,10 @@ fn a_call_reads_headers_and_extensions_in_place() {
     assert_eq!(call.header("Authorization"), Some(&b"Bearer a"[..]));
     assert_eq!(call.header("x-api-key"), Some(&b"k"[..]));
     assert_eq!(call.header("cookie"), None);
-    assert_eq!(
-        call.context_extension("required_modules"),
-        Some("billing:read")
-    );
-    assert_eq!(call.context_extension("token_header"), Some("x-api-key"));
-    assert_eq!(call.context_extension("nope"), None);
+    let route = call.route();
+    assert_eq!(route.required_modules, Some("billing:read"));
+    assert_eq!(route.token_header, Some("x-api-key"));
+    assert_eq!(route.source_ip(), None);
     // Encodes what it decoded, and back to the same message.
     assert_eq!(call.encode_to_vec(), bytes);
     assert_eq!(call.encoded_len(), bytes.len());
@@ -85,7 +83,7 @@ fn a_call_reads_headers_and_extensions_in_place() {
     // Nothing at all.
     let empty = CheckCall::decode(&b""[..]).unwrap();
     assert_eq!(empty.header("authorization"), None);
-    assert_eq!(empty.context_extension("required_modules"), None);
+    assert_eq!(empty.route(), Route::default());
 }
 
 #[test]
@@ -107,6 +105,76 @@ fn a_call_split_across_buffers_or_sent_twice_still_reads() {
     assert_eq!(call.header("authorization"), Some(&b"Bearer b"[..]));
     // Truncated input is an error, not a panic.
     assert!(CheckCall::decode(&bytes[..bytes.len() - 1]).is_err());
+}
+
+#[test]
+fn raw_headers_win_and_the_last_occurrence_wins() {
+    // Both forms in one request: `header_map` (Envoy's raw encoding) wins,
+    // whichever comes first on the wire.
+    let both = CheckCall::of(&request(
+        &[("authorization", "Bearer plain")],
+        &[("Authorization", "Bearer raw")],
+        &[],
+    ));
+    assert_eq!(both.header("authorization"), Some(&b"Bearer raw"[..]));
+    // A HeaderValue with `value` only (no raw_value).
+    let mut r = request(&[], &[], &[]);
+    let http = r
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|q| q.http.as_mut())
+        .unwrap();
+    http.header_map = Some(HeaderMap {
+        headers: vec![HeaderValue {
+            key: "x-api-key".into(),
+            value: "v".into(),
+            ..Default::default()
+        }],
+    });
+    assert_eq!(CheckCall::of(&r).header("X-API-KEY"), Some(&b"v"[..]));
+    // Two occurrences of `attributes`: the later extension wins, as it
+    // would in the merged message.
+    let mut twice = request(&[], &[], &[("token_header", "a")]).encode_to_vec();
+    twice.extend(request(&[], &[], &[("token_header", "b")]).encode_to_vec());
+    let call = CheckCall::decode(twice.as_slice()).unwrap();
+    assert_eq!(call.route().token_header, Some("b"));
+    assert_eq!(
+        call.to_message().attributes.unwrap().context_extensions["token_header"],
+        "b"
+    );
+}
+
+#[test]
+fn malformed_attributes_read_as_absent_without_panicking() {
+    let good = request(
+        &[("authorization", "Bearer a")],
+        &[],
+        &[("required_modules", "m")],
+    )
+    .encode_to_vec();
+    // `attributes` (field 1) whose content is cut or garbage: prost accepts
+    // the bytes (they are taken as received); the walk stops where they stop
+    // making sense.
+    let inner = &good[2..];
+    for cut in 0..inner.len() {
+        let mut bytes = vec![0x0a];
+        bytes.push(u8::try_from(cut).unwrap_or(0x7f).min(0x7f));
+        bytes.extend_from_slice(&inner[..cut.min(0x7f)]);
+        if let Ok(call) = CheckCall::decode(bytes.as_slice()) {
+            let _ = call.header("authorization");
+            let _ = call.route();
+        }
+    }
+    for garbage in [
+        &[0x0a, 0x03, 0xff, 0xff, 0xff][..],
+        &[0x0a, 0x02, 0x0b, 0x00],
+        &[0x0a, 0x01, 0x00],
+    ] {
+        let call = CheckCall::decode(garbage).unwrap();
+        assert_eq!(call.header("authorization"), None);
+        assert_eq!(call.route(), Route::default());
+    }
 }
 
 fn option(key: &str, value: &str) -> HeaderValueOption {
@@ -291,13 +359,16 @@ fn the_source_address_is_read_in_place() {
         CheckCall::of(&r)
     };
     assert_eq!(
-        with_source("203.0.113.9").source_ip(),
+        with_source("203.0.113.9").route().source_ip(),
         Some("203.0.113.9".parse().unwrap())
     );
     assert_eq!(
-        with_source("2001:db8::5").source_ip(),
+        with_source("2001:db8::5").route().source_ip(),
         Some("2001:db8::5".parse().unwrap())
     );
-    assert_eq!(with_source("not-an-ip").source_ip(), None);
-    assert_eq!(CheckCall::of(&request(&[], &[], &[])).source_ip(), None);
+    assert_eq!(with_source("not-an-ip").route().source_ip(), None);
+    assert_eq!(
+        CheckCall::of(&request(&[], &[], &[])).route().source_ip(),
+        None
+    );
 }
