@@ -129,15 +129,34 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl<'a> Iterator for Fields<'a> {
-    type Item = (u64, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Fields<'a> {
+    /// Everything but a short length-delimited field, and the end.
+    #[cold]
+    #[inline(never)]
+    fn slow(&mut self) -> Option<(u64, &'a [u8])> {
         let next = self.step();
         if next.is_none() {
             self.0 = &[];
         }
         next
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = (u64, &'a [u8]);
+
+    /// Inlined into each walk: nearly every field here is a short string
+    /// or message, a one-byte key and a one-byte length.
+    #[inline(always)]
+    fn next(&mut self) -> Option<Self::Item> {
+        if let [key @ 0..=127, len @ 0..=127, rest @ ..] = self.0
+            && key & 7 == 2
+            && let Some((value, rest)) = rest.split_at_checked(usize::from(*len))
+        {
+            self.0 = rest;
+            return Some((u64::from(key >> 3), value));
+        }
+        self.slow()
     }
 }
 
@@ -375,12 +394,14 @@ impl Writer {
         self.raw_varint(u64::from(tag) << 3 | wire_type as u64);
     }
 
+    #[inline]
     fn string(&mut self, tag: u32, s: &[u8]) {
         self.key(tag, WireType::LengthDelimited);
         self.raw_varint(s.len() as u64);
         self.0.extend_from_slice(s);
     }
 
+    #[inline]
     fn varint(&mut self, tag: u32, v: u64) {
         self.key(tag, WireType::Varint);
         self.raw_varint(v);
@@ -391,6 +412,7 @@ impl Writer {
     /// under 128 bytes, so the placeholder is the whole length; a longer one
     /// moves its body right by the varint's extra bytes. No allocation per
     /// message (this runs ~30 times per allowed reply).
+    #[inline]
     fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self)) {
         self.key(tag, WireType::LengthDelimited);
         let at = self.0.len();
@@ -411,6 +433,7 @@ impl Writer {
     }
 
     /// A `HeaderValueOption` that overwrites what the client sent.
+    #[inline]
     fn header(&mut self, tag: u32, key: &str, value: &str) {
         self.message(tag, |w| {
             w.message(field::HEADER, |w| {
@@ -434,11 +457,13 @@ impl Writer {
     }
 
     /// A `google.protobuf.Value`'s string.
+    #[inline]
     fn string_value(&mut self, s: &str) {
         self.string(field::STRING_VALUE, s.as_bytes());
     }
 
     /// One `Struct.fields` entry.
+    #[inline]
     fn struct_field(&mut self, key: &str, value: impl FnOnce(&mut Self)) {
         self.message(field::STRUCT_FIELDS, |w| {
             w.string(field::KEY, key.as_bytes());
