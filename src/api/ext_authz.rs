@@ -122,18 +122,15 @@ fn allowed(identity: &Identity, credential_header: &str) -> CheckReply {
     } else {
         Cow::Borrowed(credential_header)
     };
-    CheckReply::allowed(
-        Allowed {
-            headers: &identity.headers(),
-            // A token must not reach the backends.
-            remove: &remove,
-            token_id: identity.token_id(),
-            account_id: identity.account_id(),
-            owner_id: identity.owner_id(),
-            api_version: identity.api_version(),
-        },
-        identity.modules(),
-    )
+    CheckReply::allowed(Allowed {
+        token_id: identity.token_id(),
+        account_id: identity.account_id(),
+        owner_id: identity.owner_id(),
+        modules: identity.modules(),
+        api_version: identity.api_version(),
+        // A token must not reach the backends.
+        remove: &remove,
+    })
 }
 
 fn denied(denial: &Denial) -> CheckReply {

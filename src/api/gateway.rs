@@ -119,7 +119,7 @@ impl Identity {
         self.entry.snapshot.api_version()
     }
 
-    pub fn modules(&self) -> impl Iterator<Item = &str> {
+    pub fn modules(&self) -> impl Iterator<Item = &str> + Clone {
         self.entry.snapshot.modules()
     }
 

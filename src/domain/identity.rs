@@ -72,13 +72,13 @@ impl TokenIdentity {
         self.slice(self.modules_end, None)
     }
 
-    pub fn modules(&self) -> impl Iterator<Item = &str> {
+    pub fn modules(&self) -> impl Iterator<Item = &str> + Clone {
         self.module_bytes()
             .filter_map(|name| std::str::from_utf8(name).ok())
     }
 
     /// The modules as stored (length-prefixed), without the UTF-8 check.
-    fn module_bytes(&self) -> impl Iterator<Item = &[u8]> {
+    fn module_bytes(&self) -> impl Iterator<Item = &[u8]> + Clone {
         let mut rest = self
             .slice(self.owner_end, Some(self.modules_end))
             .as_bytes();

@@ -456,19 +456,20 @@ impl Writer {
         });
     }
 
-    /// A `google.protobuf.Value`'s string.
+    /// The key and length of a length-delimited field; its body follows.
     #[inline]
-    fn string_value(&mut self, s: &str) {
-        self.string(field::STRING_VALUE, s.as_bytes());
+    fn open(&mut self, tag: u32, len: usize) {
+        self.key(tag, WireType::LengthDelimited);
+        self.raw_varint(len as u64);
     }
 
-    /// One `Struct.fields` entry.
+    /// A `Struct.fields` entry with a string value.
     #[inline]
-    fn struct_field(&mut self, key: &str, value: impl FnOnce(&mut Self)) {
-        self.message(field::STRUCT_FIELDS, |w| {
-            w.string(field::KEY, key.as_bytes());
-            w.message(field::VALUE, value);
-        });
+    fn string_entry(&mut self, key: &str, value: &str) {
+        self.open(field::STRUCT_FIELDS, entry_len(key, field_len(value.len())));
+        self.string(field::KEY, key.as_bytes());
+        self.open(field::VALUE, field_len(value.len()));
+        self.string(field::STRING_VALUE, value.as_bytes());
     }
 }
 
@@ -478,43 +479,116 @@ pub struct CheckReply {
     encoded: Vec<u8>,
 }
 
-/// What an allowed reply carries: the identity headers (name, value), the
-/// header to remove, and the metadata (token id, account, owner, api
-/// version; the modules come beside it).
-pub struct Allowed<'a> {
-    pub headers: &'a [(&'static str, std::borrow::Cow<'a, str>)],
-    pub remove: &'a str,
+/// What an allowed reply carries: the identity (for the headers, in
+/// `IDENTITY_HEADERS` order, and the metadata) and the header to remove.
+pub struct Allowed<'a, M> {
     pub token_id: &'a str,
     pub account_id: &'a str,
     pub owner_id: &'a str,
+    /// The token's modules (the headers join them with commas).
+    pub modules: M,
     pub api_version: &'a str,
+    pub remove: &'a str,
+}
+
+/// Bytes of a length-delimited field with a one-byte key and a body of `n`.
+fn field_len(n: usize) -> usize {
+    1 + encoding::encoded_len_varint(n as u64) + n
+}
+
+/// Body of a `HeaderValueOption` overwriting header `key` with a value of
+/// `value` bytes.
+fn option_len(key: &str, value: usize) -> usize {
+    field_len(field_len(key.len()) + field_len(value)) + 2
+}
+
+/// Body of a `Struct.fields` entry whose `Value` body is `value` bytes.
+fn entry_len(key: &str, value: usize) -> usize {
+    field_len(key.len()) + field_len(value)
 }
 
 impl CheckReply {
     /// `OK`, headers for the upstream, the credential header removed, and
-    /// the identity as dynamic metadata.
-    pub fn allowed<'a>(a: Allowed<'a>, modules: impl Iterator<Item = &'a str>) -> Self {
-        let mut w = Writer(Vec::with_capacity(512));
-        w.status(0, "");
-        w.message(field::OK_RESPONSE, |w| {
-            for (k, v) in a.headers {
-                w.header(field::OK_HEADERS, k, v);
-            }
-            w.string(field::HEADERS_TO_REMOVE, a.remove.as_bytes());
-        });
-        w.message(field::DYNAMIC_METADATA, |w| {
-            w.struct_field("token_id", |w| w.string_value(a.token_id));
-            w.struct_field("account_id", |w| w.string_value(a.account_id));
-            w.struct_field("owner_id", |w| w.string_value(a.owner_id));
-            w.struct_field("modules", |w| {
-                w.message(field::LIST_VALUE, |w| {
-                    for m in modules {
-                        w.message(field::LIST_VALUES, |w| w.string_value(m));
+    /// the identity as dynamic metadata. Every length is known before a byte
+    /// is written, so the reply is written once, front to back, into a buffer
+    /// of its exact size.
+    pub fn allowed<'a, M>(a: Allowed<'a, M>) -> Self
+    where
+        M: Iterator<Item = &'a str> + Clone,
+    {
+        use super::super::gateway::IDENTITY_HEADERS as H;
+        let (mut joined, mut list) = (0, 0);
+        for m in a.modules.clone() {
+            joined += m.len() + 1;
+            list += field_len(field_len(m.len()));
+        }
+        let joined = joined.saturating_sub(1);
+        let values = [
+            a.token_id.len(),
+            a.account_id.len(),
+            a.owner_id.len(),
+            joined,
+            a.api_version.len(),
+        ];
+        let ok: usize = H
+            .iter()
+            .zip(values)
+            .map(|(k, v)| field_len(option_len(k, v)))
+            .sum::<usize>()
+            + field_len(a.remove.len());
+        let strings = [
+            ("token_id", a.token_id),
+            ("account_id", a.account_id),
+            ("owner_id", a.owner_id),
+        ];
+        let metadata: usize = strings
+            .iter()
+            .map(|(k, v)| field_len(entry_len(k, field_len(v.len()))))
+            .sum::<usize>()
+            + field_len(entry_len("modules", field_len(list)))
+            + field_len(entry_len("api_version", field_len(a.api_version.len())));
+        let total = 2 + field_len(ok) + field_len(metadata);
+
+        let mut w = Writer(Vec::with_capacity(total));
+        // An empty `google.rpc.Status`: code OK.
+        w.open(field::STATUS, 0);
+        w.open(field::OK_RESPONSE, ok);
+        for (k, v) in H.iter().zip(values) {
+            w.open(field::OK_HEADERS, option_len(k, v));
+            w.open(field::HEADER, field_len(k.len()) + field_len(v));
+            w.string(field::KEY, k.as_bytes());
+            w.open(field::VALUE, v);
+            match *k {
+                "x-tokend-token-id" => w.0.extend_from_slice(a.token_id.as_bytes()),
+                "x-tokend-account-id" => w.0.extend_from_slice(a.account_id.as_bytes()),
+                "x-tokend-owner-id" => w.0.extend_from_slice(a.owner_id.as_bytes()),
+                "x-tokend-modules" => {
+                    for (i, m) in a.modules.clone().enumerate() {
+                        if i > 0 {
+                            w.0.push(b',');
+                        }
+                        w.0.extend_from_slice(m.as_bytes());
                     }
-                });
-            });
-            w.struct_field("api_version", |w| w.string_value(a.api_version));
-        });
+                }
+                _ => w.0.extend_from_slice(a.api_version.as_bytes()),
+            }
+            w.varint(field::APPEND_ACTION, OVERWRITE_IF_EXISTS_OR_ADD);
+        }
+        w.string(field::HEADERS_TO_REMOVE, a.remove.as_bytes());
+        w.open(field::DYNAMIC_METADATA, metadata);
+        for (k, v) in strings {
+            w.string_entry(k, v);
+        }
+        w.open(field::STRUCT_FIELDS, entry_len("modules", field_len(list)));
+        w.string(field::KEY, b"modules");
+        w.open(field::VALUE, field_len(list));
+        w.open(field::LIST_VALUE, list);
+        for m in a.modules {
+            w.open(field::LIST_VALUES, field_len(m.len()));
+            w.string(field::STRING_VALUE, m.as_bytes());
+        }
+        w.string_entry("api_version", a.api_version);
+        debug_assert_eq!(w.0.len(), total);
         Self { encoded: w.0 }
     }
 

@@ -39,14 +39,20 @@ pub async fn run(quick: bool) {
         dir.display()
     );
     let platform = bootstrap(&dir);
-    let launcher: Vec<String> = [
-        "valgrind",
-        "--tool=callgrind",
-        "--collect-atstart=yes",
-        &format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let cpu = std::env::var("TOKEND_BENCH_CPU").is_ok_and(|v| v == "1");
+    let requests = if cpu { REQUESTS * 10 } else { REQUESTS };
+    let launcher: Vec<String> = if cpu {
+        Vec::new()
+    } else {
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--collect-atstart=yes",
+            &format!("--callgrind-out-file={}/callgrind.out.%p", dir.display()),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
     let server = start_server_under(&dir, "callgrind", &launcher).await;
     let mut client = server.client().await;
     let caller = issue_caller(&mut client, &platform).await;
@@ -76,6 +82,19 @@ pub async fn run(quick: bool) {
     for round in 0..rounds {
         for k in [0, 1, 0, 2] {
             let (label, path, body) = &kinds[k];
+            if cpu {
+                let before = cpu_ticks(&server);
+                batch(&server, &caller, path, body, &dir, requests);
+                let after = cpu_ticks(&server);
+                let user = (after.0 - before.0) as f64 * 1e4 / f64::from(requests);
+                let system = (after.1 - before.1) as f64 * 1e4 / f64::from(requests);
+                println!(
+                    "round {}: {label:<30} user {user:>6.2} us  system {system:>6.2} us per request",
+                    round + 1
+                );
+                counts[k].push(user + system);
+                continue;
+            }
             zero(&server);
             batch(&server, &caller, path, body, &dir, REQUESTS);
             let total = dump(&server, &dir);
@@ -165,4 +184,13 @@ fn dumps(dir: &Path) -> Vec<std::path::PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The server's (user, system) CPU time in clock ticks (1/100 s).
+fn cpu_ticks(server: &Server) -> (u64, u64) {
+    let stat = fs::read_to_string(format!("/proc/{}/stat", server.pid())).expect("stat");
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    // Fields 14 and 15 of stat (utime, stime); after the `)`, field 3 on.
+    let f: Vec<&str> = after.split_whitespace().collect();
+    (f[11].parse().expect("utime"), f[12].parse().expect("stime"))
 }

@@ -2,11 +2,7 @@
 //! per-request latency logs, and the interleaved-rounds helpers that make
 //! ratios steady on a VM whose speed drifts.
 
-use std::{
-    fs,
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::{fs, path::Path, process::Stdio};
 
 use prost::Message;
 use tokend::pb;
@@ -57,7 +53,7 @@ pub fn h2load(
         fs::write(&body, &load.body).expect("write body");
         let log = dir.join(format!("h2load-{tag}-{i}.tsv"));
         let _ = fs::remove_file(&log);
-        let mut cmd = Command::new("h2load");
+        let mut cmd = crate::server::pinned_command("h2load", crate::server::LOAD_CPUS);
         cmd.args([
             "-c",
             "1",

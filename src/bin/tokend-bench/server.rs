@@ -101,6 +101,30 @@ pub async fn start_server_on(dir: &Path, name: &str, url: &str, env: &[(&str, St
     start(dir, name, url, env, None, &[]).await
 }
 
+/// `TOKEND_BENCH_PIN=1`: the server runs on CPU 0 and the load generators
+/// on CPU 1 (`taskset`), so that a generator's own cost per request (h2load
+/// building a 700-byte CheckRequest) does not take CPU from the server.
+/// Off by default: the figures in the README's table say which they used.
+pub fn pinned() -> bool {
+    std::env::var("TOKEND_BENCH_PIN").is_ok_and(|v| v == "1")
+}
+
+/// The CPU the server runs on when pinned.
+pub const SERVER_CPUS: &str = "0";
+/// The CPU the load generators run on when pinned.
+pub const LOAD_CPUS: &str = "1";
+
+/// `program` as a command, under `taskset -c cpus` when pinned.
+pub fn pinned_command(program: &str, cpus: &str) -> Command {
+    if pinned() {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", cpus, program]);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
 /// Starts the server under `launcher` (e.g. valgrind and its options), which
 /// runs it in its own process.
 pub async fn start_server_under(dir: &Path, name: &str, launcher: &[String]) -> Server {
@@ -124,6 +148,11 @@ async fn start(
     let log = dir.join(format!("{name}.log"));
     let started = std::time::Instant::now();
     let mut cmd = match launcher.split_first() {
+        None if pinned() => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", SERVER_CPUS]).arg(tokend_exe());
+            cmd
+        }
         None => Command::new(tokend_exe()),
         Some((program, args)) => {
             let mut cmd = Command::new(program);

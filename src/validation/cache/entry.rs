@@ -88,7 +88,7 @@ impl Snapshot {
         self.identity.api_version()
     }
 
-    pub fn modules(&self) -> impl Iterator<Item = &str> {
+    pub fn modules(&self) -> impl Iterator<Item = &str> + Clone {
         self.identity.modules()
     }
 

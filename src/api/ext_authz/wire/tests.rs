@@ -197,27 +197,23 @@ fn string(s: &str) -> Value {
 
 #[test]
 fn an_allowed_reply_decodes_to_the_envoy_types_message() {
-    let headers = [
-        ("x-tokend-token-id", "abc".into()),
-        ("x-tokend-modules", "a,b".into()),
-    ];
-    let reply = CheckReply::allowed(
-        Allowed {
-            headers: &headers,
-            remove: "authorization",
-            token_id: "abc",
-            account_id: "acme",
-            owner_id: "o",
-            api_version: "",
-        },
-        ["a", "b"].into_iter(),
-    );
+    let reply = CheckReply::allowed(Allowed {
+        token_id: "abc",
+        account_id: "acme",
+        owner_id: "o",
+        modules: ["a", "b"].into_iter(),
+        api_version: "",
+        remove: "authorization",
+    });
     let expected = CheckResponse {
         status: Some(rpc::Status::default()),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: vec![
                 option("x-tokend-token-id", "abc"),
+                option("x-tokend-account-id", "acme"),
+                option("x-tokend-owner-id", "o"),
                 option("x-tokend-modules", "a,b"),
+                option("x-tokend-api-version", ""),
             ],
             headers_to_remove: vec!["authorization".into()],
             ..Default::default()
@@ -257,21 +253,14 @@ fn an_allowed_reply_with_long_fields_decodes_to_the_envoy_types_message() {
     let owner = "o".repeat(20_000);
     let modules: Vec<String> = (0..64).map(|i| format!("module-{i:02}:read")).collect();
     let joined = modules.join(",");
-    let headers = [
-        ("x-tokend-account-id", account.as_str().into()),
-        ("x-tokend-modules", joined.as_str().into()),
-    ];
-    let reply = CheckReply::allowed(
-        Allowed {
-            headers: &headers,
-            remove: "authorization",
-            token_id: "abc",
-            account_id: &account,
-            owner_id: &owner,
-            api_version: "2024-06-01",
-        },
-        modules.iter().map(String::as_str),
-    );
+    let reply = CheckReply::allowed(Allowed {
+        token_id: "abc",
+        account_id: &account,
+        owner_id: &owner,
+        modules: modules.iter().map(String::as_str),
+        api_version: "2024-06-01",
+        remove: "authorization",
+    });
     let message = reply.to_message();
     let ok = match &message.http_response {
         Some(HttpResponse::OkResponse(ok)) => ok.clone(),
@@ -280,10 +269,14 @@ fn an_allowed_reply_with_long_fields_decodes_to_the_envoy_types_message() {
     assert_eq!(
         ok.headers,
         vec![
+            option("x-tokend-token-id", "abc"),
             option("x-tokend-account-id", &account),
+            option("x-tokend-owner-id", &owner),
             option("x-tokend-modules", &joined),
+            option("x-tokend-api-version", "2024-06-01"),
         ]
     );
+    assert_eq!(ok.headers_to_remove, vec!["authorization".to_owned()]);
     let fields = &message.dynamic_metadata.as_ref().unwrap().fields;
     assert_eq!(fields["account_id"], string(&account));
     assert_eq!(fields["owner_id"], string(&owner));
@@ -299,6 +292,7 @@ fn an_allowed_reply_with_long_fields_decodes_to_the_envoy_types_message() {
     // map, which prost writes in no fixed order, so lengths, not bytes).
     let bytes = reply.encode_to_vec();
     assert_eq!(bytes.len(), message.encode_to_vec().len());
+    assert_eq!(bytes.len(), reply.encoded_len());
     assert_eq!(
         CheckReply::decode(bytes.as_slice()).unwrap().to_message(),
         message
@@ -371,4 +365,29 @@ fn the_source_address_is_read_in_place() {
         CheckCall::of(&request(&[], &[], &[])).route().source_ip(),
         None
     );
+}
+
+#[test]
+fn an_allowed_reply_without_modules_decodes() {
+    let reply = CheckReply::allowed(Allowed {
+        token_id: "t",
+        account_id: "a",
+        owner_id: "o",
+        modules: std::iter::empty(),
+        api_version: "v1",
+        remove: "x-api-key",
+    });
+    let message = reply.to_message();
+    let Some(HttpResponse::OkResponse(ok)) = &message.http_response else {
+        unreachable!("not an OK response: {message:?}");
+    };
+    assert_eq!(ok.headers[3], option("x-tokend-modules", ""));
+    assert_eq!(ok.headers_to_remove, vec!["x-api-key".to_owned()]);
+    assert_eq!(
+        message.dynamic_metadata.unwrap().fields["modules"],
+        Value {
+            kind: Some(Kind::ListValue(ListValue { values: Vec::new() })),
+        }
+    );
+    assert_eq!(reply.encode_to_vec().len(), reply.encoded_len());
 }
