@@ -114,7 +114,18 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    /// SIGTERM first, SIGKILL only if it has not exited within 5 s: nginx's
+    /// master stops its workers on SIGTERM, while on SIGKILL they live on,
+    /// orphaned (and a worker still holding a load generator's connections
+    /// keeps spending CPU that later measurements on this machine need).
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
