@@ -9,6 +9,11 @@
 //! ext_authz `Check`, ... and each figure is the dump's total over
 //! `REQUESTS`. The dumps stay in the run's directory for `callgrind_annotate`.
 //!
+//! With `TOKEND_BENCH_CPU=1` the server runs without valgrind and each
+//! figure is its user and system CPU time per request over ten times as many
+//! requests (`/proc/<pid>/stat`): what instructions do not show, such as
+//! system calls.
+//!
 //! Usage: `target/release/tokend-bench instructions [--quick]` (needs
 //! valgrind: `apt-get install valgrind`); not part of the full run.
 
@@ -34,13 +39,18 @@ pub async fn run(quick: bool) {
     let rounds = if quick { 1 } else { 3 };
     let dir = std::env::temp_dir().join(format!("tokend-bench-cg-{}", std::process::id()));
     fs::create_dir_all(&dir).expect("temp dir");
+    let cpu = std::env::var("TOKEND_BENCH_CPU").is_ok_and(|v| v == "1");
+    let requests = if cpu { REQUESTS * 10 } else { REQUESTS };
+    let (what, unit) = if cpu {
+        ("CPU time per request (user + system)", "us")
+    } else {
+        ("Instructions per request (callgrind)", "instructions")
+    };
     println!(
-        "\n== Instructions per request (callgrind; {REQUESTS} requests per batch, h2load 1 connection x {STREAMS} streams, {rounds} rounds); dumps in {}",
+        "\n== {what}; {requests} requests per batch, h2load 1 connection x {STREAMS} streams, {rounds} rounds; files in {}",
         dir.display()
     );
     let platform = bootstrap(&dir);
-    let cpu = std::env::var("TOKEND_BENCH_CPU").is_ok_and(|v| v == "1");
-    let requests = if cpu { REQUESTS * 10 } else { REQUESTS };
     let launcher: Vec<String> = if cpu {
         Vec::new()
     } else {
@@ -111,7 +121,7 @@ pub async fn run(quick: bool) {
     for (k, (label, _, _)) in kinds.iter().enumerate() {
         let m = median(&counts[k]);
         println!(
-            "{label:<30} {m:>9.0} instructions per request   (Health/Check {health:.0}: ratio {:.3})",
+            "{label:<30} {m:>9.2} {unit} per request   (Health/Check {health:.2}: ratio {:.3})",
             health / m
         );
     }
