@@ -25,6 +25,7 @@ use prost::{
 };
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use smallvec::SmallVec;
 
 /// Field numbers (envoy/service/auth/v3/*.proto and the types they use).
 mod field {
@@ -156,6 +157,10 @@ impl<'a> Iterator for Fields<'a> {
             self.0 = rest;
             return Some((u64::from(key >> 3), value));
         }
+        // The end of every walk, without the call.
+        if self.0.is_empty() {
+            return None;
+        }
         self.slow()
     }
 }
@@ -197,6 +202,13 @@ fn key_value(entry: &[u8], value: u32) -> (&[u8], &[u8]) {
         }
     }
     (k, v)
+}
+
+/// Whether header name `key` is `name`, without case; inlined into the
+/// walk, where nearly every header is told apart by its length alone.
+#[inline(always)]
+fn same_name(key: &[u8], name: &[u8]) -> bool {
+    key.len() == name.len() && key.eq_ignore_ascii_case(name)
 }
 
 /// A `CheckRequest`: its `attributes` as received, read in place.
@@ -279,7 +291,6 @@ impl CheckCall {
     /// request has both. One walk of the request's fields.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();
-        let eq = |k: &[u8]| k.len() == name.len() && k.eq_ignore_ascii_case(name);
         let mut found = None;
         for (_, request) in Fields(self.attributes()).filter(|f| f.0 == u64::from(field::REQUEST)) {
             for (_, http) in Fields(request).filter(|f| f.0 == u64::from(field::HTTP)) {
@@ -287,7 +298,7 @@ impl CheckCall {
                 for (tag, bytes) in Fields(http) {
                     if tag == u64::from(field::HEADERS) {
                         let (key, value) = key_value(bytes, field::VALUE);
-                        if eq(key) {
+                        if same_name(key, name) {
                             from_headers = Some(value);
                         }
                     } else if tag == u64::from(field::HEADER_MAP) {
@@ -295,7 +306,7 @@ impl CheckCall {
                             Fields(bytes).filter(|f| f.0 == u64::from(field::HEADER_MAP_HEADERS))
                         {
                             let (key, value) = key_value(h, field::VALUE);
-                            if eq(key) {
+                            if same_name(key, name) {
                                 from_map = Some(
                                     last(h, field::RAW_VALUE)
                                         .filter(|raw| !raw.is_empty())
@@ -459,17 +470,15 @@ impl Writer {
     /// The key and length of a length-delimited field; its body follows.
     #[inline]
     fn open(&mut self, tag: u32, len: usize) {
+        // A one-byte key and length (nearly every field here): one write.
+        if tag < 16
+            && let Ok(len @ 0..=127) = u8::try_from(len)
+        {
+            self.0.extend_from_slice(&[(tag << 3 | 2) as u8, len]);
+            return;
+        }
         self.key(tag, WireType::LengthDelimited);
         self.raw_varint(len as u64);
-    }
-
-    /// A `Struct.fields` entry with a string value.
-    #[inline]
-    fn string_entry(&mut self, key: &str, value: &str) {
-        self.open(field::STRUCT_FIELDS, entry_len(key, field_len(value.len())));
-        self.string(field::KEY, key.as_bytes());
-        self.open(field::VALUE, field_len(value.len()));
-        self.string(field::STRING_VALUE, value.as_bytes());
     }
 }
 
@@ -496,98 +505,106 @@ fn field_len(n: usize) -> usize {
     1 + encoding::encoded_len_varint(n as u64) + n
 }
 
-/// Body of a `HeaderValueOption` overwriting header `key` with a value of
-/// `value` bytes.
-fn option_len(key: &str, value: usize) -> usize {
-    field_len(field_len(key.len()) + field_len(value)) + 2
-}
+/// `HeaderValue.key` with its key and length bytes, for each of
+/// `IDENTITY_HEADERS` in order (checked against them by a test).
+const KEYED_HEADERS: [&[u8]; 5] = [
+    b"\x0a\x11x-tokend-token-id",
+    b"\x0a\x13x-tokend-account-id",
+    b"\x0a\x11x-tokend-owner-id",
+    b"\x0a\x10x-tokend-modules",
+    b"\x0a\x14x-tokend-api-version",
+];
 
-/// Body of a `Struct.fields` entry whose `Value` body is `value` bytes.
-fn entry_len(key: &str, value: usize) -> usize {
-    field_len(key.len()) + field_len(value)
-}
+/// The dynamic metadata's `Struct.fields` keys with their key and length
+/// bytes: `token_id`, `account_id`, `owner_id`, `modules`, `api_version`.
+const KEYED_ENTRIES: [&[u8]; 5] = [
+    b"\x0a\x08token_id",
+    b"\x0a\x0aaccount_id",
+    b"\x0a\x08owner_id",
+    b"\x0a\x07modules",
+    b"\x0a\x0bapi_version",
+];
+
+/// `HeaderValueOption.append_action = OVERWRITE_IF_EXISTS_OR_ADD`, encoded.
+const APPEND_OVERWRITE: [u8; 2] = [
+    (field::APPEND_ACTION << 3) as u8,
+    OVERWRITE_IF_EXISTS_OR_ADD as u8,
+];
 
 impl CheckReply {
     /// `OK`, headers for the upstream, the credential header removed, and
     /// the identity as dynamic metadata. Every length is known before a byte
     /// is written, so the reply is written once, front to back, into a buffer
-    /// of its exact size.
+    /// of its exact size, mostly in whole slices: the header names and
+    /// metadata keys with their key and length bytes are constants
+    /// (`KEYED_HEADERS`, `KEYED_ENTRIES`), and the modules are joined once.
     pub fn allowed<'a, M>(a: Allowed<'a, M>) -> Self
     where
         M: Iterator<Item = &'a str> + Clone,
     {
-        use super::super::gateway::IDENTITY_HEADERS as H;
-        let (mut joined, mut list) = (0, 0);
-        for m in a.modules.clone() {
-            joined += m.len() + 1;
+        // The modules joined with commas, on the stack for the usual few.
+        let mut joined = SmallVec::<[u8; 128]>::new();
+        let mut list = 0;
+        for (i, m) in a.modules.clone().enumerate() {
+            if i > 0 {
+                joined.push(b',');
+            }
+            joined.extend_from_slice(m.as_bytes());
             list += field_len(field_len(m.len()));
         }
-        let joined = joined.saturating_sub(1);
-        let values = [
-            a.token_id.len(),
-            a.account_id.len(),
-            a.owner_id.len(),
-            joined,
-            a.api_version.len(),
+        let values: [&[u8]; 5] = [
+            a.token_id.as_bytes(),
+            a.account_id.as_bytes(),
+            a.owner_id.as_bytes(),
+            &joined,
+            a.api_version.as_bytes(),
         ];
-        let ok: usize = H
-            .iter()
-            .zip(values)
-            .map(|(k, v)| field_len(option_len(k, v)))
+        // HeaderValue's body, then HeaderValueOption's, per header.
+        let header = |i: usize| KEYED_HEADERS[i].len() + field_len(values[i].len());
+        let option = |i: usize| field_len(header(i)) + 2;
+        let ok = (0..5).map(|i| field_len(option(i))).sum::<usize>() + field_len(a.remove.len());
+        // A metadata entry's body, whose `Value` body is `value` bytes.
+        let entry = |i: usize, value: usize| KEYED_ENTRIES[i].len() + field_len(value);
+        let string_value = |i: usize| field_len(values[i].len());
+        let list_value = field_len(list);
+        let metadata = [0, 1, 2, 4]
+            .into_iter()
+            .map(|i| field_len(entry(i, string_value(i))))
             .sum::<usize>()
-            + field_len(a.remove.len());
-        let strings = [
-            ("token_id", a.token_id),
-            ("account_id", a.account_id),
-            ("owner_id", a.owner_id),
-        ];
-        let metadata: usize = strings
-            .iter()
-            .map(|(k, v)| field_len(entry_len(k, field_len(v.len()))))
-            .sum::<usize>()
-            + field_len(entry_len("modules", field_len(list)))
-            + field_len(entry_len("api_version", field_len(a.api_version.len())));
+            + field_len(entry(3, list_value));
         let total = 2 + field_len(ok) + field_len(metadata);
 
         let mut w = Writer(Vec::with_capacity(total));
         // An empty `google.rpc.Status`: code OK.
         w.open(field::STATUS, 0);
         w.open(field::OK_RESPONSE, ok);
-        for (k, v) in H.iter().zip(values) {
-            w.open(field::OK_HEADERS, option_len(k, v));
-            w.open(field::HEADER, field_len(k.len()) + field_len(v));
-            w.string(field::KEY, k.as_bytes());
-            w.open(field::VALUE, v);
-            match *k {
-                "x-tokend-token-id" => w.0.extend_from_slice(a.token_id.as_bytes()),
-                "x-tokend-account-id" => w.0.extend_from_slice(a.account_id.as_bytes()),
-                "x-tokend-owner-id" => w.0.extend_from_slice(a.owner_id.as_bytes()),
-                "x-tokend-modules" => {
-                    for (i, m) in a.modules.clone().enumerate() {
-                        if i > 0 {
-                            w.0.push(b',');
-                        }
-                        w.0.extend_from_slice(m.as_bytes());
-                    }
-                }
-                _ => w.0.extend_from_slice(a.api_version.as_bytes()),
-            }
-            w.varint(field::APPEND_ACTION, OVERWRITE_IF_EXISTS_OR_ADD);
+        for (i, value) in values.iter().enumerate() {
+            w.open(field::OK_HEADERS, option(i));
+            w.open(field::HEADER, header(i));
+            w.0.extend_from_slice(KEYED_HEADERS[i]);
+            w.open(field::VALUE, value.len());
+            w.0.extend_from_slice(value);
+            w.0.extend_from_slice(&APPEND_OVERWRITE);
         }
         w.string(field::HEADERS_TO_REMOVE, a.remove.as_bytes());
         w.open(field::DYNAMIC_METADATA, metadata);
-        for (k, v) in strings {
-            w.string_entry(k, v);
+        for (i, value) in values.iter().enumerate() {
+            if i == 3 {
+                w.open(field::STRUCT_FIELDS, entry(3, list_value));
+                w.0.extend_from_slice(KEYED_ENTRIES[3]);
+                w.open(field::VALUE, list_value);
+                w.open(field::LIST_VALUE, list);
+                for m in a.modules.clone() {
+                    w.open(field::LIST_VALUES, field_len(m.len()));
+                    w.string(field::STRING_VALUE, m.as_bytes());
+                }
+            } else {
+                w.open(field::STRUCT_FIELDS, entry(i, string_value(i)));
+                w.0.extend_from_slice(KEYED_ENTRIES[i]);
+                w.open(field::VALUE, string_value(i));
+                w.string(field::STRING_VALUE, value);
+            }
         }
-        w.open(field::STRUCT_FIELDS, entry_len("modules", field_len(list)));
-        w.string(field::KEY, b"modules");
-        w.open(field::VALUE, field_len(list));
-        w.open(field::LIST_VALUE, list);
-        for m in a.modules {
-            w.open(field::LIST_VALUES, field_len(m.len()));
-            w.string(field::STRING_VALUE, m.as_bytes());
-        }
-        w.string_entry("api_version", a.api_version);
         debug_assert_eq!(w.0.len(), total);
         Self { encoded: w.0 }
     }

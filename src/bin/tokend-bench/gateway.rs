@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// Rounds of each comparison (`--quick`: 2).
-pub const GATEWAY_ROUNDS: usize = 6;
+pub const GATEWAY_ROUNDS: usize = 10;
 /// wrk connections (one thread): as many requests in flight as h2load's streams.
 const WRK_CONNECTIONS: u32 = STREAMS;
 /// nginx worker processes.

@@ -391,3 +391,26 @@ fn an_allowed_reply_without_modules_decodes() {
     );
     assert_eq!(reply.encode_to_vec().len(), reply.encoded_len());
 }
+
+/// The constant key bytes are the keys they stand for, framed as protobuf
+/// writes a length-delimited field 1.
+#[test]
+fn the_keyed_constants_frame_their_names() {
+    use crate::api::gateway::IDENTITY_HEADERS;
+    let framed =
+        |name: &str| [&[0x0a, u8::try_from(name.len()).unwrap()], name.as_bytes()].concat();
+    for (keyed, name) in KEYED_HEADERS.iter().zip(IDENTITY_HEADERS) {
+        assert_eq!(*keyed, framed(name).as_slice(), "{name}");
+    }
+    let names = [
+        "token_id",
+        "account_id",
+        "owner_id",
+        "modules",
+        "api_version",
+    ];
+    for (keyed, name) in KEYED_ENTRIES.iter().zip(names) {
+        assert_eq!(*keyed, framed(name).as_slice(), "{name}");
+    }
+    assert_eq!(APPEND_OVERWRITE, [0x18, 2]);
+}
