@@ -422,7 +422,8 @@ impl Writer {
     /// placeholder, the body, then the length. Most nested messages here are
     /// under 128 bytes, so the placeholder is the whole length; a longer one
     /// moves its body right by the varint's extra bytes. No allocation per
-    /// message (this runs ~30 times per allowed reply).
+    /// message (a denial writes about ten; an allowed reply knows its lengths
+    /// first and uses `open`).
     #[inline]
     fn message(&mut self, tag: u32, body: impl FnOnce(&mut Self)) {
         self.key(tag, WireType::LengthDelimited);
