@@ -1,7 +1,7 @@
 //! The supervised background work of a running server: the last-used
-//! flusher, the warm start, the store watcher, audit retention, the
-//! hygiene sweeper, the change-log follower (PostgreSQL), and the metrics
-//! and forward-auth listeners.
+//! flusher, the warm start, the store watcher, the name index folder
+//! (SQLite), audit retention, the hygiene sweeper, the change-log follower
+//! (PostgreSQL), and the metrics and forward-auth listeners.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -59,6 +59,12 @@ pub(super) fn background(
         let unhealthy_after = config.store_unhealthy_after;
         supervisor.spawn("store watcher", move |_, stop| {
             watch_store(Arc::clone(&store), health.clone(), unhealthy_after, stop)
+        });
+    }
+    if !postgres {
+        let store = Arc::clone(store);
+        supervisor.spawn("name index folder", move |_, stop| {
+            Arc::clone(&store).run_name_index_folder(stop)
         });
     }
     // Audit retention (ops::retention): only when a retention is set.

@@ -99,6 +99,12 @@ impl Services {
             }
         }
         store.migrate().await?;
+        // Renames an earlier process (or another writer) left for the name
+        // index to fold; before serving, so the folder starts from nothing.
+        let folded = store.fold_all_of_name_index().await?;
+        if folded > 0 {
+            tracing::info!(folded, "name index: folded the renames left pending");
+        }
         let hasher = Arc::new(Hasher::start(&config.hasher())?);
         let keyring = Arc::new(keyring);
         let usage = Arc::new(UsageRecorder::default());

@@ -33,6 +33,7 @@ pub mod fold;
 mod import;
 mod locks;
 pub mod migration;
+mod name_index;
 mod policies;
 mod search;
 pub mod sqlite_file;
@@ -57,6 +58,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use audit::EventRange;
 pub use changes::{CHANNEL as CHANGE_CHANNEL, ChangeFeed, ChangeRow, FeedEvent};
 pub use events::EventQuery;
+pub use name_index::{FOLD_BATCH, FOLD_DELAY};
 pub use search::{ExpiryBreach, FTS_DRIVE_MAX, SearchPlans, SearchQuery};
 pub use sweep::{
     DisableBatch, NoticeRange, NoticeToken, NoticesRecorded, PolicyRules, RuleAccounts, accounts_of,
@@ -100,6 +102,9 @@ pub struct Store {
     event_signal: tokio::sync::watch::Sender<u64>,
     /// Whether the PostgreSQL event follower was started (`watch`).
     event_follower: std::sync::atomic::AtomicBool,
+    /// SQLite: a rename committed, so the name index has pending entries to
+    /// fold (`name_index`).
+    name_index_dirty: tokio::sync::Notify,
 }
 
 impl Store {
@@ -164,6 +169,7 @@ impl Store {
             fts_drive_max: AtomicU64::new(search::FTS_DRIVE_MAX),
             event_signal: tokio::sync::watch::Sender::new(0),
             event_follower: std::sync::atomic::AtomicBool::new(false),
+            name_index_dirty: tokio::sync::Notify::new(),
         })
     }
 

@@ -24,7 +24,9 @@
 
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Iterable,
-    sea_query::{Alias, Expr, ExprTrait, Func, LikeExpr, Order, Query, SelectStatement},
+    sea_query::{
+        Alias, Expr, ExprTrait, Func, LikeExpr, Order, Query, SelectStatement, UnionType,
+    },
 };
 use sea_orm_migration::prelude::DeriveIden;
 
@@ -227,8 +229,10 @@ impl Plan {
         if let Some(id) = q.id {
             cond = cond.add(C::Id.eq(id.to_string()));
         }
-        if let (Some(text), Some(form)) = (&q.name_contains, self.name) {
-            cond = cond.add(name_condition(text, form));
+        if let (Some(text), Some(form)) = (&q.name_contains, self.name)
+            && let Some(name) = name_condition(text, form)
+        {
+            cond = cond.add(name);
         }
         if let Some(o) = &q.owner_id {
             cond = cond.add(C::OwnerId.eq(o.as_str()));
@@ -328,12 +332,13 @@ impl Plan {
                 }
             }
             Driver::Fts => {
-                // CROSS JOIN keeps the FTS matches as the outer loop.
+                // CROSS JOIN keeps the name's matches as the outer loop.
+                let text = q.name_contains.as_deref().unwrap_or_default();
                 select
-                    .from(Alias::new("tokens_name_fts"))
+                    .from_subquery(name_matches(text), Alias::new("name_matches"))
                     .cross_join(token::Entity)
                     .and_where(Expr::cust(
-                        "\"tokens\".\"rowid\" = \"tokens_name_fts\".\"rowid\"",
+                        "\"tokens\".\"rowid\" = \"name_matches\".\"token_rowid\"",
                     ));
             }
         }
@@ -361,22 +366,45 @@ impl Plan {
     }
 }
 
-fn name_condition(text: &str, form: NameForm) -> Expr {
-    match form {
-        NameForm::FtsJoin => {
-            Expr::cust_with_values("\"tokens_name_fts\" MATCH ?", [fts_phrase(text)])
-        }
-        NameForm::FtsSet => Expr::cust_with_values(
-            // `+` keeps SQLite from driving the count by rowid: the set is large.
-            "+\"tokens\".\"rowid\" IN (SELECT \"rowid\" FROM \"tokens_name_fts\" WHERE \"tokens_name_fts\" MATCH ?)",
+/// SQLite: the rowids (as `token_rowid`) of the tokens whose names contain
+/// `text`, exactly: the FTS index's matches, except the tokens it has pending
+/// (migration 000009: it may hold an earlier name for them, or none), and the
+/// pending tokens whose current name matches, checked one by one.
+fn name_matches(text: &str) -> SelectStatement {
+    let mut pending = Query::select();
+    pending
+        .column(Alias::new("token_rowid"))
+        .from(Alias::new("tokens_name_fts_pending"));
+    let mut renamed = pending.clone();
+    renamed.and_where(Expr::cust_with_values(
+        "(SELECT \"name\" FROM \"tokens\" WHERE \"tokens\".\"rowid\" = \"tokens_name_fts_pending\".\"token_rowid\") GLOB ?",
+        [fold::sqlite_glob(text)],
+    ));
+    let mut matches = Query::select();
+    matches
+        .expr_as(Expr::cust("\"rowid\""), Alias::new("token_rowid"))
+        .from(Alias::new("tokens_name_fts"))
+        .and_where(Expr::cust_with_values(
+            "\"tokens_name_fts\" MATCH ?",
             [fts_phrase(text)],
-        ),
+        ))
+        .union(UnionType::Except, pending)
+        .union(UnionType::Distinct, renamed);
+    matches
+}
+
+/// The name filter, where it is a condition (the Fts plan's is its FROM).
+fn name_condition(text: &str, form: NameForm) -> Option<Expr> {
+    Some(match form {
+        NameForm::FtsJoin => return None,
+        // `+` keeps SQLite from driving the count by rowid: the set is large.
+        NameForm::FtsSet => Expr::cust("+\"tokens\".\"rowid\"").in_subquery(name_matches(text)),
         NameForm::Glob => {
             Expr::cust_with_values("\"tokens\".\"name\" GLOB ?", [fold::sqlite_glob(text)])
         }
         NameForm::PgLike => Expr::cust("tokend_fold(\"tokens\".\"name\")")
             .like(LikeExpr::new(format!("%{}%", like_literal(&fold::fold_str(text)))).escape('\\')),
-    }
+    })
 }
 
 impl Store {

@@ -133,6 +133,7 @@ impl Store {
                 .one(&txn)
                 .await?
                 .ok_or_else(|| Error::token_not_found(id))?;
+            let old_name = current.name.clone();
             match decide(token_from_model(current)?)? {
                 Change::Unchanged(token) => {
                     txn.rollback().await?;
@@ -162,6 +163,9 @@ impl Store {
                     super::changes::record(&txn, &self.instance, token.id).await?;
                     txn.commit().await?;
                     self.events_committed();
+                    if token.name != old_name {
+                        self.name_index_grew();
+                    }
                     Ok(Updated::Committed(token))
                 }
             }

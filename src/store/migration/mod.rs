@@ -11,6 +11,7 @@ mod m20261201_000005_event_retention;
 mod m20261201_000006_account_policies;
 mod m20261201_000007_token_allowed_cidrs;
 mod m20261201_000008_sweeper;
+mod m20261204_000009_name_index_pending;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_account_policies::Migration),
             Box::new(m20261201_000007_token_allowed_cidrs::Migration),
             Box::new(m20261201_000008_sweeper::Migration),
+            Box::new(m20261204_000009_name_index_pending::Migration),
         ]
     }
 }
