@@ -76,8 +76,9 @@ use crate::error::{Error, Result};
 /// shadow tables (`<name>_data`, `<name>_idx`, ...) count as the table's own.
 pub const DERIVED: &[&str] = &[
     // m20261201_000004_search_indexes: SQLite's FTS5 name index (external
-    // content over `tokens`, with its shadow tables) and the per-module rows
-    // of both backends, all maintained by triggers on `tokens`.
+    // content over `tokens`, with its shadow tables and, since 000009, its
+    // pending list `tokens_name_fts_pending`) and the per-module rows of both
+    // backends, all maintained by triggers on `tokens`.
     "tokens_name_fts",
     "token_modules",
 ];

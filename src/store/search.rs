@@ -13,7 +13,11 @@
 //! - **Modules**: `token_modules` in (account, module, created) or
 //!   (module, created) order, each entry joined to its token by primary key.
 //! - **Fts** (SQLite): the FTS5 trigram index's matches of the name, joined
-//!   to their tokens by rowid, filtered and sorted. Chosen when the name has
+//!   to their tokens by rowid, filtered and sorted. The index's pending list
+//!   (renamed tokens it has not folded in yet, migration 000009) is read
+//!   beside it: a pending token's FTS entry is ignored and its current name
+//!   checked instead (`name_matches`), so results are exact however much is
+//!   pending. Chosen when the name has
 //!   at most [`FTS_DRIVE_MAX`] matches; a commoner name is found sooner by an
 //!   ordered walk that checks each row (`GLOB` with case classes). PostgreSQL's
 //!   planner makes the same choice itself between its pg_trgm index on
