@@ -28,9 +28,7 @@
 
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Iterable,
-    sea_query::{
-        Alias, Expr, ExprTrait, Func, LikeExpr, Order, Query, SelectStatement, UnionType,
-    },
+    sea_query::{Alias, Expr, ExprTrait, Func, LikeExpr, Order, Query, SelectStatement, UnionType},
 };
 use sea_orm_migration::prelude::DeriveIden;
 
