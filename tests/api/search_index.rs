@@ -650,6 +650,143 @@ async fn totals_follow_every_write_on_sqlite() {
     }
 }
 
+/// SQLite: a rename is found (and its old name no longer) the moment it
+/// commits, while the name index still has it pending; the server folds the
+/// pending list in the background, and at start-up folds what another writer
+/// left, with the same results throughout.
+#[tokio::test]
+async fn renames_are_found_at_once_and_folded_in_the_background_on_sqlite() {
+    let db = helpers::SharedDb::new();
+    let app = db.spawn(|_| {}).await;
+    let c = app.api.clone();
+    let mut ids = Vec::new();
+    for name in ["alpha one", "beta two"] {
+        let t = c
+            .issue(
+                &app.platform,
+                pb::IssueRequest {
+                    account_id: "zeta".into(),
+                    owner_id: "o".into(),
+                    name: name.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .token
+            .unwrap();
+        ids.push(t.id);
+    }
+    let found = |app: &TestApp, query: &str| {
+        let req = pb::SearchRequest {
+            account_id: "zeta".into(),
+            query: query.into(),
+            ..Default::default()
+        };
+        let app_api = app.api.clone();
+        let platform = app.platform.clone();
+        async move {
+            let mut ids: Vec<String> = app_api
+                .search(&platform, req)
+                .await
+                .unwrap()
+                .tokens
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let expect = |app: &TestApp, ids: Vec<String>| {
+        let (app_api, platform) = (app.api.clone(), app.platform.clone());
+        async move {
+            for (query, want) in [
+                ("GAMMA", vec![ids[0].clone()]),
+                ("alpha", vec![]),
+                ("ONE", vec![]),
+                ("beta", vec![ids[1].clone()]),
+            ] {
+                let mut got: Vec<String> = app_api
+                    .search(
+                        &platform,
+                        pb::SearchRequest {
+                            account_id: "zeta".into(),
+                            query: query.into(),
+                            include_total: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .tokens
+                    .into_iter()
+                    .map(|t| t.id)
+                    .collect();
+                got.sort();
+                assert_eq!(got, want, "{query}");
+            }
+        }
+    };
+    assert_eq!(found(&app, "alpha").await, vec![ids[0].clone()]);
+    c.update(
+        &app.platform,
+        pb::UpdateRequest {
+            id: ids[0].clone(),
+            name: "Gamma Three".into(),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The folder waits a second after a rename: it is still pending here.
+    assert_eq!(app.store.name_index_pending().await.unwrap(), 1);
+    for fts_max in [u64::MAX, 0] {
+        app.store.set_fts_drive_max(fts_max);
+        expect(&app, ids.clone()).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.store.name_index_pending().await.unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "never folded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for fts_max in [u64::MAX, 0] {
+        app.store.set_fts_drive_max(fts_max);
+        expect(&app, ids.clone()).await;
+    }
+    app.stop().await;
+
+    // Another writer renames while no server runs; the next one folds it
+    // before it serves.
+    let raw = Database::connect(&db.url).await.unwrap();
+    raw.execute_unprepared(&format!(
+        "UPDATE tokens SET name = 'beta two, renamed' WHERE id = '{}'",
+        ids[1]
+    ))
+    .await
+    .unwrap();
+    let pending: i64 = raw
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT count(*) FROM tokens_name_fts_pending",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    assert_eq!(pending, 1);
+    raw.close().await.unwrap();
+    let app = db.spawn(|_| {}).await;
+    assert_eq!(app.store.name_index_pending().await.unwrap(), 0);
+    assert_eq!(found(&app, "renamed").await, vec![ids[1].clone()]);
+    expect(&app, ids.clone()).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn totals_follow_every_write_on_postgres() {
     let _pg = helpers::PG_LOCK.read().await;
