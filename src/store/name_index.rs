@@ -15,7 +15,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 
 use super::Store;
-use crate::error::Result;
+use crate::{error::Result, telemetry::metrics};
 
 /// Pending tokens folded per transaction, so a writer waits behind at most
 /// one fold's worth of FTS work (a few milliseconds).
@@ -47,6 +47,7 @@ impl Store {
         }
         self.bounded(async {
             let _serialised = self.write_guard().await;
+            let started = metrics::timer();
             let txn = self.db.begin().await?;
             let mut folded = 0;
             for sql in FOLD {
@@ -58,6 +59,7 @@ impl Store {
                 folded = txn.execute_raw(statement).await?.rows_affected();
             }
             txn.commit().await?;
+            metrics::name_index_folded(started, folded);
             Ok(folded)
         })
         .await

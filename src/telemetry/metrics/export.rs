@@ -41,6 +41,7 @@ pub fn install() -> Result<PrometheusHandle> {
             metrics::histogram!(name::GATEWAY_DURATION, "gateway" => GATEWAYS[1]),
         ],
         sweep: metrics::histogram!(name::SWEEP_DURATION),
+        fold: metrics::histogram!(name::NAME_INDEX_FOLD_DURATION),
     });
     metrics::gauge!(name::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     epoch();
@@ -169,6 +170,15 @@ fn describe() {
         Unit::Seconds,
         "Time per sweeper pass (including waits for another replica's batch)"
     );
+    describe_counter!(
+        NAME_INDEX_FOLDED,
+        "SQLite: renamed tokens folded from the name index's pending list into its FTS5 index"
+    );
+    describe_histogram!(
+        NAME_INDEX_FOLD_DURATION,
+        Unit::Seconds,
+        "SQLite: time per fold transaction of the name index's pending list that folded something (writes wait behind it)"
+    );
 }
 
 /// Per-server values read at scrape time (cache sizes, pending writes, ...).
@@ -262,6 +272,7 @@ fn publish() {
         counter!(SWEEP_NOTICES, "kind" => *kind).absolute(load(&c.sweep_notices[i]));
     }
     counter!(SWEEP_AUTO_DISABLED).absolute(load(&c.sweep_auto_disabled));
+    counter!(NAME_INDEX_FOLDED).absolute(load(&c.name_index_folded));
     let caught_up = load(&c.changelog_caught_up_us);
     if caught_up > 0 {
         gauge!(CHANGELOG_SEEN).set(c.changelog_seen.load(Ordering::Relaxed) as f64);

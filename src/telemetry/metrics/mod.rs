@@ -77,6 +77,8 @@ pub mod name {
     pub const SWEEP_NOTICES: &str = "tokend_sweep_notices_total";
     pub const SWEEP_AUTO_DISABLED: &str = "tokend_sweep_auto_disabled_total";
     pub const SWEEP_DURATION: &str = "tokend_sweep_duration_seconds";
+    pub const NAME_INDEX_FOLDED: &str = "tokend_name_index_folded_total";
+    pub const NAME_INDEX_FOLD_DURATION: &str = "tokend_name_index_fold_duration_seconds";
 }
 
 // ---------------------------------------------------------------------------
@@ -306,6 +308,7 @@ struct Counters {
     /// [expiring_soon, expired]
     sweep_notices: [AtomicU64; 2],
     sweep_auto_disabled: AtomicU64,
+    name_index_folded: AtomicU64,
     argon2_queue: AtomicI64,
     changelog_seen: AtomicI64,
     changelog_applied: AtomicI64,
@@ -325,6 +328,7 @@ static COUNTERS: Counters = Counters {
     tls_reloads: [const { AtomicU64::new(0) }; 2],
     sweep_notices: [const { AtomicU64::new(0) }; 2],
     sweep_auto_disabled: AtomicU64::new(0),
+    name_index_folded: AtomicU64::new(0),
     argon2_queue: AtomicI64::new(0),
     changelog_seen: AtomicI64::new(0),
     changelog_applied: AtomicI64::new(0),
@@ -345,6 +349,7 @@ struct Histograms {
     /// [ext_authz, forward_auth]
     gateway: [Histogram; 2],
     sweep: Histogram,
+    fold: Histogram,
 }
 
 static HISTOGRAMS: OnceLock<Histograms> = OnceLock::new();
@@ -487,6 +492,20 @@ pub fn last_used_flush_failed() {
 /// A TLS certificate reload was tried.
 pub fn tls_reload(ok: bool) {
     COUNTERS.tls_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// One fold of the name index's pending list (SQLite) took `elapsed` and
+/// folded `tokens`; a fold that found nothing is not recorded.
+pub fn name_index_folded(started: Option<Instant>, tokens: u64) {
+    if tokens == 0 {
+        return;
+    }
+    COUNTERS
+        .name_index_folded
+        .fetch_add(tokens, Ordering::Relaxed);
+    if let (Some(h), Some(t)) = (HISTOGRAMS.get(), started) {
+        h.fold.record(t.elapsed().as_secs_f64());
+    }
 }
 
 /// One sweeper pass took `elapsed` and recorded these events.
