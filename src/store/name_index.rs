@@ -5,9 +5,11 @@
 //! list beside the index, so it is exact whatever the list holds. Folding
 //! only keeps the list short, and it writes FTS5's per-transaction records
 //! once for every rename it folds rather than once per rename. The server
-//! folds [`FOLD_DELAY`] after a rename (so a busy second's renames go in
-//! one fold) and once at start-up, for what an earlier process or another
-//! writer left pending. PostgreSQL has no list: every call here is a no-op.
+//! folds [`FOLD_DELAY`] after a rename of its own (so a busy second's
+//! renames go in one fold) and once at start-up, for what an earlier process
+//! or another writer left pending; another process's renames while it runs
+//! wait for its next rename. PostgreSQL has no list: every call here is a
+//! no-op.
 
 use std::{sync::Arc, time::Duration};
 

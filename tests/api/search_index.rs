@@ -650,6 +650,35 @@ async fn totals_follow_every_write_on_sqlite() {
     }
 }
 
+/// The ids a search of account zeta finds for `query` (every page), sorted;
+/// the total must count them.
+async fn zeta_ids(app: &TestApp, query: &str) -> Vec<String> {
+    let (mut ids, total) = all_pages(
+        app,
+        pb::SearchRequest {
+            account_id: "zeta".into(),
+            query: query.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(total, Some(ids.len() as i64), "total of {query:?}");
+    ids.sort();
+    ids
+}
+
+/// After "alpha one" (`ids[0]`) was renamed "Gamma Three".
+async fn expect_renamed(app: &TestApp, ids: &[String]) {
+    for (query, want) in [
+        ("GAMMA", vec![ids[0].clone()]),
+        ("alpha", vec![]),
+        ("ONE", vec![]),
+        ("beta", vec![ids[1].clone()]),
+    ] {
+        assert_eq!(zeta_ids(app, query).await, want, "{query}");
+    }
+}
+
 /// SQLite: a rename is found (and its old name no longer) the moment it
 /// commits, while the name index still has it pending; the server folds the
 /// pending list in the background, and at start-up folds what another writer
@@ -677,58 +706,7 @@ async fn renames_are_found_at_once_and_folded_in_the_background_on_sqlite() {
             .unwrap();
         ids.push(t.id);
     }
-    let found = |app: &TestApp, query: &str| {
-        let req = pb::SearchRequest {
-            account_id: "zeta".into(),
-            query: query.into(),
-            ..Default::default()
-        };
-        let app_api = app.api.clone();
-        let platform = app.platform.clone();
-        async move {
-            let mut ids: Vec<String> = app_api
-                .search(&platform, req)
-                .await
-                .unwrap()
-                .tokens
-                .into_iter()
-                .map(|t| t.id)
-                .collect();
-            ids.sort();
-            ids
-        }
-    };
-    let expect = |app: &TestApp, ids: Vec<String>| {
-        let (app_api, platform) = (app.api.clone(), app.platform.clone());
-        async move {
-            for (query, want) in [
-                ("GAMMA", vec![ids[0].clone()]),
-                ("alpha", vec![]),
-                ("ONE", vec![]),
-                ("beta", vec![ids[1].clone()]),
-            ] {
-                let mut got: Vec<String> = app_api
-                    .search(
-                        &platform,
-                        pb::SearchRequest {
-                            account_id: "zeta".into(),
-                            query: query.into(),
-                            include_total: true,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .unwrap()
-                    .tokens
-                    .into_iter()
-                    .map(|t| t.id)
-                    .collect();
-                got.sort();
-                assert_eq!(got, want, "{query}");
-            }
-        }
-    };
-    assert_eq!(found(&app, "alpha").await, vec![ids[0].clone()]);
+    assert_eq!(zeta_ids(&app, "alpha").await, vec![ids[0].clone()]);
     c.update(
         &app.platform,
         pb::UpdateRequest {
@@ -746,7 +724,7 @@ async fn renames_are_found_at_once_and_folded_in_the_background_on_sqlite() {
     assert_eq!(app.store.name_index_pending().await.unwrap(), 1);
     for fts_max in [u64::MAX, 0] {
         app.store.set_fts_drive_max(fts_max);
-        expect(&app, ids.clone()).await;
+        expect_renamed(&app, &ids).await;
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while app.store.name_index_pending().await.unwrap() > 0 {
@@ -755,7 +733,7 @@ async fn renames_are_found_at_once_and_folded_in_the_background_on_sqlite() {
     }
     for fts_max in [u64::MAX, 0] {
         app.store.set_fts_drive_max(fts_max);
-        expect(&app, ids.clone()).await;
+        expect_renamed(&app, &ids).await;
     }
     app.stop().await;
 
@@ -782,8 +760,8 @@ async fn renames_are_found_at_once_and_folded_in_the_background_on_sqlite() {
     raw.close().await.unwrap();
     let app = db.spawn(|_| {}).await;
     assert_eq!(app.store.name_index_pending().await.unwrap(), 0);
-    assert_eq!(found(&app, "renamed").await, vec![ids[1].clone()]);
-    expect(&app, ids.clone()).await;
+    assert_eq!(zeta_ids(&app, "renamed").await, vec![ids[1].clone()]);
+    expect_renamed(&app, &ids).await;
     app.stop().await;
 }
 
