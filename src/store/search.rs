@@ -105,7 +105,8 @@ enum Driver {
 /// How the name filter is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NameForm {
-    /// SQLite, Fts plan: `tokens_name_fts MATCH ?` on the joined FTS table.
+    /// SQLite, Fts plan: the name's exact matches are the FROM
+    /// (`name_matches`), so no condition is left.
     FtsJoin,
     /// SQLite, counting many matches: the FTS matches as a set probed by rowid.
     FtsSet,
